@@ -1,0 +1,40 @@
+"""Sphinx configuration: builds offline, warnings are errors (``make docs``)."""
+
+from __future__ import annotations
+
+project = "trioserve"
+author = "the trioserve developers"
+copyright = "2026, the trioserve developers"  # noqa: A001
+
+extensions = [
+    "myst_parser",
+    "sphinx.ext.autodoc",
+    "sphinx.ext.napoleon",
+    "sphinx.ext.intersphinx",
+    "sphinx.ext.viewcode",
+]
+source_suffix = {".md": "markdown"}
+myst_enable_extensions = ["colon_fence", "deflist"]
+myst_heading_anchors = 3
+exclude_patterns = ["_build"]
+
+html_theme = "furo"
+html_title = "trioserve"
+
+autodoc_member_order = "bysource"
+autodoc_typehints = "description"
+autodoc_default_options = {"members": True, "show-inheritance": True}
+napoleon_google_docstring = True
+napoleon_numpy_docstring = False
+default_role = "py:obj"
+
+# Offline: the mapping files are not fetched, so references to Trio and the standard
+# library render as plain text rather than failing the build.
+intersphinx_mapping: dict[str, tuple[str, str | None]] = {}
+nitpicky = False
+napoleon_custom_sections = [
+    ("Options and class attributes", "params_style"),
+    ("Class attributes", "params_style"),
+    "Resource handling",
+    "Error handling",
+]

@@ -1,0 +1,164 @@
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+import pytest
+import trio
+import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from trioserve import AsyncReader, AsyncWriter, BrokenConnectionError, LineTooLongError
+
+
+class ChunkedStream(trio.abc.ReceiveStream):
+    """Hands out *data* in pieces of the given sizes, then end of file."""
+
+    def __init__(self, data: bytes, sizes: Sequence[int]) -> None:
+        self._data = memoryview(data)
+        self._sizes = list(sizes)
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        await trio.lowlevel.checkpoint()
+        size = self._sizes.pop(0) if self._sizes else len(self._data)
+        size = min(size, max_bytes or size)
+        piece, self._data = self._data[:size], self._data[size:]
+        return bytes(piece)
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+Op = tuple[str, int]
+ops = st.lists(
+    st.tuples(st.sampled_from(["read", "readline", "read1"]), st.integers(-1, 20)),
+    min_size=1,
+    max_size=25,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    data=st.binary(max_size=200).map(lambda b: b.replace(b"\r", b"\n")),
+    sizes=st.lists(st.integers(1, 30), max_size=20),
+    operations=ops,
+)
+async def test_reader_matches_bytesio_however_the_peer_chunks(
+    data: bytes, sizes: list[int], operations: list[Op]
+) -> None:
+    reader = AsyncReader(ChunkedStream(data, sizes), max_line_length=None)
+    reference = io.BufferedReader(io.BytesIO(data))
+    for name, arg in operations:
+        if name == "read1":
+            got = await reader.read1(arg)
+            # read1 may return less than read; it returns something unless at EOF.
+            want = reference.read(len(got))
+            assert got == want
+            if arg != 0 and not got:
+                assert reference.read(1) == b""
+            continue
+        assert await getattr(reader, name)(arg) == getattr(reference, name)(arg)
+
+
+@given(data=st.binary(max_size=200), sizes=st.lists(st.integers(1, 30), max_size=20))
+async def test_iteration_and_readlines_match_bytesio(data: bytes, sizes: list[int]) -> None:
+    lines = [line async for line in AsyncReader(ChunkedStream(data, sizes))]
+    assert lines == io.BytesIO(data).readlines()
+    reader = AsyncReader(ChunkedStream(data, sizes))
+    assert await reader.readlines() == io.BytesIO(data).readlines()
+
+
+async def test_readlines_hint_stops_after_enough_bytes() -> None:
+    reader = AsyncReader(ChunkedStream(b"a\nbb\nccc\n", [2]))
+    assert await reader.readlines(3) == [b"a\n", b"bb\n"]
+    assert await reader.readline() == b"ccc\n"
+
+
+async def test_readline_without_limit_stops_at_max_line_length_and_keeps_the_bytes() -> None:
+    reader = AsyncReader(ChunkedStream(b"x" * 100 + b"\nnext\n", [7] * 30), max_line_length=32)
+    with pytest.raises(LineTooLongError, match="32 bytes") as info:
+        await reader.readline()
+    assert info.value.max_line_length == 32
+    # Nothing was lost: the line can still be read in pieces, and the stream goes on.
+    assert await reader.readline(64) == b"x" * 64
+    assert await reader.readline(64) == b"x" * 36 + b"\n"
+    assert await reader.readline() == b"next\n"
+
+
+async def test_read_timeout_raises_timeout_error(autojump_clock: trio.testing.MockClock) -> None:
+    client, server = trio.testing.memory_stream_pair()
+    reader = AsyncReader(server, timeout=5)
+    with pytest.raises(TimeoutError, match="within 5 seconds"):
+        await reader.readline()
+    await client.send_all(b"late\n")
+    assert await reader.readline() == b"late\n"
+
+
+async def test_reading_a_closed_reader_is_a_value_error() -> None:
+    reader = AsyncReader(ChunkedStream(b"abc", []))
+    reader.close()
+    assert reader.closed
+    with pytest.raises(ValueError, match="closed file"):
+        await reader.read()
+
+
+class RecordingStream(trio.abc.SendStream):
+    def __init__(self) -> None:
+        self.sends: list[bytes] = []
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await trio.lowlevel.checkpoint()
+        self.sends.append(bytes(data))
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+async def test_unbuffered_writer_sends_each_write_at_once() -> None:
+    stream = RecordingStream()
+    writer = AsyncWriter(stream)
+    assert await writer.write(b"ab") == 2
+    assert await writer.write(memoryview(b"cde")) == 3
+    await writer.writelines([b"f", b"g"])
+    assert stream.sends == [b"ab", b"cde", b"fg"]
+
+
+async def test_buffered_writer_sends_when_full_or_flushed() -> None:
+    stream = RecordingStream()
+    writer = AsyncWriter(stream, bufsize=4)
+    await writer.write(b"ab")
+    assert stream.sends == []
+    await writer.write(b"cd")
+    assert stream.sends == [b"abcd"]
+    await writer.write(b"e")
+    await writer.flush()
+    assert stream.sends == [b"abcd", b"e"]
+    writer.close()
+    with pytest.raises(ValueError, match="closed file"):
+        await writer.write(b"x")
+
+
+async def test_negative_bufsize_means_the_default_buffer_size() -> None:
+    assert AsyncWriter(RecordingStream(), bufsize=-1).bufsize == io.DEFAULT_BUFFER_SIZE
+
+
+async def test_write_to_a_vanished_peer_is_a_broken_connection_error() -> None:
+    client, server = trio.testing.memory_stream_pair()
+    await client.aclose()
+    writer = AsyncWriter(server)
+    with pytest.raises(BrokenConnectionError) as info:
+        await writer.write(b"hello")
+    # Both Trio code and ported socketserver code catch it.
+    assert isinstance(info.value, trio.BrokenResourceError)
+    assert isinstance(info.value, ConnectionError)
+
+
+async def test_write_timeout_raises_timeout_error(autojump_clock: trio.testing.MockClock) -> None:
+    client, _server = trio.testing.lockstep_stream_pair()
+    writer = AsyncWriter(client, timeout=3)
+    with pytest.raises(TimeoutError):
+        await writer.write(b"nobody reads this")

@@ -1,0 +1,223 @@
+"""Opening server sockets: address checks, bind options, Unix socket files.
+
+`SocketServer` is the base of every server that owns a socket (TCP, UDP, Unix stream,
+Unix datagram). It creates the socket in its constructor, binds and activates it there,
+inside or outside `trio.run`, and closes it in `server_close`. What differs between
+transports (listen and accept, or receive from) lives in `trioserve._stream` and
+`trioserve._datagram`.
+
+Bind defaults differ from socketserver's where socketserver's are a trap:
+
+* ``allow_reuse_address`` is true for stream servers, as Trio's listeners and
+  ``http.server`` have it, so a restarted server does not fail on a port in TIME_WAIT. It
+  stays false for datagram servers, where on Linux it would let two servers share a port
+  silently.
+* ``request_queue_size`` (the listen backlog) is 4096, not 5: the kernel caps it at
+  ``net.core.somaxconn``, and a burst of clients is not refused.
+* IPv6 sockets set ``IPV6_V6ONLY`` (``ipv6_only = True``), as Trio does, so ``::`` means
+  IPv6; serve IPv4 with a second server, or set ``ipv6_only = False`` for a dual-stack
+  socket.
+* A Unix socket file left behind by a server that is gone is removed before binding; one
+  that a live server still listens on is left alone and the bind fails with
+  ``EADDRINUSE``. The server removes its own file on close.
+
+Every bind error is raised again with the address in its message, keeping its type and
+errno: a bad host is a `socket.gaierror`, a port in use an `OSError` with ``EADDRINUSE``, a
+missing directory a `FileNotFoundError`; a malformed address or an out-of-range port is a
+`ValueError` or `TypeError` raised before any socket is made.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import stat
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import trio
+
+from . import _options
+from ._server import BaseServer, HandlerClass
+
+__all__ = ["SocketServer", "check_address", "family_for"]
+
+
+def family_for(default: int, address: Any) -> int:
+    """The address family for *address*: an IPv6 literal host selects AF_INET6."""
+    if (
+        default == socket.AF_INET
+        and isinstance(address, tuple)
+        and address
+        and isinstance(address[0], str)
+        and ":" in address[0]
+    ):
+        return socket.AF_INET6
+    return default
+
+
+def check_address(family: int, address: Any) -> Any:
+    """Return *address* in the form ``bind`` takes, or raise naming what is wrong with it."""
+    if family == socket.AF_UNIX:
+        if not isinstance(address, (str, bytes, os.PathLike)):
+            raise TypeError(f"a Unix socket address is a path, not {address!r}")
+        path = os.fspath(address)
+        if not path:
+            raise ValueError("a Unix socket path must not be empty")
+        return path
+    expected = 4 if family == socket.AF_INET6 else 2
+    if not isinstance(address, tuple) or len(address) not in (2, expected):
+        raise TypeError(f"a TCP/UDP address is a (host, port) tuple, not {address!r}")
+    host, port = address[0], address[1]
+    if not isinstance(host, str):
+        raise TypeError(f"the host in {address!r} must be a str, not {type(host).__name__}")
+    if isinstance(port, bool) or not isinstance(port, int):
+        raise TypeError(f"the port in {address!r} must be an int, not {type(port).__name__}")
+    if not 0 <= port <= 65535:
+        raise ValueError(f"the port in {address!r} is out of range: it must be 0-65535")
+    return address
+
+
+def _rephrase(exc: OSError, address: Any) -> OSError:
+    new = type(exc)(exc.errno, f"cannot bind to {address!r}: {exc.strerror}")
+    return new
+
+
+def _remove_stale_unix_socket(path: str | bytes, socket_type: int) -> None:
+    """Remove the socket file at *path* if no one is serving on it any more."""
+    if (isinstance(path, str) and path.startswith("\0")) or (
+        isinstance(path, bytes) and path.startswith(b"\0")
+    ):
+        return  # the abstract namespace has no files
+    try:
+        if not stat.S_ISSOCK(os.stat(path).st_mode):
+            return  # not ours to remove: bind fails with EADDRINUSE and says so
+    except FileNotFoundError:
+        return
+    probe = socket.socket(socket.AF_UNIX, socket_type)
+    try:
+        probe.connect(path)
+    except ConnectionRefusedError:
+        os.unlink(path)  # a socket file whose server is gone
+    except OSError:
+        pass  # someone is there, or we cannot tell: leave it for bind to report
+    finally:
+        probe.close()
+
+
+class SocketServer(BaseServer):
+    """A server that owns a socket: binds it in the constructor, closes it on close.
+
+    Args:
+      server_address: ``(host, port)`` for TCP and UDP (an IPv6 literal host selects
+        IPv6; port 0 picks a free port, and `server_address` then holds the real one), or
+        a path for Unix sockets.
+      RequestHandlerClass: the handler class.
+      bind_and_activate: bind and activate the socket now (the default); with False, call
+        `server_bind` and `server_activate` yourself, after setting socket options.
+      **options: the class's options, checked (see `BaseServer`).
+
+    Options and class attributes:
+      allow_reuse_address: set ``SO_REUSEADDR`` (stream servers: True).
+      allow_reuse_port: set ``SO_REUSEPORT``, to share a port between processes.
+      ipv6_only: on IPv6 sockets, set ``IPV6_V6ONLY`` (default True).
+      unix_socket_mode: a file mode for a Unix socket file, such as ``0o660``.
+
+    Attributes:
+      socket: the server's `trio.socket.SocketType`.
+      address_family, socket_type: as in socketserver.
+    """
+
+    address_family: int = socket.AF_INET
+    socket_type: ClassVar[int] = socket.SOCK_STREAM
+    allow_reuse_address: bool = False
+    allow_reuse_port: bool = False
+    ipv6_only: bool = True
+    unix_socket_mode: int | None = None
+
+    _options: ClassVar[Mapping[str, _options.Check]] = {
+        "allow_reuse_address": _options.boolean,
+        "allow_reuse_port": _options.boolean,
+        "ipv6_only": _options.boolean,
+        "unix_socket_mode": _options.file_mode_or_none,
+    }
+
+    def __init__(
+        self,
+        server_address: Any,
+        RequestHandlerClass: HandlerClass,
+        bind_and_activate: bool = True,
+        **options: Any,
+    ) -> None:
+        super().__init__(server_address, RequestHandlerClass, **options)
+        self.address_family = family_for(self.address_family, server_address)
+        self.server_address = check_address(self.address_family, server_address)
+        self._unix_path_inode: tuple[str | bytes, int] | None = None
+        self._raw_socket = socket.socket(self.address_family, self.socket_type)
+        self.socket = trio.socket.from_stdlib_socket(self._raw_socket)
+        if bind_and_activate:
+            try:
+                self.server_bind()
+                self.server_activate()
+            except BaseException:
+                self.server_close()
+                raise
+
+    def server_bind(self) -> None:
+        """Set the socket options and bind to `server_address`; then record the real one."""
+        sock = self._raw_socket
+        family = self.address_family
+        if self.allow_reuse_address and family != socket.AF_UNIX:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if self.allow_reuse_port:
+            if not hasattr(socket, "SO_REUSEPORT"):  # pragma: no cover - not on Linux
+                raise OSError(errno.ENOPROTOOPT, "SO_REUSEPORT is not supported here")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(self.ipv6_only))
+        address = self.server_address
+        if family == socket.AF_UNIX:
+            _remove_stale_unix_socket(address, self.socket_type)
+        try:
+            sock.bind(address)
+        except socket.gaierror as exc:
+            raise socket.gaierror(
+                exc.errno, f"cannot bind to {address!r}: unknown host ({exc.strerror})"
+            ) from None
+        except OverflowError as exc:
+            raise ValueError(f"cannot bind to {address!r}: {exc}") from None
+        except OSError as exc:
+            raise _rephrase(exc, address) from None
+        if family == socket.AF_UNIX and self._is_path(address):
+            if self.unix_socket_mode is not None:
+                os.chmod(address, self.unix_socket_mode)
+            self._unix_path_inode = (address, os.stat(address).st_ino)
+        self.server_address = sock.getsockname()
+
+    @staticmethod
+    def _is_path(address: str | bytes) -> bool:
+        return address[:1] not in ("\0", b"\0")
+
+    def server_close(self) -> None:
+        """Close the socket, and remove the Unix socket file this server created.
+
+        Safe inside or outside `trio.run`, and more than once.
+        """
+        if trio.lowlevel.in_trio_run():
+            self.socket.close()  # also wakes any task still waiting on the socket
+        else:
+            self._raw_socket.close()
+        own = self._unix_path_inode
+        if own is not None:
+            self._unix_path_inode = None
+            path, inode = own
+            try:
+                if os.stat(path).st_ino == inode:
+                    os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+    def fileno(self) -> int:
+        """The file descriptor of the server's socket."""
+        return self.socket.fileno()

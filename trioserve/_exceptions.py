@@ -1,0 +1,46 @@
+"""Every exception trioserve raises of its own, in one place.
+
+Errors from the peer are translated once, at the boundary of the files a handler reads and
+writes (`trioserve._files`), into `BrokenConnectionError`. It derives from both
+`trio.BrokenResourceError` and `ConnectionError`, so code written for Trio
+(``except trio.BrokenResourceError``) and code ported from socketserver (``except
+ConnectionError`` or ``except OSError``) catch it unchanged.
+"""
+
+from __future__ import annotations
+
+import errno
+
+import trio
+
+__all__ = ["BrokenConnectionError", "LineTooLongError"]
+
+
+class BrokenConnectionError(trio.BrokenResourceError, ConnectionError):
+    """The peer went away (reset, broken pipe) while a handler read or wrote.
+
+    Raised by ``rfile`` and ``wfile``. The server's default `~trioserve.BaseServer.handle_error`
+    logs it at debug level without a traceback: a vanished client is not a server bug.
+    """
+
+    def __init__(self, message: str = "connection broken by the peer") -> None:
+        ConnectionError.__init__(self, errno.ECONNRESET, message)
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+class LineTooLongError(ValueError):
+    """``readline()`` found no line end within ``max_line_length`` bytes.
+
+    Nothing is lost: the bytes stay in the reader's buffer, where ``read(n)`` can still get
+    them. A handler that does not catch it ends, and the server logs it through
+    `~trioserve.BaseServer.handle_error` and keeps serving other clients.
+
+    Attributes:
+      max_line_length: the limit that was exceeded.
+    """
+
+    def __init__(self, max_line_length: int) -> None:
+        super().__init__(f"no end of line within {max_line_length} bytes (max_line_length)")
+        self.max_line_length = max_line_length

@@ -1,0 +1,276 @@
+"""``rfile`` and ``wfile`` for async handlers: file-like adapters over Trio streams.
+
+`AsyncReader` is a buffered reader over a `trio.abc.ReceiveStream`, and `AsyncWriter` an
+unbuffered (or buffered) writer over a `trio.abc.SendStream`. Their methods are the ones
+socketserver handlers call on their files, made ``async``, and return what
+`io.BytesLikeedReader` and socketserver's ``_SocketWriter`` return on the same bytes, however
+the peer chunks them.
+
+Error handling, decided once for every handler:
+
+* a peer that resets the connection or stops reading raises `BrokenConnectionError`
+  (a `trio.BrokenResourceError` and a `ConnectionError`);
+* a read or write that takes longer than the handler's ``timeout`` raises the built-in
+  `TimeoutError` (which is `socket.timeout`, what a stdlib handler sees);
+* ``readline()`` without a limit raises `LineTooLongError` when no line end comes within
+  ``max_line_length`` bytes;
+* using a file after ``close()`` raises `ValueError`, as closed files do.
+
+Reads served from the buffer return without a Trio checkpoint, as any hand-written
+buffered reader does; a read that waits for the peer checkpoints.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import AsyncIterator, Iterable
+from typing import final
+
+import trio
+
+from ._buffer import ReceiveBuffer
+from ._exceptions import BrokenConnectionError, LineTooLongError
+
+__all__ = [
+    "DEFAULT_MAX_LINE_LENGTH",
+    "DEFAULT_RECEIVE_SIZE",
+    "AsyncReader",
+    "AsyncWriter",
+    "BytesLike",
+]
+
+#: What ``wfile.write`` takes, as Trio's ``send_all`` does.
+BytesLike = bytes | bytearray | memoryview
+
+#: How much one receive asks the stream for, unless ``rbufsize`` says otherwise.
+DEFAULT_RECEIVE_SIZE = 65536
+#: The longest line ``readline()`` without a limit returns (asyncio's default too).
+DEFAULT_MAX_LINE_LENGTH = 65536
+
+
+def _timed_out(timeout: float) -> TimeoutError:
+    return TimeoutError(f"the peer did not respond within {timeout} seconds")
+
+
+def _broken(exc: BaseException) -> BrokenConnectionError:
+    cause = exc.__cause__ if exc.__cause__ is not None else exc
+    return BrokenConnectionError(f"connection broken by the peer: {cause}")
+
+
+@final
+class AsyncReader:
+    """A buffered, async file-like reader over a Trio receive stream (a handler's ``rfile``).
+
+    Args:
+      stream: what to read from.
+      receive_size: the most bytes one receive asks the stream for.
+      timeout: seconds a read may wait for the peer before `TimeoutError`; None waits forever.
+      max_line_length: the longest line, terminator included, that ``readline()`` without
+        a limit accepts; None accepts any length (and buffers without bound).
+    """
+
+    __slots__ = (
+        "_buffer",
+        "_closed",
+        "_eof",
+        "_stream",
+        "max_line_length",
+        "receive_size",
+        "timeout",
+    )
+
+    def __init__(
+        self,
+        stream: trio.abc.ReceiveStream,
+        *,
+        receive_size: int = DEFAULT_RECEIVE_SIZE,
+        timeout: float | None = None,
+        max_line_length: int | None = DEFAULT_MAX_LINE_LENGTH,
+    ) -> None:
+        if receive_size < 1:
+            raise ValueError(f"receive_size must be >= 1, not {receive_size}")
+        if max_line_length is not None and max_line_length < 1:
+            raise ValueError(f"max_line_length must be >= 1 or None, not {max_line_length}")
+        self._stream = stream
+        self._buffer = ReceiveBuffer()
+        self._eof = False
+        self._closed = False
+        self.receive_size = receive_size
+        self.timeout = timeout
+        self.max_line_length = max_line_length
+
+    @property
+    def closed(self) -> bool:
+        """Whether `close` was called."""
+        return self._closed
+
+    def close(self) -> None:
+        """Close this file; the stream itself stays open (the server closes it)."""
+        self._closed = True
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ValueError("I/O operation on closed file")
+
+    async def _fill(self) -> bool:
+        """Receive once into the buffer; False at end of file."""
+        if self._eof:
+            return False
+        try:
+            if self.timeout is None:
+                data = await self._stream.receive_some(self.receive_size)
+            else:
+                with trio.fail_after(self.timeout):
+                    data = await self._stream.receive_some(self.receive_size)
+        except trio.TooSlowError:
+            raise _timed_out(self.timeout or 0.0) from None
+        except BrokenConnectionError:
+            raise
+        except trio.BrokenResourceError as exc:
+            raise _broken(exc) from exc
+        if not data:
+            self._eof = True
+            return False
+        self._buffer.feed(data)
+        return True
+
+    async def read(self, size: int | None = -1) -> bytes:
+        """Read *size* bytes, fewer only at end of file; all until end of file if negative."""
+        self._check_open()
+        buffer = self._buffer
+        if size is None or size < 0:
+            while await self._fill():
+                pass
+            return buffer.take_all()
+        while len(buffer) < size and await self._fill():
+            pass
+        return buffer.take(size)
+
+    async def read1(self, size: int = -1) -> bytes:
+        """Read up to *size* bytes with at most one receive; b"" only at end of file."""
+        self._check_open()
+        if not self._buffer:
+            await self._fill()
+        return self._buffer.take(len(self._buffer) if size < 0 else size)
+
+    async def readline(self, limit: int | None = -1) -> bytes:
+        """Read one line, with its b"\\n"; the unterminated rest at end of file; b"" at EOF.
+
+        Args:
+          limit: with ``limit >= 0`` return at most *limit* bytes, so a longer line comes
+            back in pieces, as with `io.BytesLikeedReader.readline`.
+
+        Raises:
+          LineTooLongError: no limit was given and no line end came within
+            ``max_line_length`` bytes. The bytes stay buffered.
+        """
+        self._check_open()
+        if limit is None:
+            limit = -1
+        buffer = self._buffer
+        while True:
+            line = buffer.take_line(limit)
+            if line is not None:
+                return line
+            if limit < 0 and self.max_line_length and buffer.line_too_long(self.max_line_length):
+                raise LineTooLongError(self.max_line_length)
+            if not await self._fill():
+                return buffer.take_all()
+
+    async def readlines(self, hint: int | None = -1) -> list[bytes]:
+        """Read lines until end of file, or until they add up to more than *hint* bytes."""
+        lines: list[bytes] = []
+        total = 0
+        while line := await self.readline():
+            lines.append(line)
+            total += len(line)
+            if hint is not None and 0 < hint <= total:
+                break
+        return lines
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self
+
+    async def __anext__(self) -> bytes:
+        line = await self.readline()
+        if not line:
+            raise StopAsyncIteration
+        return line
+
+
+@final
+class AsyncWriter:
+    """An async file-like writer over a Trio send stream (a handler's ``wfile``).
+
+    Args:
+      stream: what to write to.
+      bufsize: 0 sends every write at once (socketserver's default, ``wbufsize = 0``); a
+        positive size collects writes until that many bytes are waiting; negative uses
+        `io.DEFAULT_BUFFER_SIZE`.
+      timeout: seconds a send may wait for the peer before `TimeoutError`; None waits.
+    """
+
+    __slots__ = ("_closed", "_pending", "_stream", "bufsize", "timeout")
+
+    def __init__(
+        self, stream: trio.abc.SendStream, *, bufsize: int = 0, timeout: float | None = None
+    ) -> None:
+        self._stream = stream
+        self._pending = bytearray()
+        self._closed = False
+        self.bufsize = io.DEFAULT_BUFFER_SIZE if bufsize < 0 else bufsize
+        self.timeout = timeout
+
+    @property
+    def closed(self) -> bool:
+        """Whether `close` was called."""
+        return self._closed
+
+    def close(self) -> None:
+        """Close this file; unflushed bytes are dropped (call `flush` first)."""
+        self._closed = True
+        self._pending.clear()
+
+    async def _send(self, data: BytesLike) -> None:
+        try:
+            if self.timeout is None:
+                await self._stream.send_all(data)
+            else:
+                with trio.fail_after(self.timeout):
+                    await self._stream.send_all(data)
+        except trio.TooSlowError:
+            raise _timed_out(self.timeout or 0.0) from None
+        except BrokenConnectionError:
+            raise
+        except trio.BrokenResourceError as exc:
+            raise _broken(exc) from exc
+
+    async def write(self, data: BytesLike) -> int:
+        """Write *data*; return how many bytes it holds. Unbuffered writes are sent now."""
+        if self._closed:
+            raise ValueError("write to closed file")
+        size = memoryview(data).nbytes
+        if not self.bufsize:
+            await self._send(data)
+            return size
+        self._pending += data
+        if len(self._pending) >= self.bufsize:
+            await self.flush()
+        return size
+
+    async def writelines(self, lines: Iterable[BytesLike]) -> None:
+        """Write each of *lines* (no separators are added)."""
+        if self._closed:
+            raise ValueError("write to closed file")
+        self._pending.extend(b"".join(lines))
+        if not self.bufsize or len(self._pending) >= self.bufsize:
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Send whatever buffered writes are waiting."""
+        if self._closed:
+            raise ValueError("flush of closed file")
+        if self._pending:
+            data = bytes(self._pending)
+            self._pending.clear()
+            await self._send(data)

@@ -1,0 +1,225 @@
+"""Request handlers: `BaseRequestHandler`, `StreamRequestHandler`, and how a handler runs.
+
+One class, two ways to write it
+-------------------------------
+socketserver handlers are synchronous: ``def handle(self)``. trioserve handlers are
+usually ``async def handle(self)``. Both are subclasses of the same classes here, and the
+server tells them apart by ``handle``: a handler whose ``handle`` is a coroutine function
+is *async* and runs in a Trio task; one whose ``handle`` is a plain function is *sync* and
+runs, ``setup`` to ``finish``, in a worker thread (`trioserve._sync`).
+
+That leaves the base classes' own ``setup()`` and ``finish()``, which both kinds call with
+``super()``: an async handler writes ``await super().setup()``, a ported sync handler
+writes ``super().setup()``. So the base methods do their work when called and return an
+awaitable that is already complete (`_DONE`). Awaiting it costs nothing, and dropping it
+(the sync way) raises no "never awaited" warning, as it is not a coroutine. The only
+base-class step that must wait for I/O is the final flush of a buffered ``wfile`` in an
+async handler: ``finish()`` then returns a coroutine to await; as a safety net the runner
+flushes a buffered ``wfile`` itself if a ``finish()`` override forgot to call ``super()``.
+
+The handler's work is not done in ``__init__`` (socketserver does it there): the
+constructor only stores its arguments, and `run_handler` drives ``setup``, ``handle`` and
+``finish``, with ``finish`` run even when ``handle`` raised. That keeps each step
+awaitable and each one testable on its own.
+"""
+
+from __future__ import annotations
+
+import inspect
+import socketserver
+from collections.abc import Generator
+from typing import TYPE_CHECKING, Any, final
+
+import trio
+
+from ._exceptions import BrokenConnectionError
+from ._files import DEFAULT_MAX_LINE_LENGTH, DEFAULT_RECEIVE_SIZE, AsyncReader, AsyncWriter
+
+if TYPE_CHECKING:
+    from ._server import BaseServer
+
+__all__ = ["BaseRequestHandler", "EchoHandler", "StreamRequestHandler", "run_handler"]
+
+
+@final
+class _Done:
+    """An awaitable that is complete already: what the base hooks return."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return
+        yield  # pragma: no cover - makes this a generator function
+
+    def __repr__(self) -> str:
+        return "<done>"
+
+
+_DONE = _Done()
+
+
+class BaseRequestHandler:
+    """The base of every request handler: ``setup()``, ``handle()``, ``finish()``.
+
+    The server constructs one handler per request (a connection, or a datagram) and runs
+    ``setup()``, then ``handle()``, then ``finish()``, which runs even when ``handle()``
+    raised. Override them with ``async def`` (the handler runs in a Trio task) or with
+    plain ``def`` (the handler runs in a worker thread, as ported socketserver code does).
+
+    Attributes:
+      request: what the server received: on stream servers the connection's
+        `trio.abc.Stream` (a socket-like object for sync handlers); on datagram servers the
+        pair ``(data, socket)``.
+      client_address: the peer's address.
+      server: the server that accepted the request.
+    """
+
+    def __init__(self, request: Any, client_address: Any, server: BaseServer) -> None:
+        self.request = request
+        self.client_address = client_address
+        self.server = server
+
+    def setup(self) -> Any:
+        """Prepare for `handle`. Returns an awaitable: ``await super().setup()`` works."""
+        return _DONE
+
+    def handle(self) -> Any:
+        """Serve the request. Override this (``async def`` or ``def``)."""
+        return _DONE
+
+    def finish(self) -> Any:
+        """Clean up after `handle`, even when it raised. ``await super().finish()`` works."""
+        return _DONE
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _check_handler_class(cls)
+
+
+def _is_coroutine_function(func: object) -> bool:
+    return inspect.iscoroutinefunction(func)
+
+
+def _check_handler_class(cls: type[BaseRequestHandler]) -> None:
+    """Reject a handler that mixes a sync ``handle`` with an async ``setup``/``finish``."""
+    if is_sync_handler(cls):
+        for name in ("setup", "finish"):
+            if _is_coroutine_function(getattr(cls, name)):
+                raise TypeError(
+                    f"{cls.__qualname__}.handle is a plain def but {name} is async def: "
+                    "a handler's setup, handle and finish must be all async or all sync"
+                )
+
+
+def is_sync_handler(cls: type[Any]) -> bool:
+    """Whether instances of *cls* run in a worker thread.
+
+    True for a trioserve handler whose ``handle`` is a plain function, and for a handler
+    class of the standard library's ``socketserver`` (which runs in its constructor).
+    """
+    if not issubclass(cls, BaseRequestHandler):
+        return True
+    handle = cls.handle
+    return handle is not BaseRequestHandler.handle and not _is_coroutine_function(handle)
+
+
+async def _maybe_await(result: object) -> None:
+    if inspect.isawaitable(result):
+        await result
+
+
+async def run_handler(
+    handler_class: type[BaseRequestHandler] | type[socketserver.BaseRequestHandler],
+    request: Any,
+    client_address: Any,
+    server: BaseServer,
+) -> None:
+    """Run one handler for one request: ``setup``, ``handle``, then ``finish`` always.
+
+    Sync handlers and socketserver's own handler classes go to a worker thread
+    (`trioserve._sync`); async handlers run in the calling task.
+    """
+    if is_sync_handler(handler_class):
+        from ._sync import run_sync_handler
+
+        await run_sync_handler(handler_class, request, client_address, server)
+        return
+    assert issubclass(handler_class, BaseRequestHandler)
+    handler = handler_class(request, client_address, server)
+    await _maybe_await(handler.setup())
+    try:
+        await _maybe_await(handler.handle())
+    finally:
+        await _maybe_await(handler.finish())
+        if isinstance(handler, StreamRequestHandler) and hasattr(handler, "wfile"):
+            await handler._flush_and_close()
+
+
+class StreamRequestHandler(BaseRequestHandler):
+    """A handler for stream servers, with ``rfile`` and ``wfile``.
+
+    ``setup()`` creates the files over ``self.request``; ``finish()`` flushes and closes
+    them. In an async handler they are `AsyncReader` and `AsyncWriter`
+    (``await self.rfile.readline()``, ``async for line in self.rfile``,
+    ``await self.wfile.write(data)``); in a sync handler, blocking binary files.
+
+    Class attributes:
+      rbufsize: how much one receive asks for; -1 (the default) means 64 KiB.
+      wbufsize: 0 (the default) sends every ``wfile.write`` at once; a positive size
+        buffers writes until that many bytes wait (or ``flush()``, or ``finish()``).
+      timeout: seconds any one read or write may wait for the peer before raising
+        `TimeoutError`, which ends the handler; None (the default) waits forever.
+      disable_nagle_algorithm: accepted for compatibility; Trio's socket streams always
+        set ``TCP_NODELAY``, so small responses are never held back.
+      max_line_length: the longest line ``rfile.readline()`` without a limit accepts,
+        terminator included, before it raises `LineTooLongError`; None for no limit.
+    """
+
+    rbufsize: int = -1
+    wbufsize: int = 0
+    timeout: float | None = None
+    disable_nagle_algorithm: bool = False
+    max_line_length: int | None = DEFAULT_MAX_LINE_LENGTH
+
+    request: trio.abc.Stream
+    connection: trio.abc.Stream
+    rfile: AsyncReader
+    wfile: AsyncWriter
+
+    def setup(self) -> Any:
+        """Create ``self.connection``, ``self.rfile`` and ``self.wfile``."""
+        self.connection = self.request
+        self.rfile = AsyncReader(
+            self.request,
+            receive_size=self.rbufsize if self.rbufsize > 0 else DEFAULT_RECEIVE_SIZE,
+            timeout=self.timeout,
+            max_line_length=self.max_line_length,
+        )
+        self.wfile = AsyncWriter(self.request, bufsize=self.wbufsize, timeout=self.timeout)
+        return _DONE
+
+    def finish(self) -> Any:
+        """Flush and close ``wfile``, close ``rfile``. Returns an awaitable to await."""
+        if self.wfile.bufsize:
+            return self._flush_and_close()
+        self.wfile.close()
+        self.rfile.close()
+        return _DONE
+
+    async def _flush_and_close(self) -> None:
+        wfile = self.wfile
+        if not wfile.closed:
+            try:
+                await wfile.flush()
+            except (BrokenConnectionError, trio.ClosedResourceError):
+                pass  # as socketserver does: the peer is gone, there is no one to tell
+            wfile.close()
+        self.rfile.close()
+
+
+class EchoHandler(StreamRequestHandler):
+    """Send back every byte received, until the peer closes. The built-in demo handler."""
+
+    async def handle(self) -> None:
+        while data := await self.rfile.read1():
+            await self.wfile.write(data)

@@ -1,0 +1,1 @@
+"""Helpers for testing trioserve handlers and servers (being built)."""

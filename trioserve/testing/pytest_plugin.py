@@ -1,0 +1,1 @@
+"""trioserve's pytest plugin (being built)."""
