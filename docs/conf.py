@@ -4,7 +4,7 @@ from __future__ import annotations
 
 project = "trioserve"
 author = "the trioserve developers"
-copyright = "2026, the trioserve developers"  # noqa: A001
+copyright = "2026, the trioserve developers"
 
 extensions = [
     "myst_parser",

@@ -414,3 +414,29 @@ async def test_buffered_wfile_is_flushed_by_finish() -> None:
             async with await connect(server) as client:
                 assert await receive_exactly(client, 15) == b"buffered reply\n"
             nursery.cancel_scope.cancel()
+
+
+async def test_from_socket_serves_on_an_already_listening_socket() -> None:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    with ThreadingTCPServer.from_socket(sock, UpperHandler) as server:
+        assert server.server_address == sock.getsockname()
+        assert server.fileno() == sock.fileno()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve_forever)
+            assert await roundtrip(server, b"adopted\n") == b"ADOPTED\n"
+            nursery.cancel_scope.cancel()
+    assert sock.fileno() == -1  # the server owned it and closed it
+
+
+async def test_from_socket_activates_a_bound_socket_and_rejects_wrong_ones() -> None:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    with TCPServer.from_socket(sock, UpperHandler) as server:
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+        assert server.server_address == sock.getsockname()
+    with socket.socket(type=socket.SOCK_DGRAM) as udp, pytest.raises(ValueError, match="type"):
+        TCPServer.from_socket(udp, UpperHandler)
+    with socket.socket() as unbound, pytest.raises(ValueError, match="bound socket"):
+        TCPServer.from_socket(unbound, UpperHandler)

@@ -34,12 +34,15 @@ import os
 import socket
 import stat
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import trio
 
 from . import _options
 from ._server import BaseServer, HandlerClass
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = ["SocketServer", "check_address", "family_for"]
 
@@ -163,6 +166,38 @@ class SocketServer(BaseServer):
             except BaseException:
                 self.server_close()
                 raise
+
+    @classmethod
+    def from_socket(
+        cls, sock: socket.socket, RequestHandlerClass: HandlerClass, **options: Any
+    ) -> Self:
+        """Build a server around a socket that is already bound (and maybe listening).
+
+        The server takes ownership of *sock* and closes it in `server_close`. A stream
+        socket that is not listening yet is activated (`server_activate`). The subclass's
+        ``__init__`` runs as usual, with ``bind_and_activate=False``.
+
+        Raises:
+          ValueError: *sock* is of another type than this server's, or not bound.
+        """
+        if sock.type != cls.socket_type:
+            raise ValueError(
+                f"{cls.__name__} needs a socket of type {cls.socket_type!r}, not {sock.type!r}"
+            )
+        address = sock.getsockname()
+        if not address or (isinstance(address, tuple) and address[1] == 0):
+            raise ValueError(f"{cls.__name__}.from_socket needs a bound socket, not {sock!r}")
+        server = cls(address, RequestHandlerClass, bind_and_activate=False, **options)
+        server._raw_socket.close()
+        server.address_family = sock.family
+        server._raw_socket = sock
+        server.socket = trio.socket.from_stdlib_socket(sock)
+        server.server_address = address
+        if cls.socket_type == socket.SOCK_STREAM and not sock.getsockopt(
+            socket.SOL_SOCKET, socket.SO_ACCEPTCONN
+        ):
+            server.server_activate()
+        return server
 
     def server_bind(self) -> None:
         """Set the socket options and bind to `server_address`; then record the real one."""

@@ -233,8 +233,12 @@ class BaseServer:
             self._serving = None
         serving.stopped.set()
 
+    def _concurrency_limit(self) -> int | None:
+        """How many requests a concurrent server handles at once (None: no limit)."""
+        return self.max_connections
+
     async def _serve_loop(self, nursery: trio.Nursery | None) -> None:
-        limit = self.max_connections if nursery is not None else None
+        limit = self._concurrency_limit() if nursery is not None else None
         slots = trio.Semaphore(limit) if limit is not None else None
         while True:
             if slots is not None:
