@@ -37,7 +37,7 @@ import math
 import socketserver
 import sys
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from types import EllipsisType, TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -349,8 +349,11 @@ class BaseServer:
         """Wait for a request; return ``(request, client_address)``. Provided by subclasses."""
         raise NotImplementedError
 
-    def verify_request(self, request: Any, client_address: Any) -> bool:
-        """Return False to refuse the request: it is closed and no handler runs."""
+    def verify_request(self, request: Any, client_address: Any) -> bool | Awaitable[bool]:
+        """Return False to refuse the request: it is closed and no handler runs.
+
+        May be overridden with ``def`` or ``async def``.
+        """
         return True
 
     async def process_request(self, request: Any, client_address: Any) -> None:
@@ -373,7 +376,7 @@ class BaseServer:
         """Close one request. May be overridden with def or async def."""
         return None
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
+    def handle_error(self, request: Any, client_address: Any) -> Awaitable[None] | None:
         """Report an exception raised while handling a request; the server keeps serving.
 
         Call it from an ``except`` block, as the server does. The default logs to the
@@ -390,12 +393,15 @@ class BaseServer:
             logger.error(
                 "exception while handling a request from %s", _peer(client_address), exc_info=True
             )
+        return None
 
-    def handle_timeout(self) -> None:
+    def handle_timeout(self) -> Awaitable[None] | None:
         """Called when `handle_request` waited `timeout` seconds for nothing."""
+        return None
 
-    def service_actions(self) -> None:
+    def service_actions(self) -> Awaitable[None] | None:
         """Called by `serve_forever` after each request is dispatched (never on a timer)."""
+        return None
 
     # -- context managers ----------------------------------------------------------------
 
