@@ -14,6 +14,7 @@ import trio.testing
 
 import trioserve
 from trioserve import StreamRequestHandler, TCPServer, ThreadingTCPServer
+from trioserve.testing import connect, serving
 
 from .conftest import needs_ipv6
 
@@ -24,13 +25,6 @@ class UpperHandler(StreamRequestHandler):
     async def handle(self) -> None:
         async for line in self.rfile:
             await self.wfile.write(line.upper())
-
-
-async def connect(server: trioserve.SocketServer) -> trio.SocketStream:
-    if server.address_family == socket.AF_UNIX:
-        return await trio.open_unix_socket(server.server_address)
-    host, port = server.server_address[:2]
-    return await trio.open_tcp_stream(host, port)
 
 
 async def receive_exactly(stream: trio.abc.ReceiveStream, size: int) -> bytes:
@@ -61,10 +55,8 @@ async def test_echo_round_trip(
     server_class: type[TCPServer], address: Any, tmp_path: Path
 ) -> None:
     with server_class(address or str(tmp_path / "s.sock"), UpperHandler) as server:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(server.serve_forever)
+        async with serving(server):
             assert await roundtrip(server, b"hello\nworld\n") == b"HELLO\nWORLD\n"
-            nursery.cancel_scope.cancel()
 
 
 @needs_ipv6
@@ -88,8 +80,7 @@ async def test_port_zero_is_resolved_in_the_constructor_outside_trio() -> None:
 
 async def test_nursery_server_serves_fifty_clients_at_once() -> None:
     with ThreadingTCPServer(("127.0.0.1", 0), UpperHandler) as server:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(server.serve_forever)
+        async with serving(server):
             streams = [await connect(server) for _ in range(50)]
             # All fifty are open at once; each is answered while the others stay open.
             for index, stream in enumerate(streams):
@@ -100,13 +91,11 @@ async def test_nursery_server_serves_fifty_clients_at_once() -> None:
                 assert await receive_exactly(stream, len(expected)) == expected
             for stream in streams:
                 await stream.aclose()
-            nursery.cancel_scope.cancel()
 
 
 async def test_plain_server_handles_one_connection_at_a_time() -> None:
     with TCPServer(("127.0.0.1", 0), UpperHandler) as server:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(server.serve_forever)
+        async with serving(server):
             first = await connect(server)
             second = await connect(server)
             await first.send_all(b"one\n")
@@ -119,7 +108,6 @@ async def test_plain_server_handles_one_connection_at_a_time() -> None:
             await first.aclose()
             assert await receive_exactly(second, 4) == b"TWO\n"
             await second.aclose()
-            nursery.cancel_scope.cancel()
 
 
 class HoldHandler(StreamRequestHandler):
@@ -301,13 +289,11 @@ async def test_handler_exception_is_logged_and_the_server_keeps_serving(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     with ThreadingTCPServer(("127.0.0.1", 0), FailingHandler) as server:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(server.serve_forever)
+        async with serving(server):
             async with await connect(server) as bad:
                 await bad.send_all(b"fail\n")
                 assert await bad.receive_some(10) == b""  # closed, not hung
             assert await roundtrip(server, b"fine\n") == b"FINE\n"
-            nursery.cancel_scope.cancel()
     errors = [r for r in caplog.records if r.name == "trioserve" and r.levelno == logging.ERROR]
     assert len(errors) == 1
     assert errors[0].exc_info is not None
@@ -328,13 +314,11 @@ async def test_client_that_vanishes_mid_line_is_not_an_error(
                 done.set()
 
     with ThreadingTCPServer(("127.0.0.1", 0), Handler) as server:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(server.serve_forever)
+        async with serving(server):
             async with await connect(server) as client:
                 await client.send_all(b"half a li")
             await done.wait()
             assert seen == [b"half a li"]  # EOF ends the line; nothing is lost
-            nursery.cancel_scope.cancel()
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
@@ -352,14 +336,12 @@ async def test_client_reset_is_logged_at_debug_only(caplog: pytest.LogCaptureFix
                 done.set()
 
     with ThreadingTCPServer(("127.0.0.1", 0), Handler) as server:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(server.serve_forever)
+        async with serving(server):
             client = socket.create_connection(server.server_address)
             client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
             client.sendall(b"go\n")
             client.close()  # SO_LINGER 0: a reset
             await done.wait()
-            nursery.cancel_scope.cancel()
     records = [r for r in caplog.records if r.name == "trioserve"]
     assert [r.levelno for r in records] == [logging.DEBUG]
     assert "disconnected" in records[0].getMessage()
@@ -372,13 +354,11 @@ async def test_line_too_long_is_a_warning_and_the_server_keeps_serving(
         max_line_length = 16
 
     with ThreadingTCPServer(("127.0.0.1", 0), Handler) as server:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(server.serve_forever)
+        async with serving(server):
             async with await connect(server) as client:
                 await client.send_all(b"y" * 100)
                 assert await client.receive_some(10) == b""
             assert await roundtrip(server, b"short\n") == b"SHORT\n"
-            nursery.cancel_scope.cancel()
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
     assert "max_line_length" in warnings[0].getMessage()
@@ -391,13 +371,10 @@ async def test_handler_timeout_disconnects_an_idle_client(
         timeout = 10
 
     with ThreadingTCPServer(("127.0.0.1", 0), Handler) as server:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(server.serve_forever)
-            async with await connect(server) as client:
-                start = trio.current_time()
-                assert await client.receive_some(10) == b""
-                assert trio.current_time() - start == pytest.approx(10)
-            nursery.cancel_scope.cancel()
+        async with serving(server), await connect(server) as client:
+            start = trio.current_time()
+            assert await client.receive_some(10) == b""
+            assert trio.current_time() - start == pytest.approx(10)
 
 
 async def test_buffered_wfile_is_flushed_by_finish() -> None:
@@ -409,11 +386,8 @@ async def test_buffered_wfile_is_flushed_by_finish() -> None:
             await self.wfile.write(b"reply\n")
 
     with ThreadingTCPServer(("127.0.0.1", 0), Handler) as server:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(server.serve_forever)
-            async with await connect(server) as client:
-                assert await receive_exactly(client, 15) == b"buffered reply\n"
-            nursery.cancel_scope.cancel()
+        async with serving(server), await connect(server) as client:
+            assert await receive_exactly(client, 15) == b"buffered reply\n"
 
 
 async def test_from_socket_serves_on_an_already_listening_socket() -> None:
@@ -423,10 +397,8 @@ async def test_from_socket_serves_on_an_already_listening_socket() -> None:
     with ThreadingTCPServer.from_socket(sock, UpperHandler) as server:
         assert server.server_address == sock.getsockname()
         assert server.fileno() == sock.fileno()
-        async with trio.open_nursery() as nursery:
-            await nursery.start(server.serve_forever)
+        async with serving(server):
             assert await roundtrip(server, b"adopted\n") == b"ADOPTED\n"
-            nursery.cancel_scope.cancel()
     assert sock.fileno() == -1  # the server owned it and closed it
 
 
