@@ -6,16 +6,28 @@ server.serve_forever()``, and stopped by `~BaseServer.shutdown` or by cancelling
 around them.
 """
 
+from ._activation import listen_fds as listen_fds
 from ._binding import SocketServer as SocketServer
+from ._compat import ForkingTCPServer as ForkingTCPServer
+from ._compat import ForkingUnixStreamServer as ForkingUnixStreamServer
 from ._compat import ThreadingTCPServer as ThreadingTCPServer
+from ._compat import ThreadingUDPServer as ThreadingUDPServer
+from ._compat import ThreadingUnixDatagramServer as ThreadingUnixDatagramServer
 from ._compat import ThreadingUnixStreamServer as ThreadingUnixStreamServer
+from ._datagram import DatagramRequestHandler as DatagramRequestHandler
+from ._datagram import UDPServer as UDPServer
+from ._datagram import UnixDatagramServer as UnixDatagramServer
 from ._exceptions import BrokenConnectionError as BrokenConnectionError
 from ._exceptions import LineTooLongError as LineTooLongError
+from ._exceptions import WorkerStartupError as WorkerStartupError
 from ._files import AsyncReader as AsyncReader
 from ._files import AsyncWriter as AsyncWriter
 from ._handlers import BaseRequestHandler as BaseRequestHandler
 from ._handlers import EchoHandler as EchoHandler
 from ._handlers import StreamRequestHandler as StreamRequestHandler
+from ._handlers import SyncStreamRequestHandler as SyncStreamRequestHandler
+from ._http import HTTPServer as HTTPServer
+from ._http import ThreadingHTTPServer as ThreadingHTTPServer
 from ._policy import Concurrency as Concurrency
 from ._policy import ForkingMixIn as ForkingMixIn
 from ._policy import NurseryMixIn as NurseryMixIn
@@ -24,6 +36,9 @@ from ._policy import ThreadingMixIn as ThreadingMixIn
 from ._server import BaseServer as BaseServer
 from ._stream import TCPServer as TCPServer
 from ._stream import UnixStreamServer as UnixStreamServer
+from ._sync import StreamSocket as StreamSocket
+from ._sync import SyncReader as SyncReader
+from ._sync import SyncWriter as SyncWriter
 
 __version__ = "0.1.0.dev0"
 
@@ -34,16 +49,31 @@ __all__ = [
     "BaseServer",
     "BrokenConnectionError",
     "Concurrency",
+    "DatagramRequestHandler",
     "EchoHandler",
     "ForkingMixIn",
+    "ForkingTCPServer",
+    "ForkingUnixStreamServer",
+    "HTTPServer",
     "LineTooLongError",
     "NurseryMixIn",
     "ProcessPoolMixIn",
     "SocketServer",
     "StreamRequestHandler",
+    "StreamSocket",
+    "SyncReader",
+    "SyncStreamRequestHandler",
+    "SyncWriter",
     "TCPServer",
+    "ThreadingHTTPServer",
     "ThreadingMixIn",
     "ThreadingTCPServer",
+    "ThreadingUDPServer",
+    "ThreadingUnixDatagramServer",
     "ThreadingUnixStreamServer",
+    "UDPServer",
+    "UnixDatagramServer",
     "UnixStreamServer",
+    "WorkerStartupError",
+    "listen_fds",
 ]

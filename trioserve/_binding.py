@@ -25,10 +25,21 @@ Every bind error is raised again with the address in its message, keeping its ty
 errno: a bad host is a `socket.gaierror`, a port in use an `OSError` with ``EADDRINUSE``, a
 missing directory a `FileNotFoundError`; a malformed address or an out-of-range port is a
 `ValueError` or `TypeError` raised before any socket is made.
+
+Adopting a socket
+-----------------
+A server can also be built around a socket someone else bound: a supervisor (systemd
+socket activation, see `trioserve._activation`), a parent process, a test. `from_socket`
+and `from_fd` do that. They run the class's constructor as usual, so a subclass's
+``__init__`` still runs, but the constructor takes the adopted socket instead of making
+one (it is handed over through a context variable, so no constructor signature changes).
+An adopted Unix socket's file is not removed on close: it belongs to whoever bound it
+(systemd keeps it across restarts of the service).
 """
 
 from __future__ import annotations
 
+import contextvars
 import errno
 import os
 import socket
@@ -82,9 +93,15 @@ def check_address(family: int, address: Any) -> Any:
     return address
 
 
+# The socket `from_socket` hands to the constructor: a list so that exactly one
+# `SocketServer.__init__` (the outermost server being built) takes it.
+_adopting: contextvars.ContextVar[list[socket.socket]] = contextvars.ContextVar("_adopting")
+
+
 def _rephrase(exc: OSError, address: Any) -> OSError:
-    new = type(exc)(exc.errno, f"cannot bind to {address!r}: {exc.strerror}")
-    return new
+    if exc.errno is None:  # such as "AF_UNIX path too long"
+        return type(exc)(f"cannot bind to {address!r}: {exc}")
+    return type(exc)(exc.errno, f"cannot bind to {address!r}: {exc.strerror}")
 
 
 def _remove_stale_unix_socket(path: str | bytes, socket_type: int) -> None:
@@ -99,6 +116,7 @@ def _remove_stale_unix_socket(path: str | bytes, socket_type: int) -> None:
     except FileNotFoundError:
         return
     probe = socket.socket(socket.AF_UNIX, socket_type)
+    probe.setblocking(False)  # a live server with a full backlog must not hang us
     try:
         probe.connect(path)
     except ConnectionRefusedError:
@@ -153,11 +171,17 @@ class SocketServer(BaseServer):
         bind_and_activate: bool = True,
         **options: Any,
     ) -> None:
+        adopting = _adopting.get(None)
+        adopted = adopting.pop() if adopting else None
         super().__init__(server_address, RequestHandlerClass, **options)
-        self.address_family = family_for(self.address_family, server_address)
-        self.server_address = check_address(self.address_family, server_address)
         self._unix_path_inode: tuple[str | bytes, int] | None = None
-        self._raw_socket = socket.socket(self.address_family, self.socket_type)
+        if adopted is not None:
+            self.address_family = adopted.family
+            self._raw_socket = adopted
+        else:
+            self.address_family = family_for(self.address_family, server_address)
+            self.server_address = check_address(self.address_family, server_address)
+            self._raw_socket = socket.socket(self.address_family, self.socket_type)
         self.socket = trio.socket.from_stdlib_socket(self._raw_socket)
         if bind_and_activate:
             try:
@@ -173,12 +197,26 @@ class SocketServer(BaseServer):
     ) -> Self:
         """Build a server around a socket that is already bound (and maybe listening).
 
-        The server takes ownership of *sock* and closes it in `server_close`. A stream
-        socket that is not listening yet is activated (`server_activate`). The subclass's
-        ``__init__`` runs as usual, with ``bind_and_activate=False``.
+        Any address family works with any stream (or datagram) server class: the server
+        takes the socket's family, and `server_address` is the socket's own address. The
+        subclass's ``__init__`` runs as usual, with ``bind_and_activate=False``, and a
+        stream socket that is not listening yet is activated (`server_activate`).
+
+        Args:
+          sock: a bound socket of this server's type (stream or datagram).
+          RequestHandlerClass: the handler class.
+          **options: the class's options, checked (see `BaseServer`).
+
+        Returns:
+          The server, ready to serve.
 
         Raises:
           ValueError: *sock* is of another type than this server's, or not bound.
+
+        Resource handling:
+          The server owns *sock* from then on and closes it in `server_close`; it does
+          not remove an adopted Unix socket's file. If this raises, *sock* is left open
+          and still the caller's.
         """
         if sock.type != cls.socket_type:
             raise ValueError(
@@ -187,16 +225,59 @@ class SocketServer(BaseServer):
         address = sock.getsockname()
         if not address or (isinstance(address, tuple) and address[1] == 0):
             raise ValueError(f"{cls.__name__}.from_socket needs a bound socket, not {sock!r}")
-        server = cls(address, RequestHandlerClass, bind_and_activate=False, **options)
-        server._raw_socket.close()
-        server.address_family = sock.family
-        server._raw_socket = sock
-        server.socket = trio.socket.from_stdlib_socket(sock)
+        adopting = [sock]
+        token = _adopting.set(adopting)
+        try:
+            server = cls(address, RequestHandlerClass, bind_and_activate=False, **options)
+        finally:
+            _adopting.reset(token)
+        if adopting:  # pragma: no cover - a subclass that never called SocketServer.__init__
+            raise TypeError(f"{cls.__name__}.__init__ did not call SocketServer.__init__")
         server.server_address = address
         if cls.socket_type == socket.SOCK_STREAM and not sock.getsockopt(
             socket.SOL_SOCKET, socket.SO_ACCEPTCONN
         ):
-            server.server_activate()
+            server.server_activate()  # if this raises, *sock* is still the caller's
+        return server
+
+    @classmethod
+    def from_fd(cls, fd: int, RequestHandlerClass: HandlerClass, **options: Any) -> Self:
+        """Build a server around the bound socket behind file descriptor *fd*.
+
+        For a socket inherited from a parent process or a supervisor: systemd socket
+        activation (see `listen_fds`), ``pass_fds`` of `subprocess`. The family and type
+        are read from the socket itself; otherwise this is `from_socket`.
+
+        Args:
+          fd: the descriptor of a bound socket.
+          RequestHandlerClass: the handler class.
+          **options: the class's options, checked (see `BaseServer`).
+
+        Returns:
+          The server, ready to serve.
+
+        Raises:
+          ValueError: *fd* is not a socket, or not one this server can serve (see
+            `from_socket`).
+          OSError: *fd* is not an open descriptor (``EBADF``).
+
+        Resource handling:
+          The server owns *fd* from then on, closes it in `server_close`, and marks it
+          non-inheritable, so processes a handler starts do not keep the port open. If
+          this raises, *fd* is left open and still the caller's.
+        """
+        try:
+            sock = socket.socket(fileno=fd)
+        except OSError as exc:
+            if exc.errno == errno.ENOTSOCK:
+                raise ValueError(f"file descriptor {fd} is not a socket") from None
+            raise type(exc)(exc.errno, f"file descriptor {fd}: {exc.strerror}") from None
+        try:
+            server = cls.from_socket(sock, RequestHandlerClass, **options)
+        except BaseException:
+            sock.detach()
+            raise
+        sock.set_inheritable(False)
         return server
 
     def server_bind(self) -> None:

@@ -17,39 +17,83 @@ On top of those rules sits one limit of our own, ``max_line_length``: an unbound
 ``readline()`` on a peer that never sends ``b"\\n"`` would buffer without end, so the
 reader asks `line_too_long` and raises `trioserve.LineTooLongError` instead, leaving the
 bytes where they are.
+
+How the bytes are kept
+----------------------
+This class is on the path of every request line and header line a server reads, so it is
+built for the common case of a line protocol: a request arrives in one receive, and is
+consumed line by line until the buffer is empty again.
+
+* The buffered bytes are ``_data[_start:]``. Taking a line moves ``_start``; nothing is
+  deleted from the front and moved down, line after line.
+* A chunk fed into an empty buffer is kept as it came, a `bytes` object, without a copy:
+  each line taken from it is then one slice, which is the copy the caller gets anyway.
+* Only when bytes arrive while others wait (a line split across receives, a large
+  ``read(n)``) are they gathered in a `bytearray`, compacted as new bytes come.
+* When the last byte is taken the buffer drops its storage, so an idle connection holds
+  no leftover request.
 """
 
 from __future__ import annotations
 
 __all__ = ["ReceiveBuffer"]
 
+_EMPTY = b""
+
 
 class ReceiveBuffer:
     """Bytes received from a peer and not consumed yet."""
 
-    __slots__ = ("_data", "_scanned")
+    __slots__ = ("_data", "_scanned", "_start")
 
     def __init__(self) -> None:
-        self._data = bytearray()
-        # Every byte before this offset is known not to be b"\n": searching for the end of a
-        # line restarts here, so a long line arriving in many pieces is scanned once.
+        self._data: bytes | bytearray = _EMPTY
+        # _data[:_start] is consumed already.
+        self._start = 0
+        # Every byte of _data before this index is known not to be b"\n": searching for the
+        # end of a line restarts here, so a long line arriving in many pieces is scanned once.
         self._scanned = 0
 
     def __len__(self) -> int:
-        return len(self._data)
+        return len(self._data) - self._start
 
     def __bool__(self) -> bool:
-        return bool(self._data)
+        return len(self._data) > self._start
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Append bytes received from the peer."""
-        self._data += data
+        held = self._data
+        start = self._start
+        if start == len(held):
+            # Empty: keep the chunk itself (a copy only if it is mutable).
+            self._data = data if type(data) is bytes else bytes(data)
+            self._start = self._scanned = 0
+            return
+        if isinstance(held, bytes):
+            held = self._data = bytearray(held[start:])
+        elif start:
+            del held[:start]
+        else:
+            held += data
+            return
+        self._scanned -= start
+        self._start = 0
+        held += data
 
     def _take(self, count: int) -> bytes:
-        piece = bytes(self._data[:count])
-        del self._data[:count]
-        self._scanned = max(0, self._scanned - count)
-        return piece
+        data = self._data
+        start = self._start
+        stop = min(start + count, len(data))
+        if stop == len(data):
+            piece = data[start:] if start else data
+            self._data = _EMPTY
+            self._start = self._scanned = 0
+        else:
+            piece = data[start:stop]
+            self._start = stop
+            if self._scanned < stop:
+                self._scanned = stop
+        return piece if type(piece) is bytes else bytes(piece)
 
     def take(self, count: int) -> bytes:
         """Remove and return up to *count* bytes from the front."""
@@ -73,21 +117,45 @@ class ReceiveBuffer:
           the buffer holds no complete line (and fewer than *limit* bytes). At end of file the
           caller takes the unterminated rest with `take_all`.
         """
+        # The hot path of every line-based protocol: a whole line within the limit, or no
+        # line yet. Both are decided with one search and no further method call.
+        data = self._data
+        start = self._start
+        end = data.find(b"\n", self._scanned)
+        if end >= 0:
+            if limit < 0 or end - start < limit:
+                end += 1
+                if end == len(data):
+                    line = data[start:] if start else data
+                    self._data = _EMPTY
+                    self._start = self._scanned = 0
+                else:
+                    line = data[start:end]
+                    self._start = self._scanned = end
+                return line if type(line) is bytes else bytes(line)
+        elif limit < 0:
+            self._scanned = len(data)
+            return None
+        return self._piece_of_line(end, limit)
+
+    def _piece_of_line(self, end: int, limit: int) -> bytes | None:
+        """`take_line` with a *limit* the line does not fit in, or no line end yet."""
         if limit == 0:
             return b""
-        end = self._data.find(b"\n", self._scanned)
         if end < 0:
             self._scanned = len(self._data)
-            if 0 < limit <= len(self._data):
+            if limit <= len(self):
                 return self._take(limit)
             return None
-        if 0 < limit <= end:
-            return self._take(limit)
-        return self._take(end + 1)
+        return self._take(limit)
 
     def line_too_long(self, max_length: int) -> bool:
         """Whether the buffer holds *max_length* bytes or more with no ``b"\\n"`` among them.
 
         A line, terminator included, may then never fit in *max_length* bytes.
         """
-        return len(self._data) >= max_length and self._data.find(b"\n", 0, max_length) < 0
+        start = self._start
+        return (
+            len(self._data) - start >= max_length
+            and self._data.find(b"\n", start, start + max_length) < 0
+        )

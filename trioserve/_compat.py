@@ -7,10 +7,18 @@ ported code makes.
 
 from __future__ import annotations
 
-from ._policy import NurseryMixIn
+from ._datagram import UDPServer, UnixDatagramServer
+from ._policy import NurseryMixIn, ProcessPoolMixIn
 from ._stream import TCPServer, UnixStreamServer
 
-__all__ = ["ThreadingTCPServer", "ThreadingUnixStreamServer"]
+__all__ = [
+    "ForkingTCPServer",
+    "ForkingUnixStreamServer",
+    "ThreadingTCPServer",
+    "ThreadingUDPServer",
+    "ThreadingUnixDatagramServer",
+    "ThreadingUnixStreamServer",
+]
 
 
 class ThreadingTCPServer(NurseryMixIn, TCPServer):
@@ -19,3 +27,19 @@ class ThreadingTCPServer(NurseryMixIn, TCPServer):
 
 class ThreadingUnixStreamServer(NurseryMixIn, UnixStreamServer):
     """A Unix stream server handling each connection in its own task."""
+
+
+class ThreadingUDPServer(NurseryMixIn, UDPServer):
+    """A UDP server handling each datagram in its own task (``max_concurrent_datagrams``)."""
+
+
+class ThreadingUnixDatagramServer(NurseryMixIn, UnixDatagramServer):
+    """A Unix datagram server handling each datagram in its own task."""
+
+
+class ForkingTCPServer(ProcessPoolMixIn, TCPServer):
+    """A TCP server serving from a pool of worker processes (``max_children``)."""
+
+
+class ForkingUnixStreamServer(ProcessPoolMixIn, UnixStreamServer):
+    """A Unix stream server serving from a pool of worker processes (``max_children``)."""

@@ -13,7 +13,7 @@ import errno
 
 import trio
 
-__all__ = ["BrokenConnectionError", "LineTooLongError"]
+__all__ = ["BrokenConnectionError", "LineTooLongError", "WorkerStartupError"]
 
 
 class BrokenConnectionError(trio.BrokenResourceError, ConnectionError):
@@ -44,3 +44,13 @@ class LineTooLongError(ValueError):
     def __init__(self, max_line_length: int) -> None:
         super().__init__(f"no end of line within {max_line_length} bytes (max_line_length)")
         self.max_line_length = max_line_length
+
+
+class WorkerStartupError(RuntimeError):
+    """The worker processes of a process-pool server cannot start.
+
+    Raised by ``serve_forever`` of a `~trioserve.ProcessPoolMixIn` server when a worker
+    cannot load the server (its handler class does not import there, say), or when
+    workers fail before serving several times in a row. The message carries the last
+    worker's error. Every worker the server started has exited when it is raised.
+    """

@@ -3,7 +3,7 @@
 `AsyncReader` is a buffered reader over a `trio.abc.ReceiveStream`, and `AsyncWriter` an
 unbuffered (or buffered) writer over a `trio.abc.SendStream`. Their methods are the ones
 socketserver handlers call on their files, made ``async``, and return what
-`io.BytesLikeedReader` and socketserver's ``_SocketWriter`` return on the same bytes, however
+`io.BufferedReader` and socketserver's ``_SocketWriter`` return on the same bytes, however
 the peer chunks them.
 
 Error handling, decided once for every handler:
@@ -65,6 +65,7 @@ class AsyncReader:
       stream: what to read from.
       receive_size: the most bytes one receive asks the stream for.
       timeout: seconds a read may wait for the peer before `TimeoutError`; None waits forever.
+        ``readline()`` must receive its whole line within it.
       max_line_length: the longest line, terminator included, that ``readline()`` without
         a limit accepts; None accepts any length (and buffers without bound).
     """
@@ -112,21 +113,27 @@ class AsyncReader:
         if self._closed:
             raise ValueError("I/O operation on closed file")
 
-    async def _fill(self) -> bool:
-        """Receive once into the buffer; False at end of file."""
+    async def _fill(self, size: int = 0, deadline: float | None = None) -> bool:
+        """Receive once into the buffer; False at end of file.
+
+        Asks for *size* bytes (``receive_size`` if 0); with a timeout, waits until
+        *deadline* (``timeout`` seconds from now if None).
+        """
         if self._eof:
             return False
         try:
             if self.timeout is None:
-                data = await self._stream.receive_some(self.receive_size)
+                data = await self._stream.receive_some(size or self.receive_size)
             else:
-                with trio.fail_after(self.timeout):
-                    data = await self._stream.receive_some(self.receive_size)
+                if deadline is None:
+                    deadline = trio.current_time() + self.timeout
+                with trio.fail_at(deadline):
+                    data = await self._stream.receive_some(size or self.receive_size)
         except trio.TooSlowError:
             raise _timed_out(self.timeout or 0.0) from None
-        except BrokenConnectionError:
-            raise
         except trio.BrokenResourceError as exc:
+            if isinstance(exc, BrokenConnectionError):
+                raise
             raise _broken(exc) from exc
         if not data:
             self._eof = True
@@ -158,24 +165,53 @@ class AsyncReader:
 
         Args:
           limit: with ``limit >= 0`` return at most *limit* bytes, so a longer line comes
-            back in pieces, as with `io.BytesLikeedReader.readline`.
+            back in pieces, as with `io.BufferedReader.readline`.
 
         Raises:
           LineTooLongError: no limit was given and no line end came within
-            ``max_line_length`` bytes. The bytes stay buffered.
+            ``max_line_length`` bytes. The bytes stay buffered, and never more than
+            ``max_line_length`` of them: a receive for a line asks for no more than the
+            line may still take.
+          TimeoutError: ``timeout`` is set and the whole line did not arrive within it,
+            however the peer dripped it (one timeout per call, not per receive).
         """
-        self._check_open()
+        # The hot path of every line-based handler, so it is written flat: the receive is
+        # inlined (no `_fill` frame to create and to pass every Trio checkpoint through).
+        if self._closed:
+            raise ValueError("I/O operation on closed file")
         if limit is None:
             limit = -1
         buffer = self._buffer
+        deadline: float | None = None
         while True:
             line = buffer.take_line(limit)
             if line is not None:
                 return line
-            if limit < 0 and self.max_line_length and buffer.line_too_long(self.max_line_length):
-                raise LineTooLongError(self.max_line_length)
-            if not await self._fill():
+            size = self.receive_size
+            if limit < 0 and self.max_line_length:
+                if buffer.line_too_long(self.max_line_length):
+                    raise LineTooLongError(self.max_line_length)
+                # The buffer holds no line end and less than the limit: receive no more
+                # than the line may still take, so a too-long line never buffers more.
+                size = min(size, self.max_line_length - len(buffer))
+            if self._eof:
                 return buffer.take_all()
+            if self.timeout is not None:
+                if deadline is None:  # a slow drip must not renew the timeout per byte
+                    deadline = trio.current_time() + self.timeout
+                if not await self._fill(size, deadline):
+                    return buffer.take_all()
+                continue
+            try:
+                data = await self._stream.receive_some(size)
+            except trio.BrokenResourceError as exc:
+                if isinstance(exc, BrokenConnectionError):
+                    raise
+                raise _broken(exc) from exc
+            if not data:
+                self._eof = True
+                return buffer.take_all()
+            buffer.feed(data)
 
     async def readlines(self, hint: int | None = -1) -> list[bytes]:
         """Read lines until end of file, or until they add up to more than *hint* bytes."""
@@ -240,18 +276,27 @@ class AsyncWriter:
                     await self._stream.send_all(data)
         except trio.TooSlowError:
             raise _timed_out(self.timeout or 0.0) from None
-        except BrokenConnectionError:
-            raise
         except trio.BrokenResourceError as exc:
+            if isinstance(exc, BrokenConnectionError):
+                raise
             raise _broken(exc) from exc
 
     async def write(self, data: BytesLike) -> int:
         """Write *data*; return how many bytes it holds. Unbuffered writes are sent now."""
         if self._closed:
             raise ValueError("write to closed file")
-        size = memoryview(data).nbytes
+        size = len(data) if type(data) is bytes else memoryview(data).nbytes
         if not self.bufsize:
-            await self._send(data)
+            if self.timeout is not None:
+                await self._send(data)
+                return size
+            # The hot path: sent from here, with no `_send` frame in between.
+            try:
+                await self._stream.send_all(data)
+            except trio.BrokenResourceError as exc:
+                if isinstance(exc, BrokenConnectionError):
+                    raise
+                raise _broken(exc) from exc
             return size
         self._pending += data
         if len(self._pending) >= self.bufsize:

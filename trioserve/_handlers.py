@@ -17,6 +17,13 @@ base-class step that must wait for I/O is the final flush of a buffered ``wfile`
 async handler: ``finish()`` then returns a coroutine to await; as a safety net the runner
 flushes a buffered ``wfile`` itself if a ``finish()`` override forgot to call ``super()``.
 
+The same goes for ``rfile`` and ``wfile``: `StreamRequestHandler`'s ``setup()`` asks how the
+handler runs and creates `AsyncReader`/`AsyncWriter` over the Trio stream for an async
+handler, blocking `SyncReader`/`SyncWriter` over the blocking socket the worker thread got
+for a sync one. The attributes of `StreamRequestHandler` are typed for async code; a typed
+sync handler derives from `SyncStreamRequestHandler`, which shares the options and the
+``setup``/``finish`` logic (`_StreamHandlerBase`) and types them as blocking files.
+
 The handler's work is not done in ``__init__`` (socketserver does it there): the
 constructor only stores its arguments, and `run_handler` drives ``setup``, ``handle`` and
 ``finish``, with ``finish`` run even when ``handle`` raised. That keeps each step
@@ -26,6 +33,7 @@ awaitable and each one testable on its own.
 from __future__ import annotations
 
 import inspect
+import io
 import socketserver
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any, final
@@ -34,11 +42,18 @@ import trio
 
 from ._exceptions import BrokenConnectionError
 from ._files import DEFAULT_MAX_LINE_LENGTH, DEFAULT_RECEIVE_SIZE, AsyncReader, AsyncWriter
+from ._sync import SyncConnection, SyncReader, SyncWriter, run_sync_handler
 
 if TYPE_CHECKING:
     from ._server import BaseServer
 
-__all__ = ["BaseRequestHandler", "EchoHandler", "StreamRequestHandler", "run_handler"]
+__all__ = [
+    "BaseRequestHandler",
+    "EchoHandler",
+    "StreamRequestHandler",
+    "SyncStreamRequestHandler",
+    "run_handler",
+]
 
 
 @final
@@ -91,6 +106,13 @@ class BaseRequestHandler:
         """Clean up after `handle`, even when it raised. ``await super().finish()`` works."""
         return _DONE
 
+    async def _after_finish(self) -> None:
+        """A step for base classes, run by `run_handler` after ``finish()`` (not for users).
+
+        `trioserve.DatagramRequestHandler` sends its reply here, so the reply goes out once,
+        after any ``finish()`` override, whether or not it called ``super().finish()``.
+        """
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         _check_handler_class(cls)
@@ -140,39 +162,29 @@ async def run_handler(
     (`trioserve._sync`); async handlers run in the calling task.
     """
     if is_sync_handler(handler_class):
-        from ._sync import run_sync_handler
-
         await run_sync_handler(handler_class, request, client_address, server)
         return
     assert issubclass(handler_class, BaseRequestHandler)
     handler = handler_class(request, client_address, server)
     await _maybe_await(handler.setup())
     try:
-        await _maybe_await(handler.handle())
+        # Awaited here, not in _maybe_await: one frame fewer under each of its checkpoints.
+        handled = handler.handle()
+        if inspect.isawaitable(handled):
+            await handled
     finally:
         await _maybe_await(handler.finish())
-        if isinstance(handler, StreamRequestHandler) and hasattr(handler, "wfile"):
+        if isinstance(handler, _StreamHandlerBase) and hasattr(handler, "wfile"):
             await handler._flush_and_close()
+        await handler._after_finish()
 
 
-class StreamRequestHandler(BaseRequestHandler):
-    """A handler for stream servers, with ``rfile`` and ``wfile``.
+class _StreamHandlerBase(BaseRequestHandler):
+    """What the async and the sync stream handler share: the options, setup and finish.
 
-    ``setup()`` creates the files over ``self.request``; ``finish()`` flushes and closes
-    them. In an async handler they are `AsyncReader` and `AsyncWriter`
-    (``await self.rfile.readline()``, ``async for line in self.rfile``,
-    ``await self.wfile.write(data)``); in a sync handler, blocking binary files.
-
-    Class attributes:
-      rbufsize: how much one receive asks for; -1 (the default) means 64 KiB.
-      wbufsize: 0 (the default) sends every ``wfile.write`` at once; a positive size
-        buffers writes until that many bytes wait (or ``flush()``, or ``finish()``).
-      timeout: seconds any one read or write may wait for the peer before raising
-        `TimeoutError`, which ends the handler; None (the default) waits forever.
-      disable_nagle_algorithm: accepted for compatibility; Trio's socket streams always
-        set ``TCP_NODELAY``, so small responses are never held back.
-      max_line_length: the longest line ``rfile.readline()`` without a limit accepts,
-        terminator included, before it raises `LineTooLongError`; None for no limit.
+    ``setup()`` and ``finish()`` look at how the handler runs (`is_sync_handler`): an
+    async handler gets `AsyncReader`/`AsyncWriter` over the Trio stream, a sync one
+    `SyncReader`/`SyncWriter` over its blocking socket.
     """
 
     rbufsize: int = -1
@@ -181,17 +193,27 @@ class StreamRequestHandler(BaseRequestHandler):
     disable_nagle_algorithm: bool = False
     max_line_length: int | None = DEFAULT_MAX_LINE_LENGTH
 
-    request: trio.abc.Stream
-    connection: trio.abc.Stream
-    rfile: AsyncReader
-    wfile: AsyncWriter
+    # Each subclass narrows these to the types of its own kind of handler.
+    request: Any
+    connection: Any
+    rfile: AsyncReader | io.BufferedIOBase
+    wfile: AsyncWriter | io.BufferedIOBase
 
     def setup(self) -> Any:
         """Create ``self.connection``, ``self.rfile`` and ``self.wfile``."""
+        receive_size = self.rbufsize if self.rbufsize > 0 else DEFAULT_RECEIVE_SIZE
         self.connection = self.request
+        if is_sync_handler(type(self)):
+            if self.timeout is not None:
+                self.request.settimeout(self.timeout)
+            self.rfile = SyncReader(
+                self.request, receive_size=receive_size, max_line_length=self.max_line_length
+            )
+            self.wfile = SyncWriter(self.request, bufsize=self.wbufsize)
+            return _DONE
         self.rfile = AsyncReader(
             self.request,
-            receive_size=self.rbufsize if self.rbufsize > 0 else DEFAULT_RECEIVE_SIZE,
+            receive_size=receive_size,
             timeout=self.timeout,
             max_line_length=self.max_line_length,
         )
@@ -200,14 +222,26 @@ class StreamRequestHandler(BaseRequestHandler):
 
     def finish(self) -> Any:
         """Flush and close ``wfile``, close ``rfile``. Returns an awaitable to await."""
-        if self.wfile.bufsize:
+        wfile, rfile = self.wfile, self.rfile
+        if not isinstance(wfile, AsyncWriter):
+            if not wfile.closed:
+                try:
+                    wfile.flush()
+                except OSError:
+                    pass  # as socketserver does: the peer is gone, there is no one to tell
+                wfile.close()
+            rfile.close()
+            return _DONE
+        if wfile.bufsize:
             return self._flush_and_close()
-        self.wfile.close()
-        self.rfile.close()
+        wfile.close()
+        rfile.close()
         return _DONE
 
     async def _flush_and_close(self) -> None:
         wfile = self.wfile
+        if not isinstance(wfile, AsyncWriter):
+            return
         if not wfile.closed:
             try:
                 await wfile.flush()
@@ -215,6 +249,72 @@ class StreamRequestHandler(BaseRequestHandler):
                 pass  # as socketserver does: the peer is gone, there is no one to tell
             wfile.close()
         self.rfile.close()
+
+
+class StreamRequestHandler(_StreamHandlerBase):
+    """A handler for stream servers, with ``rfile`` and ``wfile``.
+
+    ``setup()`` creates the files over ``self.request``; ``finish()`` flushes and closes
+    them. In an async handler they are `AsyncReader` and `AsyncWriter`
+    (``await self.rfile.readline()``, ``async for line in self.rfile``,
+    ``await self.wfile.write(data)``). A subclass with a plain-``def`` ``handle`` is a
+    sync handler (ported socketserver code): it runs in a worker thread, its ``request``
+    is a blocking socket and its files are blocking `SyncReader` and `SyncWriter`, though
+    typed here as the async ones; typed sync code derives from `SyncStreamRequestHandler`.
+
+    Class attributes:
+      rbufsize: how much one receive asks for; -1 (the default) means 64 KiB.
+      wbufsize: 0 (the default) sends every ``wfile.write`` at once; a positive size
+        buffers writes until that many bytes wait (or ``flush()``, or ``finish()``).
+      timeout: seconds any one read or write may wait for the peer before raising
+        `TimeoutError`, which ends the handler; None (the default) waits forever. An
+        async handler's ``rfile.readline()`` must get its whole line within it.
+      disable_nagle_algorithm: accepted for compatibility; Trio's socket streams always
+        set ``TCP_NODELAY``, so small responses are never held back.
+      max_line_length: the longest line ``rfile.readline()`` without a limit accepts,
+        terminator included, before it raises `LineTooLongError`; None for no limit.
+    """
+
+    request: trio.abc.Stream
+    connection: trio.abc.Stream
+    rfile: AsyncReader
+    wfile: AsyncWriter
+
+
+class SyncStreamRequestHandler(_StreamHandlerBase):
+    """A typed sync stream handler: ``def handle(self)``, blocking files, a real socket.
+
+    The same machinery as a sync `StreamRequestHandler`, with the attribute types a type
+    checker needs for blocking code: ``self.rfile.readline()`` is `bytes`, not a
+    coroutine. ``setup``, ``handle`` and ``finish`` run in a worker thread; ``handle``
+    must be a plain ``def``. The class attributes are `StreamRequestHandler`'s.
+
+    Attributes:
+      request: the connection: a blocking `socket.socket` (on a duplicate of the
+        connection's descriptor, with ``TCP_NODELAY`` on) for TCP and Unix connections, a
+        `StreamSocket` with the same methods over other streams (TLS).
+      connection: the same as ``request``.
+      rfile: a `SyncReader` (`io.BufferedIOBase`): ``read``, ``readline(limit)``,
+        ``readlines``, iteration.
+      wfile: a `SyncWriter` (`io.BufferedIOBase`): ``write``, ``writelines``,
+        ``flush``.
+    """
+
+    request: SyncConnection
+    connection: SyncConnection
+    rfile: io.BufferedIOBase
+    wfile: io.BufferedIOBase
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if _is_coroutine_function(cls.handle):
+            raise TypeError(
+                f"{cls.__qualname__} derives from SyncStreamRequestHandler, so its handle "
+                "must be a plain def; derive from StreamRequestHandler for async def"
+            )
+
+    def handle(self) -> None:
+        """Serve the connection, blocking. Override this with a plain ``def``."""
 
 
 class EchoHandler(StreamRequestHandler):

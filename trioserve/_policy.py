@@ -9,14 +9,18 @@ A server handles requests in one of three ways:
 * `Concurrency.PROCESS_POOL`: a pool of worker processes, each serving concurrently (what
   ``ForkingMixIn`` did with a fork per request).
 
-The mix-ins only *select* a policy: they carry no methods, so the order of the bases does
-not matter (``class S(TCPServer, ThreadingMixIn)`` works, unlike with socketserver), and
-the server asks `concurrency_of` which one applies.
+The mix-ins only *select* a policy (and declare its options): they carry no methods, so
+the order of the bases does not matter (``class S(TCPServer, ThreadingMixIn)`` works,
+unlike with socketserver), and the server asks `concurrency_of` which one applies.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
+from typing import ClassVar
+
+from . import _options
 
 __all__ = [
     "Concurrency",
@@ -57,13 +61,34 @@ ThreadingMixIn = NurseryMixIn
 class ProcessPoolMixIn:
     """Serve requests in a pool of worker processes (the replacement for ``ForkingMixIn``).
 
-    Each worker runs its own Trio loop and serves many requests concurrently.
+    ``serve_forever`` starts ``max_children`` worker processes, hands each the listening
+    socket, and supervises them: a worker that dies is replaced. Each worker is a fresh
+    interpreter running its own Trio loop, serving many requests concurrently (async and
+    sync handlers alike, up to ``max_connections`` at once in each worker). ``shutdown``,
+    cancellation, SIGINT and SIGTERM stop the workers, with the grace period; when
+    ``serve_forever`` returns, no worker is left. See :doc:`process-pool`.
+
+    The handler class and the server class must be importable (defined at the top level
+    of a module or of the script being run), and the server's public attributes picklable:
+    each worker rebuilds the server with ``from_socket`` and gets a copy of them.
+    Otherwise ``serve_forever`` raises `TypeError` naming what cannot be sent, before any
+    worker starts.
+
+    Options and class attributes:
+      max_children: the number of worker processes; None (the default) means
+        ``os.cpu_count()``.
 
     Attributes:
-      max_children: the number of worker processes; None means ``os.cpu_count()``.
+      worker_pids: the pids of the workers serving now, sorted (read only; empty when the
+        server is not serving).
     """
 
     max_children: int | None = None
+    worker_pids: tuple[int, ...] = ()
+
+    _options: ClassVar[Mapping[str, _options.Check]] = {
+        "max_children": _options.positive_int_or_none,
+    }
 
 
 #: socketserver's name for `ProcessPoolMixIn`.

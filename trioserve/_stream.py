@@ -8,15 +8,28 @@ Errors from ``accept()`` are sorted here, in one place, as Trio's own listeners 
 * errnos that mean "that one connection failed" (ECONNABORTED, EPROTO, ...) are ignored
   and the loop accepts the next;
 * errnos that mean "out of resources" (EMFILE, ENFILE, ENOBUFS, ENOMEM) are logged, and
-  accepting resumes after a pause: when file descriptors run out, the handlers that hold
-  them get to finish instead of the loop spinning or the server crashing;
+  accepting resumes after a pause (`ACCEPT_CAPACITY_PAUSE`): when file descriptors run
+  out, the handlers that hold them get to finish instead of the loop spinning or the
+  server crashing. The connections not accepted meanwhile wait in the kernel's backlog.
+  The first such error is logged at error level, the rest of them for a minute
+  (`ACCEPT_COMPLAINT_INTERVAL`) at debug level only, so the log is not flooded;
 * anything else is a real problem and propagates out of ``serve_forever``.
+
+With ``ssl_context`` set, each connection is wrapped in a `trio.SSLStream` and its
+handshake runs in the connection's own task, never in the accept loop (`trioserve._tls`).
+
+Closing a connection is bounded in time (`CLOSE_TIMEOUT`): closing a TLS stream sends
+``close_notify``, which waits for room in the send buffer, and a peer that never reads
+must not keep its connection, and its slot under ``max_connections``, for ever.
 """
 
 from __future__ import annotations
 
 import errno
+import logging
 import socket
+import ssl
+import time
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -25,6 +38,7 @@ import trio
 from . import _options
 from ._binding import SocketServer
 from ._server import logger
+from ._tls import DEFAULT_SSL_HANDSHAKE_TIMEOUT, check_ssl_context, tls_handshake
 
 __all__ = ["TCPServer", "UnixStreamServer"]
 
@@ -47,6 +61,11 @@ _IGNORED_ACCEPT_ERRNOS = frozenset(
 _CAPACITY_ACCEPT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 #: How long the accept loop pauses when the process is out of file descriptors or memory.
 ACCEPT_CAPACITY_PAUSE = 0.1
+#: After logging an out-of-resources ``accept()`` error, further ones in this many seconds
+#: are logged at debug level only.
+ACCEPT_COMPLAINT_INTERVAL = 60.0
+#: Seconds closing one connection may take before it is closed abruptly.
+CLOSE_TIMEOUT = 1.0
 
 
 class TCPServer(SocketServer):
@@ -58,14 +77,32 @@ class TCPServer(SocketServer):
     Options and class attributes:
       request_queue_size: the listen backlog (default 4096; the kernel caps it at
         ``net.core.somaxconn``).
+      ssl_context: serve TLS: a server-side `ssl.SSLContext` with its certificate loaded
+        (``ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)``, then
+        ``load_cert_chain``). Each connection is then a `trio.SSLStream`, handshaken in
+        its own task. None (the default) serves plain TCP.
+      ssl_handshake_timeout: seconds a client has to complete the TLS handshake before it
+        is disconnected; None waits forever. Default 10. A failed or timed-out handshake
+        is logged at debug level and never reaches `handle_error`.
+      ssl_https_compatible: True treats a TLS peer that closes without ``close_notify``
+        as a clean end of file, as HTTPS clients expect; False (the default) reports it
+        as a broken connection (see `trio.SSLStream`).
     """
 
     socket_type: ClassVar[int] = socket.SOCK_STREAM
     allow_reuse_address: bool = True
     request_queue_size: int = 4096
+    ssl_context: ssl.SSLContext | None = None
+    ssl_handshake_timeout: float | None = DEFAULT_SSL_HANDSHAKE_TIMEOUT
+    ssl_https_compatible: bool = False
+    # When an out-of-resources accept() error was last logged as an error (time.monotonic).
+    _capacity_complaint: float | None = None
 
     _options: ClassVar[Mapping[str, _options.Check]] = {
         "request_queue_size": _options.positive_int,
+        "ssl_context": check_ssl_context,
+        "ssl_handshake_timeout": _options.seconds_or_none,
+        "ssl_https_compatible": _options.boolean,
     }
 
     def server_activate(self) -> None:
@@ -74,7 +111,6 @@ class TCPServer(SocketServer):
 
     async def get_request(self) -> tuple[trio.SocketStream, Any]:
         """Accept a connection: return its `trio.SocketStream` and the peer's address."""
-        complained = False
         while True:
             try:
                 sock, client_address = await self.socket.accept()
@@ -83,18 +119,41 @@ class TCPServer(SocketServer):
                     continue
                 if exc.errno not in _CAPACITY_ACCEPT_ERRNOS:
                     raise
-                # Log the first failure of a run of them; then quietly keep trying.
-                log = logger.debug if complained else logger.error
-                log(
-                    "accept() on %r failed: %s; pausing %.1f s before accepting again",
-                    self.server_address,
-                    exc,
-                    ACCEPT_CAPACITY_PAUSE,
-                )
-                complained = True
+                self._out_of_capacity(exc)
                 await trio.sleep(ACCEPT_CAPACITY_PAUSE)
                 continue
             return trio.SocketStream(sock), client_address
+
+    def _out_of_capacity(self, exc: OSError) -> None:
+        # An error the first time, then at debug level for ACCEPT_COMPLAINT_INTERVAL: a
+        # server at its file limit, or a client cycling connections to keep it there,
+        # must not flood the log with a line every pause.
+        now = time.monotonic()
+        last = self._capacity_complaint
+        if last is None or now - last >= ACCEPT_COMPLAINT_INTERVAL:
+            self._capacity_complaint = now
+            level = logging.ERROR
+        else:
+            level = logging.DEBUG
+        logger.log(
+            level,
+            "accept() on %r failed: %s; pausing %.1f s before accepting again",
+            self.server_address,
+            exc,
+            ACCEPT_CAPACITY_PAUSE,
+        )
+
+    async def _prepare_request(self, request: trio.abc.Stream, client_address: Any) -> Any:
+        context = self.ssl_context
+        if context is None:
+            return request
+        return await tls_handshake(
+            request,
+            client_address,
+            context,
+            handshake_timeout=self.ssl_handshake_timeout,
+            https_compatible=self.ssl_https_compatible,
+        )
 
     async def shutdown_request(self, request: trio.abc.Stream) -> None:
         """Send end-of-file to the peer, then `close_request`."""
@@ -106,8 +165,9 @@ class TCPServer(SocketServer):
         await self.close_request(request)
 
     async def close_request(self, request: trio.abc.Stream) -> None:
-        """Close the connection."""
-        await request.aclose()
+        """Close the connection, abruptly if a clean close takes over `CLOSE_TIMEOUT` s."""
+        with trio.move_on_after(CLOSE_TIMEOUT):
+            await request.aclose()  # a cancelled aclose still closes (Trio's rule)
 
     async def _discard_request(self, request: trio.abc.Stream) -> None:
         await trio.aclose_forcefully(request)

@@ -1,13 +1,699 @@
-"""Sync handlers in worker threads (being built)."""
+"""Sync handlers: socketserver code, unchanged, in worker threads.
+
+A handler whose ``handle`` is a plain ``def`` (and any handler class of the standard
+library's ``socketserver``) blocks: ``self.request.recv(1024)`` waits for the peer. It runs
+in a worker thread, ``setup`` to ``finish``, while the Trio task that owns the request
+waits for it. This module is that adapter: it is not a second server. The request still
+goes through the server's one async path (``verify_request``, ``process_request``,
+``shutdown_request``...); only `run_sync_handler`, called by ``finish_request``, differs.
+
+The request a sync handler sees
+-------------------------------
+A round trip from the thread into the Trio loop for every ``recv`` would cost tens of
+microseconds, and a busy HTTP handler makes several per request. So when the connection is
+a `trio.SocketStream` (plain TCP or Unix), the thread gets a real, blocking
+`socket.socket` on a duplicate of the connection's file descriptor: every method of a
+socket works (``recv``, ``sendall``, ``makefile``, ``settimeout``, ``setsockopt``,
+``sendfile``...), at the speed of socketserver, and ``TCP_NODELAY``, which Trio sets, stays
+on. The duplicate belongs to the thread: whatever the handler does with it (even
+``close()``) cannot close the server's descriptor, and it is closed when the handler
+returns. The descriptor is put back in non-blocking mode before the Trio side touches the
+connection again.
+
+Any other stream (`trio.SSLStream`, a stream of the user's own) gets a `StreamSocket`:
+the same methods, each a call into the Trio loop with `trio.from_thread.run`. Slower, but
+correct over any `trio.abc.Stream`.
+
+A datagram request (``(data, socket)``) is passed through as it is: the datagram server
+prepares it.
+
+Threads, limits, cancellation
+-----------------------------
+Worker threads come from Trio's thread cache (`trio.lowlevel.start_thread_soon`), and
+how many run handlers at once is bounded per server by ``max_handler_threads`` (a
+`trio.CapacityLimiter`). A request past the limit waits, accepted and unrefused, until a
+thread is free: the accept loop keeps accepting up to ``max_connections``.
+
+Cancelling the task of a sync handler (``serve_forever``'s scope cancelled, or the
+shutdown grace run out) cannot interrupt Python code in another thread. What it can do is
+reach the place where such a thread nearly always waits, its connection: the connection is
+shut down (``SHUT_RDWR``), so a blocked ``recv`` or ``readline`` returns end of file at
+once and a blocked ``send`` fails; the handler then returns. The Trio side waits for that,
+so normally no handler thread outlives ``serve_forever``. A thread stuck somewhere the
+server cannot reach (``time.sleep(3600)``, a lock, another socket) is waited for
+`ABANDON_AFTER` seconds, then logged as an error and abandoned: the server never waits
+forever for a stuck thread. Its thread slot is only given back when it really ends.
+
+`trio.to_thread.run_sync` is not used because its cancellation is all or nothing: with
+``abandon_on_cancel=False`` the task cannot react to being cancelled until the thread is
+done, which is exactly when the connection needs to be shut down. Here the task waits on an
+event that the thread sets when it ends; cancellation interrupts that wait, shuts the
+connection down, and then waits again, shielded, for the thread.
+
+While a thread runs a handler it is marked as one of the server's handler threads
+(`trioserve._server.mark_handler_thread`), so that ``self.server.shutdown()`` called from
+the handler returns at once instead of waiting for ``serve_forever``, which waits for this
+very handler.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import contextvars
+import errno
+import io
+import math
+import os
+import socket
+import socketserver
+import threading
+import weakref
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar, final
 
-__all__ = ["run_sync_handler"]
+import trio
+
+from . import _server
+from ._buffer import ReceiveBuffer
+from ._exceptions import BrokenConnectionError, LineTooLongError
+from ._files import DEFAULT_RECEIVE_SIZE
+
+if TYPE_CHECKING:
+    import outcome
+    from typing_extensions import Buffer
+
+    from ._server import BaseServer
+
+__all__ = [
+    "ABANDON_AFTER",
+    "StreamSocket",
+    "SyncConnection",
+    "SyncReader",
+    "SyncWriter",
+    "run_in_handler_thread",
+    "run_sync_handler",
+    "running_handler_threads",
+]
+
+T = TypeVar("T")
+
+#: Seconds a cancelled sync handler may take to return once its connection is shut down,
+#: before its thread is abandoned (and logged).
+ABANDON_AFTER = 5.0
+
+
+def _broken(exc: BaseException) -> BrokenConnectionError:
+    return BrokenConnectionError(f"connection broken by the peer: {exc}")
+
+
+# -- blocking files ------------------------------------------------------------------------
+
+
+class SyncReader(io.BufferedIOBase):
+    """A buffered, blocking reader over a socket (a sync handler's ``rfile``).
+
+    The methods of `io.BufferedReader` (``read``, ``read1``, ``readinto``,
+    ``readline(limit)``, ``readlines``, iteration), with the rules of the async
+    `~trioserve.AsyncReader`: a peer that resets the connection raises
+    `~trioserve.BrokenConnectionError` (a `ConnectionError`), the socket's timeout raises
+    `TimeoutError`, and ``readline()`` without a limit raises
+    `~trioserve.LineTooLongError` when no line end comes within ``max_line_length`` bytes
+    (the bytes stay buffered).
+
+    Args:
+      sock: a `socket.socket` or a `StreamSocket`; only its ``recv`` is used.
+      receive_size: the most bytes one ``recv`` asks for.
+      max_line_length: the longest line ``readline()`` without a limit accepts; None for
+        no limit.
+    """
+
+    def __init__(
+        self,
+        sock: SyncConnection,
+        *,
+        receive_size: int = DEFAULT_RECEIVE_SIZE,
+        max_line_length: int | None = None,
+    ) -> None:
+        super().__init__()
+        if receive_size < 1:
+            raise ValueError(f"receive_size must be >= 1, not {receive_size}")
+        self._sock = sock
+        self._buffer = ReceiveBuffer()
+        self._eof = False
+        self.receive_size = receive_size
+        self.max_line_length = max_line_length
+
+    def readable(self) -> bool:
+        """Always True."""
+        return True
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise ValueError("I/O operation on closed file")
+
+    def _fill(self) -> bool:
+        """Receive once into the buffer; False at end of file."""
+        if self._eof:
+            return False
+        try:
+            data = self._sock.recv(self.receive_size)
+        except BrokenConnectionError:
+            raise
+        except (ConnectionResetError, ConnectionAbortedError, BrokenPipeError) as exc:
+            raise _broken(exc) from exc
+        if not data:
+            self._eof = True
+            return False
+        self._buffer.feed(data)
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        """Read *size* bytes, fewer only at end of file; all until end of file if negative."""
+        self._check_open()
+        buffer = self._buffer
+        if size is None or size < 0:
+            while self._fill():
+                pass
+            return buffer.take_all()
+        while len(buffer) < size and self._fill():
+            pass
+        return buffer.take(size)
+
+    def read1(self, size: int = -1) -> bytes:
+        """Read up to *size* bytes with at most one receive; b"" only at end of file."""
+        self._check_open()
+        if not self._buffer:
+            self._fill()
+        return self._buffer.take(len(self._buffer) if size < 0 else size)
+
+    def readline(self, size: int | None = -1) -> bytes:
+        """Read one line, with its b"\\n"; the unterminated rest at end of file; b"" at EOF.
+
+        Args:
+          size: with ``size >= 0`` return at most *size* bytes, as
+            `io.BufferedReader.readline` does.
+
+        Raises:
+          LineTooLongError: no limit was given and no line end came within
+            ``max_line_length`` bytes.
+        """
+        self._check_open()
+        limit = -1 if size is None else size
+        buffer = self._buffer
+        while True:
+            line = buffer.take_line(limit)
+            if line is not None:
+                return line
+            if limit < 0 and self.max_line_length and buffer.line_too_long(self.max_line_length):
+                raise LineTooLongError(self.max_line_length)
+            if not self._fill():
+                return buffer.take_all()
+
+
+class SyncWriter(io.BufferedIOBase):
+    """A blocking writer over a socket (a sync handler's ``wfile``).
+
+    With ``bufsize`` 0 every ``write`` is sent at once, as socketserver's ``wfile`` does
+    with ``wbufsize = 0``; otherwise writes are collected until ``bufsize`` bytes wait, or
+    ``flush()``. A peer that is gone raises `~trioserve.BrokenConnectionError`.
+
+    Args:
+      sock: a `socket.socket` or a `StreamSocket`; only its ``sendall`` is used.
+      bufsize: 0 for unbuffered; a positive size to buffer; negative for
+        `io.DEFAULT_BUFFER_SIZE`.
+    """
+
+    def __init__(self, sock: SyncConnection, *, bufsize: int = 0) -> None:
+        super().__init__()
+        self._sock = sock
+        self._pending = bytearray()
+        self.bufsize = io.DEFAULT_BUFFER_SIZE if bufsize < 0 else bufsize
+
+    def writable(self) -> bool:
+        """Always True."""
+        return True
+
+    def _send(self, data: Buffer) -> None:
+        try:
+            self._sock.sendall(data)
+        except BrokenConnectionError:
+            raise
+        except (ConnectionResetError, ConnectionAbortedError, BrokenPipeError) as exc:
+            raise _broken(exc) from exc
+
+    def write(self, data: Buffer) -> int:
+        """Write *data*; return how many bytes it holds. Unbuffered writes are sent now."""
+        if self.closed:
+            raise ValueError("write to closed file")
+        size = memoryview(data).nbytes
+        if not self.bufsize:
+            self._send(data)
+            return size
+        self._pending += data
+        if len(self._pending) >= self.bufsize:
+            self.flush()
+        return size
+
+    def flush(self) -> None:
+        """Send whatever buffered writes are waiting."""
+        if self.closed:
+            raise ValueError("flush of closed file")
+        if self._pending:
+            data = bytes(self._pending)
+            self._pending.clear()
+            self._send(data)
+
+
+# -- the socket-like request over any Trio stream -------------------------------------------
+
+
+class _ShutDownError(Exception):
+    """The connection was shut down from the Trio side (the handler was cancelled)."""
+
+
+def _socket_under(stream: object) -> trio.socket.SocketType | None:
+    """The socket beneath *stream* (through ``transport_stream`` layers), if any."""
+    for _ in range(8):
+        if isinstance(stream, trio.SocketStream):
+            return stream.socket
+        stream = getattr(stream, "transport_stream", None)
+        if stream is None:
+            return None
+    return None
+
+
+@final
+class StreamSocket:
+    """A blocking, socket-like view of a Trio stream, for sync handlers.
+
+    The ``request`` of a sync handler when the connection is not a plain socket (TLS, a
+    user's own stream). Each call runs the stream operation in the Trio loop with
+    `trio.from_thread.run`, so it works over any `trio.abc.Stream`, more slowly than a
+    real socket. The methods behave as a socket's: ``recv`` returns b"" at end of file, a
+    vanished peer raises `~trioserve.BrokenConnectionError` (a `ConnectionError`), an
+    expired timeout raises `TimeoutError`, a closed one `OSError` (``EBADF``). Socket
+    options and addresses come from the socket under the stream, if there is one
+    (``ENOTSOCK`` otherwise).
+
+    Args:
+      stream: the connection.
+      trio_token: the token of the Trio run that owns *stream*.
+    """
+
+    def __init__(self, stream: trio.abc.Stream, trio_token: trio.lowlevel.TrioToken) -> None:
+        self._stream = stream
+        self._token = trio_token
+        self._timeout: float | None = socket.getdefaulttimeout()
+        self._closed = False
+        self._read_shut = False
+        self._write_shut = False
+        self._cancelled = False
+        self._scopes: set[trio.CancelScope] = set()
+
+    # Runs in the Trio thread.
+    def cancel(self) -> None:
+        """Shut the connection down for the handler: pending and later calls return."""
+        self._cancelled = True
+        for scope in self._scopes:
+            scope.cancel()
+
+    async def _in_trio(self, operation: Callable[..., Awaitable[T]], *args: Any) -> T:
+        if self._cancelled:
+            raise _ShutDownError
+        timeout = math.inf if self._timeout is None else self._timeout
+        with trio.CancelScope() as scope:
+            self._scopes.add(scope)
+            try:
+                with trio.fail_after(timeout):
+                    return await operation(*args)
+            finally:
+                self._scopes.discard(scope)
+        raise _ShutDownError
+
+    def _call(self, operation: Callable[..., Awaitable[T]], *args: Any) -> T:
+        if self._closed:
+            raise OSError(errno.EBADF, "Bad file descriptor")
+        try:
+            return trio.from_thread.run(self._in_trio, operation, *args, trio_token=self._token)
+        except trio.TooSlowError:
+            raise TimeoutError("timed out") from None
+        except trio.ClosedResourceError:
+            raise OSError(errno.EBADF, "Bad file descriptor") from None
+        except BrokenConnectionError:
+            raise
+        except trio.BrokenResourceError as exc:
+            raise _broken(exc) from exc
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        """Receive up to *bufsize* bytes; b"" at end of file."""
+        if flags:
+            raise OSError(errno.EOPNOTSUPP, "recv flags are not supported on this stream")
+        if self._read_shut:
+            return b""
+        try:
+            return bytes(self._call(self._stream.receive_some, bufsize))
+        except _ShutDownError:
+            self._read_shut = True
+            return b""
+
+    def recv_into(self, buffer: Buffer, nbytes: int = 0, flags: int = 0) -> int:
+        """Receive into *buffer* (up to *nbytes* bytes); return how many came."""
+        view = memoryview(buffer).cast("B")
+        data = self.recv(nbytes or len(view), flags)
+        view[: len(data)] = data
+        return len(data)
+
+    def sendall(self, data: Buffer, flags: int = 0) -> None:
+        """Send all of *data*."""
+        if flags:
+            raise OSError(errno.EOPNOTSUPP, "send flags are not supported on this stream")
+        if self._write_shut:
+            raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+        try:
+            self._call(self._stream.send_all, bytes(data))
+        except _ShutDownError:
+            self._write_shut = True
+            raise BrokenPipeError(errno.EPIPE, "Broken pipe") from None
+
+    def send(self, data: Buffer, flags: int = 0) -> int:
+        """Send all of *data* (a stream sends all or fails); return its size."""
+        self.sendall(data, flags)
+        return memoryview(data).nbytes
+
+    def makefile(
+        self,
+        mode: str = "r",
+        buffering: int | None = None,
+        *,
+        encoding: str | None = None,
+        errors: str | None = None,
+        newline: str | None = None,
+    ) -> Any:
+        """A file over this connection, as `socket.socket.makefile` returns.
+
+        ``"rb"`` gives a `SyncReader`, ``"wb"`` a `SyncWriter` (unbuffered when *buffering*
+        is 0); without ``"b"`` the file is wrapped in an `io.TextIOWrapper`.
+        """
+        if not set(mode) <= {"r", "w", "b"} or ("r" in mode) == ("w" in mode):
+            raise ValueError(f"invalid mode {mode!r} (only r, w, b)")
+        binary: io.BufferedIOBase
+        if "r" in mode:
+            binary = SyncReader(self)
+        else:
+            binary = SyncWriter(self, bufsize=-1 if buffering is None else buffering)
+        if "b" in mode:
+            return binary
+        return io.TextIOWrapper(binary, encoding, errors, newline, write_through="w" in mode)
+
+    def settimeout(self, value: float | None) -> None:
+        """Seconds each later operation may wait; None waits forever."""
+        if value is not None and value < 0:
+            raise ValueError("Timeout value out of range")
+        self._timeout = value
+
+    def gettimeout(self) -> float | None:
+        """The timeout set by `settimeout`."""
+        return self._timeout
+
+    def setblocking(self, flag: bool) -> None:
+        """``setblocking(True)`` waits forever; ``False`` is not supported here."""
+        if not flag:
+            raise OSError(errno.EOPNOTSUPP, "non-blocking mode is not supported on this stream")
+        self._timeout = None
+
+    def _socket(self) -> trio.socket.SocketType:
+        sock = _socket_under(self._stream)
+        if sock is None:
+            raise OSError(errno.ENOTSOCK, "the stream is not over a socket")
+        return sock
+
+    def setsockopt(self, level: int, optname: int, value: int | Buffer) -> None:
+        """Set an option on the socket under the stream."""
+        self._socket().setsockopt(level, optname, value)
+
+    def getsockopt(self, level: int, optname: int, buflen: int | None = None) -> int | bytes:
+        """Read an option of the socket under the stream."""
+        if buflen is None:
+            return self._socket().getsockopt(level, optname)
+        return self._socket().getsockopt(level, optname, buflen)
+
+    def getsockname(self) -> Any:
+        """The local address of the socket under the stream."""
+        return self._socket().getsockname()
+
+    def getpeername(self) -> Any:
+        """The peer's address."""
+        return self._socket().getpeername()
+
+    def fileno(self) -> int:
+        """The file descriptor of the socket under the stream, or -1 without one."""
+        sock = _socket_under(self._stream)
+        return -1 if sock is None or self._closed else sock.fileno()
+
+    def shutdown(self, how: int) -> None:
+        """Stop reading (``SHUT_RD``), writing (``SHUT_WR``, sends end of file), or both."""
+        if self._closed:
+            raise OSError(errno.EBADF, "Bad file descriptor")
+        if how in (socket.SHUT_RD, socket.SHUT_RDWR):
+            self._read_shut = True
+        if how in (socket.SHUT_WR, socket.SHUT_RDWR) and not self._write_shut:
+            self._write_shut = True
+            stream = self._stream
+            if isinstance(stream, trio.abc.HalfCloseableStream):
+                try:
+                    self._call(stream.send_eof)
+                except (OSError, _ShutDownError):
+                    pass
+
+    def close(self) -> None:
+        """Close this view; the server closes the stream itself once the handler returns."""
+        self._closed = True
+
+    def __enter__(self) -> StreamSocket:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+#: What a sync stream handler's ``request`` is: a real socket, or a `StreamSocket`.
+SyncConnection: TypeAlias = "socket.socket | StreamSocket"
+
+
+# -- running a handler in a thread ---------------------------------------------------------
+
+
+class _ThreadState:
+    """One server's sync handlers within one Trio run."""
+
+    __slots__ = ("limiter", "lock", "running", "token")
+
+    def __init__(self, token: trio.lowlevel.TrioToken, total: float) -> None:
+        self.token = token
+        self.limiter = trio.CapacityLimiter(total)
+        self.lock = threading.Lock()
+        self.running = 0
+
+
+_states: weakref.WeakKeyDictionary[BaseServer, _ThreadState] = weakref.WeakKeyDictionary()
+
+
+def _thread_state(server: BaseServer) -> _ThreadState:
+    limit = server.max_handler_threads
+    total = math.inf if limit is None else limit
+    token = trio.lowlevel.current_trio_token()
+    state = _states.get(server)
+    if state is None or state.token is not token:
+        state = _states[server] = _ThreadState(token, total)
+    elif state.limiter.total_tokens != total:
+        state.limiter.total_tokens = total
+    return state
+
+
+def running_handler_threads(server: BaseServer) -> int:
+    """How many threads are running a sync handler of *server* right now."""
+    state = _states.get(server)
+    return 0 if state is None else state.running
+
+
+async def run_in_handler_thread(
+    server: BaseServer, work: Callable[[], T], on_cancel: Callable[[], object]
+) -> T:
+    """Run *work* in a worker thread marked as one of *server*'s handler threads.
+
+    Waits for one of the server's ``max_handler_threads`` slots first (cancellable).
+
+    Args:
+      server: the server whose thread limit and shutdown apply.
+      work: what to run in the thread.
+      on_cancel: called in the Trio thread, once, if this task is cancelled while *work*
+        runs: it must make *work* return soon (shut its connection down).
+
+    Returns:
+      What *work* returned; what it raised is raised here.
+
+    Error handling:
+      When cancelled, this waits up to `ABANDON_AFTER` seconds for *work* to return, then
+      raises `trio.Cancelled`; what *work* raised meanwhile is logged at debug level. A
+      thread still running then is abandoned, and logged as an error.
+    """
+    state = _thread_state(server)
+    borrower = object()
+    await state.limiter.acquire_on_behalf_of(borrower)
+    done = trio.Event()
+    results: list[outcome.Outcome[T]] = []
+    context = contextvars.copy_context()
+    token = state.token
+
+    def run() -> T:
+        with state.lock:
+            state.running += 1
+        _server.mark_handler_thread(server)
+        try:
+            return context.run(work)
+        finally:
+            _server.mark_handler_thread(None)
+            with state.lock:
+                state.running -= 1
+
+    def report(result: outcome.Outcome[T]) -> None:
+        state.limiter.release_on_behalf_of(borrower)
+        results.append(result)
+        done.set()
+
+    def deliver(result: outcome.Outcome[T]) -> None:
+        try:
+            token.run_sync_soon(report, result)
+        except trio.RunFinishedError:
+            pass  # an abandoned thread, ending after the run: no one is waiting
+
+    try:
+        trio.lowlevel.start_thread_soon(run, deliver)
+    except BaseException:
+        state.limiter.release_on_behalf_of(borrower)
+        raise
+    try:
+        await done.wait()
+    except trio.Cancelled:
+        on_cancel()
+        with trio.move_on_after(ABANDON_AFTER, shield=True):
+            await done.wait()
+        if not results:
+            _server.logger.error(
+                "a sync handler of %r did not return within %.1f s of its connection being "
+                "shut down; abandoning its thread",
+                server,
+                ABANDON_AFTER,
+            )
+        else:
+            error = getattr(results[0], "error", None)
+            if error is not None:
+                _server.logger.debug("a cancelled sync handler ended with %r", error)
+        raise
+    return results[0].unwrap()
+
+
+def _blocking_socket(stream: trio.SocketStream) -> socket.socket:
+    """A blocking socket on a duplicate of *stream*'s descriptor, for the worker thread."""
+    trio_sock = stream.socket
+    fd = os.dup(trio_sock.fileno())
+    try:
+        sock = socket.socket(trio_sock.family, trio_sock.type, trio_sock.proto, fileno=fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    sock.settimeout(socket.getdefaulttimeout())
+    return sock
+
+
+def _release_blocking_socket(sock: socket.socket) -> None:
+    """Close the thread's duplicate, even if files made by ``makefile`` still hold it."""
+    fd = sock.detach()
+    if fd >= 0:
+        os.close(fd)
+
+
+def _run_handler(
+    handler_class: type[Any], request: Any, client_address: Any, server: BaseServer
+) -> None:
+    """In the worker thread: construct the handler and run it, as socketserver does."""
+    handler = handler_class(request, client_address, server)
+    if issubclass(handler_class, socketserver.BaseRequestHandler):
+        return  # socketserver's handlers run setup, handle and finish in __init__
+    handler.setup()
+    try:
+        handler.handle()
+    finally:
+        try:
+            handler.finish()
+        finally:
+            wfile = getattr(handler, "wfile", None)
+            if isinstance(wfile, SyncWriter) and not wfile.closed:
+                try:  # a finish() override that did not call super().finish()
+                    wfile.flush()
+                except OSError:
+                    pass
+                wfile.close()
 
 
 async def run_sync_handler(
-    handler_class: type, request: Any, client_address: Any, server: Any
+    handler_class: type[Any], request: Any, client_address: Any, server: BaseServer
 ) -> None:
-    raise NotImplementedError(f"{handler_class.__qualname__} is a sync handler: not supported yet")
+    """Run a sync handler (or a socketserver handler class) for one request, in a thread.
+
+    The handler gets a blocking, socket-like ``request`` (see the module documentation);
+    ``setup``, ``handle`` and ``finish`` run in a worker thread, ``finish`` even when
+    ``handle`` raised.
+
+    Args:
+      handler_class: a trioserve handler class with a plain-``def`` ``handle``, or a
+        subclass of ``socketserver.BaseRequestHandler``.
+      request: the request as the server received it: a Trio stream, or a datagram
+        request prepared by the datagram server (passed through).
+      client_address: the peer's address.
+      server: the server.
+
+    Raises:
+      Exception: whatever the handler raised, for the server's ``handle_error``.
+
+    Resource handling:
+      A socket given to the handler is closed when the handler returns; *request* itself
+      stays open, for the server to shut down and close.
+    """
+    if isinstance(request, trio.SocketStream):
+        stream = request
+        trio_sock = stream.socket
+
+        def work() -> None:
+            sock = _blocking_socket(stream)
+            try:
+                _run_handler(handler_class, sock, client_address, server)
+            finally:
+                _release_blocking_socket(sock)
+
+        def shut_down() -> None:
+            try:
+                trio_sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # not connected any more: the handler's calls return already
+
+        try:
+            await run_in_handler_thread(server, work, shut_down)
+        finally:
+            if trio_sock.fileno() >= 0:
+                os.set_blocking(trio_sock.fileno(), False)
+        return
+    if isinstance(request, trio.abc.Stream):
+        view = StreamSocket(request, trio.lowlevel.current_trio_token())
+        await run_in_handler_thread(
+            server,
+            lambda: _run_handler(handler_class, view, client_address, server),
+            view.cancel,
+        )
+        return
+    await run_in_handler_thread(
+        server, lambda: _run_handler(handler_class, request, client_address, server), _nothing
+    )
+
+
+def _nothing() -> None:
+    return None

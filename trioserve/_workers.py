@@ -1,15 +1,593 @@
-"""The worker-process pool (being built)."""
+"""The process pool: start worker processes, supervise them, stop them.
+
+A `ProcessPoolMixIn` server's ``serve_forever`` runs `serve_process_pool` in place of the
+in-process serve loop. The parent has bound and activated the socket in the constructor,
+as for any server; ``serve_forever`` then starts ``max_children`` worker processes, each
+a fresh interpreter running `trioserve._worker_main`, hands each the listening socket, and
+supervises them until it is stopped. Each worker rebuilds the server around that socket
+and serves with the nursery policy, so one worker serves many requests at once, with async
+and sync handlers alike.
+
+Why these choices
+-----------------
+*How workers start.* ``subprocess`` (through `trio.lowlevel.open_process`) running a small
+entry point, not ``multiprocessing``. The listening socket and the control socket reach
+the child with ``pass_fds`` (no fd-passing thread, unlike multiprocessing's socket
+pickling), the parent waits for each child with `trio.Process.wait` (a pidfd on Linux:
+nothing polls, and only our own children are reaped, never ``waitpid(-1)``), and the
+child starts in a new session (``start_new_session``), so the terminal's Ctrl-C reaches
+the parent only: the parent then stops the workers itself, with their grace period. That
+is hypercorn's "ignore SIGINT around the spawn" done by the kernel, with no window in
+which the parent's own SIGINT disposition is changed (Trio spawns from a thread, where it
+could not be). What multiprocessing's spawn does for ``__main__`` is done here too: a
+handler defined in the script being run is importable in the worker.
+
+*How connections reach workers.* Every worker accepts on the one listening socket it
+inherits. The kernel queues connections once, and whichever worker is free takes the next
+one: a busy worker takes fewer. With ``SO_REUSEPORT`` each worker would have a queue of
+its own, filled by a hash of the peer's address whatever the worker is doing, and the
+connections queued for a worker that dies are reset; passing each accepted fd from the
+parent puts one process (and one core) in the path of every connection. The table in
+``docs/process-pool.md`` measures the first two side by side (``bench/pool_cpu.py``).
+
+What is sent
+------------
+A worker gets a `~trioserve._worker_main.WorkerSpec`: the server class, the handler class,
+the value of every constructor option, and the server's other public instance attributes
+(names without a leading underscore), all pickled. Classes are pickled by reference, so
+they must be importable in a fresh interpreter: that is checked here before any worker
+starts, and what fails is named in a `TypeError`. A worker that still cannot load the
+spec ends ``serve_forever`` at once with `WorkerStartupError`, rather than being retried.
+
+Supervision
+-----------
+One task per worker slot starts a worker, waits until it reports *ready*, then waits for
+it to exit. A worker that exits while the pool serves (an exception in the loop,
+``os._exit``, SIGKILL) is logged and replaced at once; one that keeps dying within a second
+of starting is replaced after a backoff that doubles up to a few seconds. A worker that
+fails before it is ready (its spec does not load, ``from_socket`` raises, it exits, it is
+silent for a minute) is a start-up failure: retried after the same backoff, until several
+in a row make ``serve_forever`` raise `WorkerStartupError` with the last worker's error.
+
+Stopping
+--------
+``shutdown(grace)`` cancels the pool's accept scope, as it does for any server; the pool
+then sends each worker a *stop* with that grace: the worker stops accepting and cancels
+its handlers after ``grace`` seconds. A worker still alive ``grace`` plus a margin later
+gets SIGTERM, then SIGKILL. Cancelling ``serve_forever`` does the same with a grace of 0,
+inside a shielded, bounded cleanup, so when ``serve_forever`` returns or raises every
+worker has exited and been reaped. SIGTERM to the parent, while it serves in the main
+thread and nobody else handles SIGTERM, is a ``shutdown()``; Ctrl-C is
+``KeyboardInterrupt``, that is, cancellation. If the parent dies without any of this
+(SIGKILL), each worker sees its control socket close and stops on its own.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import enum
+import importlib.util
+import io
+import logging
+import math
+import os
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, final
 
 import trio
 
+from . import _options, _worker_main
+from ._exceptions import WorkerStartupError
+from ._server import logger
+from ._worker_main import EXIT_MARGIN, FrameBuffer, FrameError, WorkerSpec, encode_frame
+
+if TYPE_CHECKING:
+    from ._server import BaseServer, _Serving
+
 __all__ = ["serve_process_pool"]
+
+#: How long a worker may take to report that it serves.
+START_TIMEOUT = 60.0
+#: After SIGTERM, how long a worker may take to exit before SIGKILL.
+KILL_TIMEOUT = 2.0
+#: The first backoff after a worker failed; it doubles with each failure in a row.
+BACKOFF_FIRST = 0.1
+#: The longest backoff.
+BACKOFF_MAX = 5.0
+#: How many start-up failures in a row make ``serve_forever`` give up.
+MAX_STARTUP_FAILURES = 5
+#: A worker that dies sooner than this after it was ready counts as a failure in a row.
+QUICK_DEATH = 1.0
+#: How long to read the last frames of a worker that exited (logs, its last error).
+_DRAIN_TIMEOUT = 1.0
+
+# Attributes the worker's server gets from ``from_socket`` itself, or that are the pool's.
+_NOT_SENT = frozenset(
+    {"server_address", "RequestHandlerClass", "socket", "address_family", "worker_pids"}
+)
+
+# A worker imports trioserve from where the parent did, before it gets the parent's sys.path.
+_BOOTSTRAP = (
+    f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r}); "
+    "from trioserve._worker_main import main; main()"
+)
+
+
+# -- what a worker is sent -------------------------------------------------------------------
+
+
+class _ReferencePickler(pickle.Pickler):
+    """A pickler that records the module of every class and function pickled by name."""
+
+    def __init__(self, file: io.BytesIO) -> None:
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self.modules: dict[str, object] = {}
+
+    def reducer_override(self, obj: object) -> Any:
+        if isinstance(obj, type) or callable(obj):
+            module = getattr(obj, "__module__", None)
+            if isinstance(module, str):
+                self.modules.setdefault(module, obj)
+        return NotImplemented
+
+
+def _dumps(value: object) -> tuple[bytes, dict[str, object]]:
+    buffer = io.BytesIO()
+    pickler = _ReferencePickler(buffer)
+    pickler.dump(value)
+    return buffer.getvalue(), pickler.modules
+
+
+def _main_reference() -> tuple[str, str] | None:
+    """How a worker can import this process's ``__main__``; None if it cannot."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    name = getattr(spec, "name", None)
+    if isinstance(name, str) and name != "__main__" and not name.endswith(".__main__"):
+        return ("name", name)
+    path = getattr(main, "__file__", None)
+    if isinstance(path, str) and Path(path).is_file():
+        return ("path", os.path.abspath(path))
+    return None
+
+
+def _check_importable(server_class: type, module: str, example: object) -> None:
+    what = getattr(example, "__qualname__", repr(example))
+    if module == "__main__":
+        if _main_reference() is None:
+            raise TypeError(
+                f"{server_class.__name__} cannot send {what} to its worker processes: it is "
+                "defined in the __main__ of an interactive session or of `python -c`, which "
+                "a worker cannot import; define it in a module or a script file"
+            )
+        return
+    loaded = sys.modules.get(module)
+    try:
+        found = loaded is not None and getattr(loaded, "__spec__", None) is not None
+        found = found or importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        raise TypeError(
+            f"{server_class.__name__} cannot send {what} to its worker processes: its module "
+            f"{module!r} cannot be imported by a new interpreter; define it in an "
+            "importable module"
+        )
+
+
+def pack_spec(server: BaseServer) -> tuple[bytes, tuple[str, str] | None]:
+    """Pickle what a worker needs to rebuild *server*; and where ``__main__`` is, if needed.
+
+    Raises:
+      TypeError: something cannot be sent to a worker process: a handler or server class
+        that is not importable (defined in a function, or in an interactive
+        ``__main__``), or an attribute that does not pickle. The message names it.
+    """
+    server_class = type(server)
+    option_names = _options.collect_options(server_class)
+    options = {name: getattr(server, name) for name in option_names}
+    attributes = {
+        name: value
+        for name, value in vars(server).items()
+        if not name.startswith("_") and name not in _NOT_SENT and name not in option_names
+    }
+    parts: dict[str, object] = {
+        f"the handler class {server.RequestHandlerClass.__qualname__}": (
+            server.RequestHandlerClass
+        ),
+        f"the server class {server_class.__qualname__}": server_class,
+    }
+    parts.update({f"the option {name}={value!r}": value for name, value in options.items()})
+    parts.update({f"the server attribute {name!r}": value for name, value in attributes.items()})
+    modules: dict[str, object] = {}
+    for what, value in parts.items():
+        try:
+            _, found = _dumps(value)
+        except Exception as exc:
+            raise TypeError(
+                f"{server_class.__name__} cannot send {what} to its worker processes: {exc}. "
+                "Handler and server classes must be defined at the top level of a module, "
+                "and server attributes must be picklable (each worker gets a copy)"
+            ) from exc
+        for module, example in found.items():
+            modules.setdefault(module, example)
+    for module, example in modules.items():
+        _check_importable(server_class, module, example)
+    spec = WorkerSpec(server_class, server.RequestHandlerClass, options, attributes)
+    data, _ = _dumps(spec)
+    return data, _main_reference() if "__main__" in modules else None
+
+
+def _logging_setup() -> dict[str, Any]:
+    """The parent's logging levels, for workers to start with."""
+    manager = logging.getLogger().manager
+    levels = {
+        name: each.level
+        for name, each in list(manager.loggerDict.items())
+        if isinstance(each, logging.Logger) and each.level != logging.NOTSET
+    }
+    return {
+        "root_level": logging.getLogger().level,
+        "levels": levels,
+        "disable": manager.disable,
+    }
+
+
+def _relog(payload: Mapping[str, Any]) -> None:
+    """Hand a worker's log record to the parent's logger of the same name."""
+    record = logging.makeLogRecord(dict(payload))
+    target = logging.getLogger(record.name)
+    if target.isEnabledFor(record.levelno):
+        target.handle(record)
+
+
+def _describe_exit(returncode: int | None) -> str:
+    if returncode is None:
+        return "no exit status"
+    if returncode < 0:
+        try:
+            return f"signal {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"signal {-returncode}"
+    return f"exit status {returncode}"
+
+
+# -- the pool ------------------------------------------------------------------------------
+
+
+class _Outcome(enum.Enum):
+    STOPPED = "stopped"
+    START_FAILED = "start failed"
+    DIED = "died"
+    DIED_QUICKLY = "died quickly"
+
+
+@final
+class _Worker:
+    """One worker process, as the parent sees it."""
+
+    def __init__(self, slot: int, process: trio.Process, stream: trio.SocketStream) -> None:
+        self.slot = slot
+        self.process = process
+        self.stream = stream
+        self.ready = trio.Event()
+        self.exited = trio.Event()
+        self.drained = trio.Event()
+        self.ready_at = math.inf
+        self.failure: str | None = None
+        self.fatal = False
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    async def send(self, *message: Any) -> bool:
+        """Send one frame; False if the worker cannot be reached any more."""
+        try:
+            await self.stream.send_all(encode_frame(message))
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
+            return False
+        return True
+
+
+async def _first(*waits: Callable[[], Awaitable[object]]) -> None:
+    """Wait until the first of *waits* returns."""
+    async with trio.open_nursery() as nursery:
+
+        async def run(wait: Callable[[], Awaitable[object]]) -> None:
+            await wait()
+            nursery.cancel_scope.cancel()
+
+        for wait in waits:
+            nursery.start_soon(run, wait)
+
+
+@final
+class _Pool:
+    def __init__(
+        self, server: BaseServer, size: int, spec: bytes, main: tuple[str, str] | None
+    ) -> None:
+        self.server = server
+        self.size = size
+        self.listen_fd = server.fileno()
+        self.setup = {"sys_path": list(sys.path), "main": main, **_logging_setup()}
+        self.spec = spec
+        self.stopping = trio.Event()
+        self.grace: float | None = 0.0
+        self.workers: dict[int, _Worker] = {}
+        self.ready_slots: set[int] = set()
+        self.all_ready = trio.Event()
+        self.startup_failures = 0
+        self.error: WorkerStartupError | None = None
+        self.signal_scope = trio.CancelScope()
+        self.accept_scope = trio.CancelScope()
+
+    # -- the pool's life
+
+    async def run(self, serving: _Serving, task_status: trio.TaskStatus[None]) -> None:
+        self.accept_scope = serving.accept_scope
+        started = False
+        async with trio.open_nursery() as nursery:
+            with serving.accept_scope:
+                if _may_handle_sigterm():
+                    nursery.start_soon(self._shutdown_on_sigterm)
+                for slot in range(self.size):
+                    nursery.start_soon(self._supervise, slot)
+                await self.all_ready.wait()
+                task_status.started()
+                started = True
+                await trio.sleep_forever()
+            if not self.stopping.is_set():
+                deadline = serving.handler_scope.deadline
+                grace = None if deadline == math.inf else max(deadline - trio.current_time(), 0)
+                self.begin_stop(grace)
+        if self.error is not None:
+            raise self.error
+        if not started:
+            task_status.started()  # shutdown() came before the workers were ready
+
+    def begin_stop(self, grace: float | None) -> None:
+        if not self.stopping.is_set():
+            self.grace = grace
+            self.stopping.set()
+        self.signal_scope.cancel()
+        self.accept_scope.cancel()
+
+    def fail(self, error: WorkerStartupError) -> None:
+        if self.error is None:
+            self.error = error
+        self.begin_stop(0.0)
+
+    async def _shutdown_on_sigterm(self) -> None:
+        with self.signal_scope, trio.open_signal_receiver(signal.SIGTERM) as signals:
+            async for _ in signals:
+                logger.info("SIGTERM: shutting down %r", self.server)
+                self.server.shutdown()
+
+    def _update_pids(self) -> None:
+        self.server.worker_pids = tuple(  # type: ignore[attr-defined]
+            sorted(
+                worker.pid
+                for worker in self.workers.values()
+                if worker.ready.is_set() and not worker.exited.is_set()
+            )
+        )
+
+    # -- one slot
+
+    async def _supervise(self, slot: int) -> None:
+        strikes = 0
+        while not self.stopping.is_set():
+            if strikes:
+                with trio.move_on_after(min(BACKOFF_FIRST * 2 ** (strikes - 1), BACKOFF_MAX)):
+                    await self.stopping.wait()
+                if self.stopping.is_set():
+                    return
+            outcome = await self._run_worker(slot)
+            if outcome is _Outcome.STOPPED:
+                return
+            if outcome is _Outcome.DIED:
+                strikes = 0
+            else:
+                strikes += 1
+
+    async def _run_worker(self, slot: int) -> _Outcome:
+        try:
+            with trio.CancelScope(shield=True):
+                worker = await self._spawn(slot)
+        except OSError as exc:
+            return self._start_failed(None, f"cannot start a worker process: {exc}")
+        self.workers[slot] = worker
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._receive, worker)
+                nursery.start_soon(self._wait_exit, worker)
+                await worker.send("setup", self.setup)
+                await worker.send("spec", self.spec)
+                outcome = await self._watch(worker)
+                nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                if worker.process.returncode is None:
+                    await self._stop_worker(worker, self.grace if self.stopping.is_set() else 0)
+                await worker.stream.aclose()
+                if self.workers.get(slot) is worker:
+                    del self.workers[slot]
+                self._update_pids()
+        return outcome
+
+    async def _spawn(self, slot: int) -> _Worker:
+        parent_end, child_end = socket.socketpair()
+        try:
+            process = await trio.lowlevel.open_process(
+                [
+                    sys.executable,
+                    "-c",
+                    _BOOTSTRAP,
+                    str(child_end.fileno()),
+                    str(self.listen_fd),
+                    str(slot),
+                ],
+                pass_fds=(child_end.fileno(), self.listen_fd),
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        except BaseException:
+            parent_end.close()
+            raise
+        finally:
+            child_end.close()
+        stream = trio.SocketStream(trio.socket.from_stdlib_socket(parent_end))
+        return _Worker(slot, process, stream)
+
+    async def _watch(self, worker: _Worker) -> _Outcome:
+        """Follow *worker* from its start to its end; say how it ended."""
+        with trio.move_on_after(START_TIMEOUT) as start:
+            await _first(worker.ready.wait, worker.exited.wait, self.stopping.wait)
+        if not worker.ready.is_set() and not worker.exited.is_set():
+            if self.stopping.is_set():
+                await self._stop_worker(worker, 0)
+                await self._drain(worker)
+                return _Outcome.STOPPED
+            if start.cancelled_caught:
+                worker.failure = f"it did not report ready within {START_TIMEOUT:.0f} s"
+                await self._stop_worker(worker, 0)
+        if not worker.ready.is_set():
+            await self._drain(worker)
+            if self.stopping.is_set():
+                return _Outcome.STOPPED
+            return self._start_failed(worker, worker.failure)
+        worker.ready_at = trio.current_time()
+        self.startup_failures = 0
+        self.ready_slots.add(worker.slot)
+        if len(self.ready_slots) == self.size:
+            self.all_ready.set()
+        self._update_pids()
+        await _first(worker.exited.wait, self.stopping.wait)
+        if not worker.exited.is_set():
+            await self._stop_worker(worker, self.grace)
+        await self._drain(worker)
+        if self.stopping.is_set():
+            return _Outcome.STOPPED
+        status = _describe_exit(worker.process.returncode)
+        log = logger.warning if worker.process.returncode == 0 else logger.error
+        log("worker %d (pid %d) exited (%s); starting a new one", worker.slot, worker.pid, status)
+        if trio.current_time() - worker.ready_at < QUICK_DEATH:
+            return _Outcome.DIED_QUICKLY
+        return _Outcome.DIED
+
+    def _start_failed(self, worker: _Worker | None, failure: str | None) -> _Outcome:
+        if worker is not None:
+            status = _describe_exit(worker.process.returncode)
+            failure = f"worker pid {worker.pid} ({status}): {failure or 'no error reported'}"
+        self.startup_failures += 1
+        if (worker is not None and worker.fatal) or self.startup_failures >= MAX_STARTUP_FAILURES:
+            self.fail(
+                WorkerStartupError(
+                    f"worker processes of {self.server!r} failed to start "
+                    f"({self.startup_failures} in a row); the last one: {failure}"
+                )
+            )
+            return _Outcome.STOPPED
+        logger.error("a worker failed to start; starting another: %s", failure)
+        return _Outcome.START_FAILED
+
+    async def _drain(self, worker: _Worker) -> None:
+        """Wait, briefly, for the last frames of a worker that exited."""
+        with trio.move_on_after(_DRAIN_TIMEOUT):
+            await worker.drained.wait()
+
+    async def _wait_exit(self, worker: _Worker) -> None:
+        await worker.process.wait()
+        worker.exited.set()
+        self._update_pids()
+
+    async def _receive(self, worker: _Worker) -> None:
+        frames = FrameBuffer()
+        try:
+            while data := await worker.stream.receive_some(65536):
+                for message in frames.feed(data):
+                    self._handle(worker, message)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        except FrameError as exc:
+            logger.error("worker pid %d sent a malformed frame (%s); killing it", worker.pid, exc)
+            worker.process.kill()
+        finally:
+            worker.drained.set()
+
+    def _handle(self, worker: _Worker, message: tuple[Any, ...]) -> None:
+        kind = message[0]
+        if kind == "ready":
+            worker.ready.set()
+        elif kind == "log":
+            _relog(message[1])
+        elif kind == "failed":
+            worker.failure, worker.fatal = message[1], bool(message[2])
+        elif kind == "shutdown":
+            grace = message[1]
+            self.server.shutdown(grace)
+            self.begin_stop(grace)
+
+    async def _stop_worker(self, worker: _Worker, grace: float | None) -> None:
+        """Stop *worker* with *grace*, then SIGTERM, then SIGKILL; reap it in any case."""
+        process = worker.process
+        if await worker.send("stop", grace):
+            with trio.move_on_after(math.inf if grace is None else grace + EXIT_MARGIN):
+                await process.wait()
+                return
+            logger.warning("worker pid %d did not stop in time; terminating it", worker.pid)
+        process.terminate()
+        with trio.move_on_after(KILL_TIMEOUT):
+            await process.wait()
+            return
+        logger.warning("worker pid %d did not terminate; killing it", worker.pid)
+        process.kill()
+        await process.wait()
+
+
+def _may_handle_sigterm() -> bool:
+    return (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    )
 
 
 async def serve_process_pool(
-    server: Any, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    server: BaseServer, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
 ) -> None:
-    raise NotImplementedError("the process pool is not supported yet")
+    """Serve *server* from a pool of worker processes until it is stopped.
+
+    What `BaseServer.serve_forever` runs for a `ProcessPoolMixIn` server.
+
+    Raises:
+      TypeError: the handler class, the server class or an attribute of the server cannot
+        be sent to a worker process (see `pack_spec`).
+      WorkerStartupError: the workers cannot start: the spec does not load in a worker,
+        or several start-up failures in a row.
+
+    Resource handling:
+      When this returns or raises, every worker process it started has exited and has
+      been reaped. The listening socket stays open until ``server_close``.
+    """
+    if _worker_main.importing_main:
+        raise RuntimeError(
+            f"{server!r} was started while a worker process imported the main script: "
+            "start servers under `if __name__ == '__main__':` in a script that uses a "
+            "process pool"
+        )
+    spec, main = pack_spec(server)
+    size: int = getattr(server, "max_children", None) or os.cpu_count() or 1
+    pool = _Pool(server, size, spec, main)
+    serving = server._start_serving()
+    try:
+        await pool.run(serving, task_status)
+    finally:
+        server.worker_pids = ()  # type: ignore[attr-defined]
+        server._stop_serving(serving)

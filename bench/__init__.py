@@ -1,0 +1,1 @@
+"""trioserve's benchmark suite: ``python -m bench`` (see ``bench/README.md``)."""

@@ -1,0 +1,455 @@
+"""Opening and adopting server sockets: address errors, Unix socket files, reuse, activation."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import textwrap
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+import trio
+
+import trioserve
+from trioserve import (
+    EchoHandler,
+    TCPServer,
+    ThreadingTCPServer,
+    ThreadingUnixStreamServer,
+    UnixStreamServer,
+    listen_fds,
+)
+
+pytestmark = pytest.mark.usefixtures("fd_leak_check")
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+async def connect(server: trioserve.SocketServer) -> trio.SocketStream:
+    if server.address_family == socket.AF_UNIX:
+        return await trio.open_unix_socket(server.server_address)
+    return await trio.open_tcp_stream(*server.server_address[:2])
+
+
+async def echo_once(server: trioserve.SocketServer, payload: bytes = b"ping") -> bytes:
+    async with await connect(server) as stream:
+        await stream.send_all(payload)
+        data = b""
+        while len(data) < len(payload):
+            chunk = await stream.receive_some()
+            assert chunk, f"EOF after {data!r}"
+            data += chunk
+        return data
+
+
+@asynccontextmanager
+async def serving(server: trioserve.BaseServer) -> AsyncIterator[None]:
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.serve_forever)
+        yield
+        nursery.cancel_scope.cancel()
+
+
+def free_port_holder() -> socket.socket:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    return sock
+
+
+# -- address errors --------------------------------------------------------------------------
+
+
+def test_unknown_host_is_a_gaierror_naming_the_address() -> None:
+    with pytest.raises(socket.gaierror, match=r"cannot bind to \('no-such-host\.invalid', 0\)"):
+        TCPServer(("no-such-host.invalid", 0), EchoHandler)
+
+
+@pytest.mark.parametrize("port", [-1, 65536, 10**9])
+def test_port_out_of_range_is_a_value_error_naming_the_address(port: int) -> None:
+    with pytest.raises(
+        ValueError, match=rf"the port in \('127\.0\.0\.1', {port}\) is out of range"
+    ):
+        TCPServer(("127.0.0.1", port), EchoHandler)
+
+
+@pytest.mark.parametrize(
+    "address",
+    [("127.0.0.1", "80"), ("127.0.0.1", True), (b"127.0.0.1", 80), "127.0.0.1:80", ("x",)],
+)
+def test_malformed_address_is_a_type_error_naming_it(address: object) -> None:
+    with pytest.raises(TypeError, match=r"127|x"):
+        TCPServer(address, EchoHandler)
+
+
+def test_port_in_use_is_eaddrinuse_naming_the_address() -> None:
+    with free_port_holder() as holder:
+        address = holder.getsockname()
+        with pytest.raises(
+            OSError, match=rf"cannot bind to \('127\.0\.0\.1', {address[1]}\)"
+        ) as info:
+            TCPServer(address, EchoHandler)
+    assert info.value.errno == errno.EADDRINUSE
+
+
+def test_unix_path_in_a_missing_directory_names_the_path(tmp_path: Path) -> None:
+    path = str(tmp_path / "no" / "such" / "dir" / "s.sock")
+    with pytest.raises(FileNotFoundError, match=f"cannot bind to '{path}'") as info:
+        UnixStreamServer(path, EchoHandler)
+    assert info.value.errno == errno.ENOENT
+
+
+def test_unix_path_too_long_names_the_path(tmp_path: Path) -> None:
+    path = str(tmp_path / ("x" * 200))
+    with pytest.raises(OSError, match=r"cannot bind to .*xxxx'.*too long"):
+        UnixStreamServer(path, EchoHandler)
+
+
+def test_empty_unix_path_is_refused() -> None:
+    with pytest.raises(ValueError, match="must not be empty"):
+        UnixStreamServer("", EchoHandler)
+
+
+# -- Unix socket files -----------------------------------------------------------------------
+
+
+async def test_stale_socket_file_is_removed_and_the_server_binds(tmp_path: Path) -> None:
+    path = str(tmp_path / "stale.sock")
+    dead = socket.socket(socket.AF_UNIX)
+    dead.bind(path)
+    dead.close()  # a server that crashed: its file stays
+    assert stat.S_ISSOCK(os.stat(path).st_mode)
+    with ThreadingUnixStreamServer(path, EchoHandler) as server:
+        async with serving(server):
+            assert await echo_once(server) == b"ping"
+
+
+async def test_live_socket_file_is_left_alone(tmp_path: Path) -> None:
+    path = str(tmp_path / "live.sock")
+    with ThreadingUnixStreamServer(path, EchoHandler) as first:
+        with pytest.raises(OSError, match=f"cannot bind to '{path}'") as info:
+            UnixStreamServer(path, EchoHandler)
+        assert info.value.errno == errno.EADDRINUSE
+        async with serving(first):
+            assert await echo_once(first) == b"ping"  # still reachable: its file is intact
+
+
+async def test_live_server_with_a_full_backlog_is_not_mistaken_for_stale(
+    tmp_path: Path,
+) -> None:
+    path = str(tmp_path / "busy.sock")
+    with socket.socket(socket.AF_UNIX) as busy:
+        busy.bind(path)
+        busy.listen(0)
+        waiting: list[socket.socket] = []
+        try:
+            for _ in range(64):  # bounded: the backlog of 0 fills after a connection or two
+                client = socket.socket(socket.AF_UNIX)
+                client.setblocking(False)
+                waiting.append(client)
+                try:
+                    client.connect(path)
+                except BlockingIOError:
+                    break
+            else:
+                pytest.fail("the backlog never filled")
+            with trio.fail_after(10):  # a blocking probe would hang here forever
+                with pytest.raises(OSError, match="cannot bind") as info:
+                    await trio.to_thread.run_sync(
+                        UnixStreamServer, path, EchoHandler, abandon_on_cancel=True
+                    )
+            assert info.value.errno == errno.EADDRINUSE
+            assert stat.S_ISSOCK(os.stat(path).st_mode)
+        finally:
+            for client in waiting:
+                client.close()
+
+
+def test_a_file_that_is_not_a_socket_is_never_removed(tmp_path: Path) -> None:
+    path = tmp_path / "data.txt"
+    path.write_text("precious")
+    with pytest.raises(OSError, match="cannot bind") as info:
+        UnixStreamServer(str(path), EchoHandler)
+    assert info.value.errno == errno.EADDRINUSE
+    assert path.read_text() == "precious"
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o660, 0o666])
+def test_unix_socket_mode_sets_the_file_mode(tmp_path: Path, mode: int) -> None:
+    path = str(tmp_path / "mode.sock")
+    with UnixStreamServer(path, EchoHandler, unix_socket_mode=mode):
+        assert stat.S_IMODE(os.stat(path).st_mode) == mode
+
+
+@pytest.mark.parametrize("mode", [-1, 0o10000, "0o600", 6.0])
+def test_bad_unix_socket_mode_is_refused(tmp_path: Path, mode: object) -> None:
+    with pytest.raises(ValueError, match="unix_socket_mode must be a file mode"):
+        UnixStreamServer(str(tmp_path / "s.sock"), EchoHandler, unix_socket_mode=mode)
+    assert not (tmp_path / "s.sock").exists()
+
+
+async def test_server_removes_its_own_file_on_close(tmp_path: Path) -> None:
+    path = tmp_path / "own.sock"
+    with ThreadingUnixStreamServer(str(path), EchoHandler) as server:
+        async with serving(server):
+            assert await echo_once(server) == b"ping"
+        assert path.exists()
+    assert not path.exists()
+    server.server_close()  # closing twice is harmless
+
+
+def test_server_leaves_a_file_that_is_no_longer_its_own(tmp_path: Path) -> None:
+    path = str(tmp_path / "moved.sock")
+    first = UnixStreamServer(path, EchoHandler)
+    os.unlink(path)  # someone removed it, and a second server took the path
+    with UnixStreamServer(path, EchoHandler):
+        first.server_close()
+        assert stat.S_ISSOCK(os.stat(path).st_mode)  # the second server's file is intact
+    assert not os.path.exists(path)
+
+
+def test_abstract_unix_socket_has_no_file() -> None:
+    name = f"\0trioserve-test-{os.getpid()}"
+    with UnixStreamServer(name, EchoHandler) as server:
+        assert server.server_address == name.encode()  # as the kernel reports it
+
+
+# -- allow_reuse_port ------------------------------------------------------------------------
+
+
+async def test_allow_reuse_port_lets_two_servers_share_a_port() -> None:
+    with ThreadingTCPServer(("127.0.0.1", 0), EchoHandler, allow_reuse_port=True) as first:
+        port = first.server_address[1]
+        with pytest.raises(OSError, match="cannot bind") as info:
+            TCPServer(("127.0.0.1", port), EchoHandler)  # without the option: refused
+        assert info.value.errno == errno.EADDRINUSE
+        with ThreadingTCPServer(("127.0.0.1", port), EchoHandler, allow_reuse_port=True) as second:
+            assert second.server_address == first.server_address
+            assert second.socket.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) == 1
+            async with serving(first), serving(second):
+                for index in range(4):
+                    assert await echo_once(second, b"%d" % index) == b"%d" % index
+            first.server_close()
+            # The kernel now sends every connection to the server still listening.
+            async with serving(second):
+                assert await echo_once(second) == b"ping"
+
+
+# -- adopting sockets: from_socket, from_fd ---------------------------------------------------
+
+
+async def test_from_socket_takes_the_family_of_the_socket(tmp_path: Path) -> None:
+    path = str(tmp_path / "adopted.sock")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(path)
+    # A TCPServer class, a Unix socket: the socket decides.
+    with ThreadingTCPServer.from_socket(sock, EchoHandler) as server:
+        assert server.address_family == socket.AF_UNIX
+        assert server.server_address == path
+        async with serving(server):
+            assert await echo_once(server) == b"ping"
+    assert stat.S_ISSOCK(os.stat(path).st_mode)  # the file belongs to whoever bound it
+
+
+def test_from_socket_runs_the_subclass_init() -> None:
+    class Server(TCPServer):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+            self.initialised = True
+
+    with free_port_holder() as sock:
+        sock_fd = sock.fileno()
+        with Server.from_socket(sock, EchoHandler, max_connections=5) as server:
+            assert server.initialised
+            assert server.fileno() == sock_fd
+            assert server.max_connections == 5
+
+
+def test_from_socket_with_a_bad_option_leaves_the_socket_to_the_caller() -> None:
+    with free_port_holder() as sock:
+        with pytest.raises(TypeError, match="unexpected option 'colour'"):
+            TCPServer.from_socket(sock, EchoHandler, colour="blue")
+        assert sock.fileno() >= 0
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+
+
+async def test_from_fd_serves_on_an_inherited_descriptor() -> None:
+    sock = free_port_holder()
+    fd = sock.detach()
+    os.set_inheritable(fd, True)
+    with ThreadingTCPServer.from_fd(fd, EchoHandler) as server:
+        assert server.fileno() == fd
+        assert not os.get_inheritable(fd)
+        async with serving(server):
+            assert await echo_once(server) == b"ping"
+    with pytest.raises(OSError, match="Bad file descriptor"):
+        os.fstat(fd)  # closed with the server
+
+
+def test_from_fd_refuses_what_it_cannot_serve() -> None:
+    read_end, write_end = os.pipe()
+    try:
+        with pytest.raises(ValueError, match=f"file descriptor {read_end} is not a socket"):
+            TCPServer.from_fd(read_end, EchoHandler)
+        os.fstat(read_end)  # still open: still the caller's
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    with socket.socket(type=socket.SOCK_DGRAM) as udp:
+        udp.bind(("127.0.0.1", 0))
+        with pytest.raises(ValueError, match="needs a socket of type"):
+            TCPServer.from_fd(udp.fileno(), EchoHandler)
+        assert udp.fileno() >= 0
+    with socket.socket() as unbound, pytest.raises(ValueError, match="needs a bound socket"):
+        TCPServer.from_fd(unbound.fileno(), EchoHandler)
+    closed_fd = os.open(os.devnull, os.O_RDONLY)
+    os.close(closed_fd)
+    with pytest.raises(OSError, match=f"file descriptor {closed_fd}") as info:
+        TCPServer.from_fd(closed_fd, EchoHandler)
+    assert info.value.errno == errno.EBADF
+
+
+# -- socket activation -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def test_listen_fds_without_activation_is_empty(clean_environment: pytest.MonkeyPatch) -> None:
+    assert listen_fds() == []
+
+
+def test_listen_fds_meant_for_another_process_are_not_taken(
+    clean_environment: pytest.MonkeyPatch,
+) -> None:
+    clean_environment.setenv("LISTEN_PID", str(os.getppid()))
+    clean_environment.setenv("LISTEN_FDS", "2")
+    clean_environment.setenv("LISTEN_FDNAMES", "a:b")
+    assert listen_fds() == []
+    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        assert name not in os.environ  # unset, as sd_listen_fds(1) does
+
+
+def test_listen_fds_can_leave_the_environment(clean_environment: pytest.MonkeyPatch) -> None:
+    clean_environment.setenv("LISTEN_PID", str(os.getpid()))
+    clean_environment.setenv("LISTEN_FDS", "0")
+    assert listen_fds(unset_environment=False) == []
+    assert os.environ["LISTEN_FDS"] == "0"
+
+
+@pytest.mark.parametrize(
+    ("pid", "count", "message"),
+    [("me", "1", "LISTEN_PID='me'"), ("self", "many", "LISTEN_FDS='many'"), ("self", "-1", "")],
+)
+def test_listen_fds_refuses_malformed_variables(
+    clean_environment: pytest.MonkeyPatch, pid: str, count: str, message: str
+) -> None:
+    clean_environment.setenv("LISTEN_PID", str(os.getpid()) if pid == "self" else pid)
+    clean_environment.setenv("LISTEN_FDS", count)
+    with pytest.raises(ValueError, match=message or "LISTEN_FDS"):
+        listen_fds()
+    assert "LISTEN_FDS" not in os.environ
+
+
+CHILD = """
+import os, sys
+import trio
+import trioserve
+
+fds = trioserve.listen_fds()
+left = sorted(name for name in os.environ if name.startswith("LISTEN_"))
+print("fds", fds, "left", left, flush=True)
+server_class = getattr(trioserve, sys.argv[1])
+with server_class.from_fd(fds[0], trioserve.EchoHandler) as server:
+    trio.run(server.handle_request)
+"""
+
+# What systemd does between fork and exec: the sockets go to descriptors 3, 4, ...,
+# and LISTEN_PID is the pid of the process about to exec (exec keeps it).
+LAUNCHER = """
+import os, sys
+fd = int(sys.argv[1])
+os.dup2(fd, 3)
+os.close(fd)
+os.environ["LISTEN_PID"] = str(os.getpid())
+os.environ["LISTEN_FDS"] = "1"
+os.execv(sys.executable, [sys.executable, *sys.argv[2:]])
+"""
+
+
+def finish_child(process: subprocess.Popen[str]) -> str:
+    try:
+        out, err = process.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()  # by PID: the process this test started
+        process.communicate()
+        raise
+    assert process.returncode == 0, err
+    return out
+
+
+def test_systemd_style_activation_in_a_child_process(tmp_path: Path) -> None:
+    child = tmp_path / "child.py"
+    child.write_text(textwrap.dedent(CHILD))
+    launcher = tmp_path / "launcher.py"
+    launcher.write_text(textwrap.dedent(LAUNCHER))
+    with free_port_holder() as sock:
+        process = subprocess.Popen(
+            [sys.executable, str(launcher), str(sock.fileno()), str(child), "TCPServer"],
+            pass_fds=[sock.fileno()],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        # The socket listens already: this connection waits in the backlog until the
+        # child is up, as with systemd. No retry loop is needed.
+        with socket.create_connection(sock.getsockname(), timeout=30) as client:
+            client.sendall(b"activated")
+            assert client.recv(100) == b"activated"
+        out = finish_child(process)
+    assert out.splitlines()[0] == "fds [3] left []"
+
+
+@pytest.mark.skipif(
+    shutil.which("systemd-socket-activate") is None, reason="systemd-socket-activate is absent"
+)
+def test_activation_by_systemd_socket_activate_on_a_unix_socket(tmp_path: Path) -> None:
+    child = tmp_path / "child.py"
+    child.write_text(textwrap.dedent(CHILD))
+    path = tmp_path / "activated.sock"
+    process = subprocess.Popen(
+        [
+            "systemd-socket-activate",
+            f"--listen={path}",
+            sys.executable,
+            str(child),
+            "UnixStreamServer",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    # It says when it listens (and exits, closing stderr, if it cannot).
+    assert process.stderr is not None
+    announced = process.stderr.readline()
+    assert announced.startswith(f"Listening on {path}"), announced
+    with socket.socket(socket.AF_UNIX) as client:
+        client.settimeout(30)
+        client.connect(str(path))
+        client.sendall(b"activated")
+        assert client.recv(100) == b"activated"
+    out = finish_child(process)
+    assert out.splitlines()[0] == "fds [3] left []"
+    # The file belongs to the supervisor: the server did not remove it on close.
+    assert stat.S_ISSOCK(os.stat(path).st_mode)

@@ -1,0 +1,520 @@
+"""The ``trioserve`` command, run for real in a subprocess and talked to over sockets."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from trioserve._cli import Transport, build_parser, describe
+
+pytestmark = pytest.mark.usefixtures("fd_leak_check")
+
+#: Generous bounds: the machine may be busy, and nothing here should take near this long.
+START_TIMEOUT = 30.0
+EXIT_TIMEOUT = 20.0
+
+ADDRESS = re.compile(r" on (?P<transport>tcp|udp|unix|unix-dgram) (?P<where>\S+)")
+
+
+class Lines:
+    """Lines from a byte stream, read with a bound on the time each may take."""
+
+    def __init__(self, stream: trio.abc.ReceiveStream) -> None:
+        self.stream = stream
+        self.buffer = b""
+        self.seen: list[str] = []
+
+    async def readline(self) -> str:
+        """The next line, without its newline; "" at end of file."""
+        with trio.fail_after(START_TIMEOUT):
+            while b"\n" not in self.buffer:
+                chunk = await self.stream.receive_some()
+                if not chunk:
+                    rest, self.buffer = self.buffer, b""
+                    return rest.decode()
+                self.buffer += chunk
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        text = line.decode()
+        self.seen.append(text)
+        return text
+
+    async def wait_for(self, text: str) -> str:
+        """Read lines until one contains *text*; return it (fail at end of file)."""
+        with trio.fail_after(START_TIMEOUT):
+            while True:
+                line = await self.readline()
+                if text in line:
+                    return line
+                assert line or self.buffer, f"no line with {text!r} in {self.seen!r}"
+
+    async def rest(self) -> str:
+        """Everything up to end of file."""
+        data = self.buffer
+        self.buffer = b""
+        with trio.fail_after(EXIT_TIMEOUT):
+            while chunk := await self.stream.receive_some():
+                data += chunk
+        return data.decode()
+
+
+class Running:
+    """A running command: its process, its stdout and stderr, and the address it serves."""
+
+    def __init__(self, process: trio.Process, stdout: Lines, stderr: Lines) -> None:
+        self.process = process
+        self.stdout = stdout
+        self.stderr = stderr
+        self.first_line = ""
+        self.address: Any = None
+
+    def signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    async def wait(self) -> int:
+        """Wait for the command to exit; return its status."""
+        with trio.fail_after(EXIT_TIMEOUT):
+            return await self.process.wait()
+
+
+def parse_address(line: str) -> Any:
+    """The address in the line a server prints: ``(host, port)``, or a path.
+
+    The line says ``... on TRANSPORT WHERE ...``, as the command and the examples print it.
+    """
+    match = ADDRESS.search(line)
+    assert match, f"no address in {line!r}"
+    where = match["where"]
+    if match["transport"] in ("tcp", "udp"):
+        host, _, port = where.rpartition(":")
+        return host.strip("[]"), int(port)
+    return where
+
+
+@asynccontextmanager
+async def run_command(
+    argv: Sequence[str], *, cwd: Path | None = None, ready: bool = True
+) -> AsyncIterator[Running]:
+    """Start *argv*; with *ready*, wait for its first stdout line and parse the address.
+
+    Whatever happens, the process is killed (by its pid) if still running at the end.
+    """
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.pop("PYTHONPATH", None)
+    process = await trio.lowlevel.open_process(
+        list(argv),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=cwd,
+        env=env,
+    )
+    assert process.stdout is not None
+    assert process.stderr is not None
+    running = Running(process, Lines(process.stdout), Lines(process.stderr))
+    try:
+        if ready:
+            running.first_line = await running.stdout.readline()
+            if not running.first_line:
+                stderr = await running.stderr.rest()
+                pytest.fail(f"{argv} exited before serving: {stderr}")
+            running.address = parse_address(running.first_line)
+        yield running
+    finally:
+        with trio.CancelScope(shield=True):
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+            await process.stdout.aclose()
+            await process.stderr.aclose()
+
+
+def trioserve(*args: str) -> list[str]:
+    return [sys.executable, "-m", "trioserve", *args]
+
+
+async def receive_until(stream: trio.abc.ReceiveStream, end: bytes) -> bytes:
+    data = b""
+    with trio.fail_after(START_TIMEOUT):
+        while not data.endswith(end):
+            chunk = await stream.receive_some()
+            if not chunk:
+                break
+            data += chunk
+    return data
+
+
+async def receive_eof(stream: trio.abc.ReceiveStream) -> bytes:
+    """Read until the peer closes; return what came before."""
+    data = b""
+    with trio.fail_after(EXIT_TIMEOUT):
+        while chunk := await stream.receive_some():
+            data += chunk
+    return data
+
+
+async def echo_tcp(address: tuple[str, int], payload: bytes) -> bytes:
+    async with await trio.open_tcp_stream(*address) as stream:
+        await stream.send_all(payload)
+        return await receive_until(stream, payload[-1:])
+
+
+async def datagram_exchange(family: int, address: Any, payload: bytes, bind: Any = None) -> bytes:
+    with trio.socket.socket(family, socket.SOCK_DGRAM) as sock:
+        if bind is not None:
+            await sock.bind(bind)
+        with trio.fail_after(START_TIMEOUT):
+            await sock.sendto(payload, address)
+            return await sock.recv(65536)
+
+
+# -- handler modules the tests serve, written to a temporary directory --------------------
+
+HANDLERS = '''
+import os
+import socketserver
+
+import trio
+
+import trioserve
+
+active = 0
+
+
+class Upper(trioserve.StreamRequestHandler):
+    async def handle(self):
+        async for line in self.rfile:
+            await self.wfile.write(line.upper())
+
+
+class Pid(trioserve.StreamRequestHandler):
+    async def handle(self):
+        async for line in self.rfile:
+            await self.wfile.write(b"%d\\n" % os.getpid())
+
+
+class Slow(trioserve.StreamRequestHandler):
+    """Says "started", then answers one line: a request in flight during shutdown."""
+
+    async def handle(self):
+        await self.wfile.write(b"started\\n")
+        line = await self.rfile.readline()
+        await self.wfile.write(b"done: " + line)
+
+
+class Forever(trioserve.StreamRequestHandler):
+    async def handle(self):
+        await self.wfile.write(b"started\\n")
+        await trio.sleep_forever()
+
+
+class Active(trioserve.StreamRequestHandler):
+    """Says how many of these handlers run now, then waits for the client to close."""
+
+    async def handle(self):
+        global active
+        active += 1
+        try:
+            await self.wfile.write(b"%d\\n" % active)
+            await self.rfile.read()
+        finally:
+            active -= 1
+
+
+class StdlibUpper(socketserver.StreamRequestHandler):
+    def handle(self):
+        for line in self.rfile:
+            self.wfile.write(line.upper())
+
+
+class Reverse(trioserve.DatagramRequestHandler):
+    async def handle(self):
+        await self.wfile.write(self.packet[::-1])
+
+
+not_a_class = 42
+'''
+
+
+@pytest.fixture
+def handlers_dir(tmp_path: Path) -> Path:
+    """A directory holding ``handlers.py``, to run the command in."""
+    (tmp_path / "handlers.py").write_text(textwrap.dedent(HANDLERS))
+    return tmp_path
+
+
+# -- serving ---------------------------------------------------------------------------------
+
+
+async def test_default_serves_echo_and_sigint_exits_0() -> None:
+    async with run_command(trioserve("--tcp", "127.0.0.1:0")) as cmd:
+        host, port = cmd.address
+        assert host == "127.0.0.1"
+        assert port != 0
+        assert cmd.first_line == (
+            f"trioserve: serving EchoHandler on tcp 127.0.0.1:{port} (try: nc 127.0.0.1 {port})"
+        )
+        assert await echo_tcp(cmd.address, b"hello\n") == b"hello\n"
+        cmd.signal(signal.SIGINT)
+        assert await cmd.wait() == 0
+        assert "SIGINT: shutting down" in await cmd.stderr.rest()
+
+
+async def test_unix_stream_echo_and_socket_file_removed(tmp_path: Path) -> None:
+    path = tmp_path / "echo.sock"
+    async with run_command(trioserve("--unix", str(path))) as cmd:
+        assert cmd.address == str(path)
+        assert cmd.first_line.endswith(f"(try: nc -U {path})")
+        async with await trio.open_unix_socket(str(path)) as stream:
+            await stream.send_all(b"over unix\n")
+            assert await receive_until(stream, b"\n") == b"over unix\n"
+        cmd.signal(signal.SIGTERM)
+        assert await cmd.wait() == 0
+    assert not path.exists()
+
+
+async def test_udp_serves_the_datagram_echo_handler() -> None:
+    async with run_command(trioserve("--udp", "127.0.0.1:0")) as cmd:
+        assert cmd.first_line.startswith("trioserve: serving DatagramEchoHandler on udp ")
+        reply = await datagram_exchange(socket.AF_INET, cmd.address, b"ping")
+        assert reply == b"ping"
+        cmd.signal(signal.SIGTERM)
+        assert await cmd.wait() == 0
+
+
+async def test_unix_datagram_with_a_user_handler(handlers_dir: Path) -> None:
+    path = handlers_dir / "dgram.sock"
+    argv = trioserve("handlers:Reverse", "--unix-dgram", str(path))
+    async with run_command(argv, cwd=handlers_dir) as cmd:
+        assert cmd.first_line.startswith("trioserve: serving handlers:Reverse on unix-dgram ")
+        client = str(handlers_dir / "client.sock")
+        reply = await datagram_exchange(socket.AF_UNIX, str(path), b"abc", bind=client)
+        assert reply == b"cba"
+        cmd.signal(signal.SIGINT)
+        assert await cmd.wait() == 0
+
+
+@pytest.mark.parametrize("handler", ["handlers:Upper", "handlers:StdlibUpper"])
+async def test_serves_a_handler_from_the_current_directory(
+    handlers_dir: Path, handler: str
+) -> None:
+    async with run_command(trioserve(handler, "--tcp", ":0"), cwd=handlers_dir) as cmd:
+        assert cmd.first_line.startswith(f"trioserve: serving {handler} on tcp 127.0.0.1:")
+        assert await echo_tcp(cmd.address, b"shout\n") == b"SHOUT\n"
+        cmd.signal(signal.SIGINT)
+        assert await cmd.wait() == 0
+
+
+async def test_max_connections_holds_back_the_next_client(handlers_dir: Path) -> None:
+    argv = trioserve("handlers:Active", "--tcp", ":0", "--max-connections", "1")
+    async with run_command(argv, cwd=handlers_dir) as cmd:
+        first = await trio.open_tcp_stream(*cmd.address)
+        async with first:
+            assert await receive_until(first, b"\n") == b"1\n"
+            second = await trio.open_tcp_stream(*cmd.address)
+        # Had the second handler started while the first ran, it would have said 2.
+        async with second:
+            assert await receive_until(second, b"\n") == b"1\n"
+        cmd.signal(signal.SIGINT)
+        assert await cmd.wait() == 0
+
+
+async def test_timeout_closes_an_idle_connection(handlers_dir: Path) -> None:
+    argv = trioserve("handlers:Upper", "--tcp", ":0", "--timeout", "0.2")
+    async with run_command(argv, cwd=handlers_dir) as cmd:
+        async with await trio.open_tcp_stream(*cmd.address) as stream:
+            await stream.send_all(b"a\n")
+            assert await receive_until(stream, b"\n") == b"A\n"
+            # Then silence: the handler's read times out and the server closes.
+            assert await receive_eof(stream) == b""
+        assert await echo_tcp(cmd.address, b"still serving\n") == b"STILL SERVING\n"
+        cmd.signal(signal.SIGINT)
+        assert await cmd.wait() == 0
+
+
+async def test_workers_serve_from_other_processes_and_stop_on_sigterm(
+    handlers_dir: Path,
+) -> None:
+    argv = trioserve("handlers:Pid", "--tcp", ":0", "--workers", "2", "--timeout", "0.2")
+    async with run_command(argv, cwd=handlers_dir) as cmd:
+        assert " with 2 worker processes " in cmd.first_line
+        pids = set()
+        for _ in range(4):
+            pids.add(int(await echo_tcp(cmd.address, b"pid?\n")))
+        assert cmd.process.pid not in pids
+        # --timeout reaches the workers too: an idle connection is closed.
+        async with await trio.open_tcp_stream(*cmd.address) as stream:
+            assert await receive_eof(stream) == b""
+        cmd.signal(signal.SIGTERM)
+        assert await cmd.wait() == 0
+    for pid in pids:
+        assert not await trio.Path(f"/proc/{pid}").exists(), f"worker {pid} outlived the command"
+
+
+# -- stopping --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+async def test_request_in_flight_finishes_after_the_signal(
+    handlers_dir: Path, signum: int
+) -> None:
+    argv = trioserve("handlers:Slow", "--tcp", ":0", "--grace", "30")
+    async with run_command(argv, cwd=handlers_dir) as cmd:
+        async with await trio.open_tcp_stream(*cmd.address) as stream:
+            assert await receive_until(stream, b"\n") == b"started\n"
+            cmd.signal(signum)
+            await cmd.stderr.wait_for("shutting down")
+            await stream.send_all(b"last words\n")
+            assert await receive_eof(stream) == b"done: last words\n"
+        assert await cmd.wait() == 0
+
+
+async def test_grace_bounds_a_handler_that_never_finishes(handlers_dir: Path) -> None:
+    argv = trioserve("handlers:Forever", "--tcp", ":0", "--grace", "0.2")
+    async with run_command(argv, cwd=handlers_dir) as cmd:
+        async with await trio.open_tcp_stream(*cmd.address) as stream:
+            assert await receive_until(stream, b"\n") == b"started\n"
+            cmd.signal(signal.SIGTERM)
+            assert await receive_eof(stream) == b""
+        assert await cmd.wait() == 0
+
+
+async def test_second_sigint_stops_at_once(handlers_dir: Path) -> None:
+    argv = trioserve("handlers:Forever", "--tcp", ":0", "--grace", "3600")
+    async with run_command(argv, cwd=handlers_dir) as cmd:
+        async with await trio.open_tcp_stream(*cmd.address) as stream:
+            assert await receive_until(stream, b"\n") == b"started\n"
+            cmd.signal(signal.SIGINT)
+            await cmd.stderr.wait_for("shutting down")
+            cmd.signal(signal.SIGINT)
+            assert await receive_eof(stream) == b""
+        assert await cmd.wait() == 130
+        assert "again" in await cmd.stderr.rest()
+
+
+async def test_log_level_error_keeps_stderr_quiet() -> None:
+    async with run_command(trioserve("--tcp", ":0", "--log-level", "ERROR")) as cmd:
+        cmd.signal(signal.SIGTERM)
+        assert await cmd.wait() == 0
+        assert await cmd.stderr.rest() == ""
+
+
+# -- bad invocations: one line, status 2 ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["nosuchmodule:Handler"], "no module named 'nosuchmodule'"),
+        (["handlers:Missing"], "module 'handlers' has no attribute 'Missing'"),
+        (["handlers:not_a_class"], "handlers:not_a_class is not a handler class"),
+        (["os:getcwd"], "os:getcwd is not a handler class"),
+        (["handlers"], "expected MODULE:HANDLER"),
+        (["handlers:Upper", "--udp", ":0"], "is a stream handler"),
+        (["handlers:Reverse", "--tcp", ":0"], "is a datagram handler"),
+        (["--tcp", "localhost"], "expected HOST:PORT"),
+        (["--tcp", "127.0.0.1:99999"], "expected HOST:PORT"),
+        (["--tcp", "::1:80"], "in brackets"),
+        (["--tcp", "no.such.host.invalid:0"], "unknown host"),
+        (["--tcp", ":0", "--udp", ":0"], "not allowed with argument"),
+        (["--udp", ":0", "--workers", "2"], "--workers serves stream transports only"),
+        (["--workers", "0"], "at least 1"),
+        (["--timeout", "soon"], "number of seconds"),
+        (["--log-level", "loud"], "expected one of debug"),
+        (["--unix", "/nonexistent-dir/s.sock"], "cannot serve on unix /nonexistent-dir"),
+        (["--bogus"], "unrecognized arguments: --bogus"),
+    ],
+)
+async def test_bad_invocation_prints_one_line_and_exits_2(
+    handlers_dir: Path, args: list[str], message: str
+) -> None:
+    async with run_command(trioserve(*args), cwd=handlers_dir, ready=False) as cmd:
+        assert await cmd.wait() == 2
+        stderr = await cmd.stderr.rest()
+        stdout = await cmd.stdout.rest()
+    assert stdout == ""
+    assert stderr.count("\n") == 1, stderr
+    assert stderr.startswith("trioserve: ")
+    assert message in stderr
+    assert "Traceback" not in stderr
+
+
+async def test_port_in_use_exits_2() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        argv = trioserve("--tcp", f"127.0.0.1:{port}")
+        async with run_command(argv, ready=False) as cmd:
+            assert await cmd.wait() == 2
+            stderr = await cmd.stderr.rest()
+    assert stderr.count("\n") == 1
+    assert stderr.startswith(f"trioserve: cannot serve on tcp 127.0.0.1:{port}: ")
+    assert "Address already in use" in stderr
+
+
+async def test_module_that_fails_to_import_exits_2(tmp_path: Path) -> None:
+    (tmp_path / "broken.py").write_text("raise RuntimeError('no database\\nconfigured')\n")
+    async with run_command(trioserve("broken:H"), cwd=tmp_path, ready=False) as cmd:
+        assert await cmd.wait() == 2
+        stderr = await cmd.stderr.rest()
+    assert stderr == "trioserve: cannot import 'broken': RuntimeError: no database configured\n"
+
+
+async def test_pool_whose_handler_workers_cannot_load_exits_2(tmp_path: Path) -> None:
+    # Importable here, but the module refuses to load in a worker process.
+    (tmp_path / "parentonly.py").write_text(
+        textwrap.dedent(
+            """
+            import os, trioserve
+            if os.environ.get("TRIOSERVE_TEST_PARENT") != str(os.getpid()):
+                raise ImportError("only in the parent")
+            class H(trioserve.StreamRequestHandler):
+                async def handle(self): pass
+            """
+        )
+    )
+    script = (
+        "import os, sys; os.environ['TRIOSERVE_TEST_PARENT'] = str(os.getpid()); "
+        "from trioserve.__main__ import main; sys.exit(main(sys.argv[1:]))"
+    )
+    argv = [sys.executable, "-c", script, "parentonly:H", "--tcp", ":0", "--workers", "1"]
+    async with run_command(argv, cwd=tmp_path, ready=False) as cmd:
+        assert await cmd.wait() == 2
+        stdout = await cmd.stdout.rest()
+        stderr = await cmd.stderr.rest()
+    assert stdout == ""
+    last = stderr.splitlines()[-1]
+    assert last.startswith("trioserve: ")
+    assert "only in the parent" in stderr
+    assert "Traceback" not in last
+
+
+# -- in process: the parts with no socket --------------------------------------------------
+
+
+def test_no_address_means_tcp_on_localhost_9000() -> None:
+    from trioserve._cli import _transport_and_address
+
+    args = build_parser().parse_args([])
+    assert _transport_and_address(args) == (Transport.TCP, ("127.0.0.1", 9000))
+
+
+def test_describe_brackets_ipv6_hosts() -> None:
+    class Fake:
+        socket_type = socket.SOCK_STREAM
+        server_address = ("::1", 8080, 0, 0)
+
+    line = describe(Fake(), "EchoHandler", None)  # type: ignore[arg-type]
+    assert line == "trioserve: serving EchoHandler on tcp [::1]:8080 (try: nc ::1 8080)"

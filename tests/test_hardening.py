@@ -1,0 +1,695 @@
+"""Production hardening: limits, timeouts, drain, accept errors, hostile clients.
+
+Every test here attacks a real server on loopback (or, for the exact semantics of a
+timeout, a memory stream under Trio's virtual clock).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import random
+import resource
+import selectors
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import IO, Any
+
+import pytest
+import trio
+import trio.testing
+
+import trioserve
+from trioserve import (
+    AsyncReader,
+    EchoHandler,
+    LineTooLongError,
+    StreamRequestHandler,
+    TCPServer,
+    ThreadingTCPServer,
+)
+from trioserve._stream import ACCEPT_CAPACITY_PAUSE
+
+pytestmark = pytest.mark.usefixtures("fd_leak_check")
+
+LOCALHOST = ("127.0.0.1", 0)
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+async def connect(server: trioserve.SocketServer) -> trio.SocketStream:
+    return await trio.open_tcp_stream(*server.server_address[:2])
+
+
+async def receive_exactly(stream: trio.abc.ReceiveStream, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = await stream.receive_some(size - len(data))
+        assert chunk, f"EOF after {data!r}"
+        data += chunk
+    return data
+
+
+async def receive_until_eof(stream: trio.abc.ReceiveStream) -> bytes:
+    """Everything until the server closes (a reset counts as closing)."""
+    data = b""
+    for _ in range(100_000):  # bounded: each receive returns at least a byte, or EOF
+        try:
+            chunk = await stream.receive_some()
+        except trio.BrokenResourceError:
+            return data
+        if not chunk:
+            return data
+        data += chunk
+    raise AssertionError("no end of file")
+
+
+async def roundtrip(server: trioserve.SocketServer, payload: bytes) -> bytes:
+    async with await connect(server) as stream:
+        await stream.send_all(payload)
+        return await receive_exactly(stream, len(payload))
+
+
+@asynccontextmanager
+async def serving(server: trioserve.BaseServer) -> AsyncIterator[trio.Nursery]:
+    with server:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve_forever)
+            yield nursery
+            nursery.cancel_scope.cancel()
+
+
+def reset(sock: socket.socket) -> None:
+    """Close *sock* with a TCP reset (SO_LINGER with a zero timeout)."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+    sock.close()
+
+
+def records(caplog: pytest.LogCaptureFixture, level: int) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "trioserve" and r.levelno == level]
+
+
+class UpperLines(StreamRequestHandler):
+    async def handle(self) -> None:
+        async for line in self.rfile:
+            await self.wfile.write(line.upper())
+
+
+# -- limits: max_connections -----------------------------------------------------------------
+
+
+def test_the_default_limit_is_ten_thousand_connections() -> None:
+    assert ThreadingTCPServer.max_connections == 10_000
+    with ThreadingTCPServer(LOCALHOST, EchoHandler, max_connections=None) as server:
+        assert server.max_connections is None
+
+
+async def test_max_connections_bounds_handlers_and_the_rest_wait_in_the_backlog() -> None:
+    running = 0
+    peak = 0
+
+    class Gate(StreamRequestHandler):
+        async def handle(self) -> None:
+            nonlocal running, peak
+            running += 1
+            peak = max(peak, running)
+            try:
+                await self.wfile.write(b"in\n")
+                await self.rfile.readline()
+            finally:
+                running -= 1
+
+    server = ThreadingTCPServer(LOCALHOST, Gate, max_connections=3)
+    async with serving(server):
+        # Six clients connect: the kernel completes every handshake (they sit in the
+        # backlog), but only three handlers run.
+        clients = [await connect(server) for _ in range(6)]
+        try:
+            for client in clients[:3]:
+                assert await receive_exactly(client, 3) == b"in\n"
+            await trio.testing.wait_all_tasks_blocked()
+            assert running == 3
+            # One finishes: the next waiting client is accepted, and only then.
+            await clients[0].send_all(b"bye\n")
+            assert await receive_exactly(clients[3], 3) == b"in\n"
+            await trio.testing.wait_all_tasks_blocked()
+            assert running == 3
+            for client in clients[1:4]:
+                await client.send_all(b"bye\n")
+            for client in clients[4:]:
+                assert await receive_exactly(client, 3) == b"in\n"
+                await client.send_all(b"bye\n")
+        finally:
+            for client in clients:
+                await client.aclose()
+    assert peak == 3
+
+
+# -- timeouts: idle and slow-drip clients ----------------------------------------------------
+
+
+async def test_a_line_dripped_under_the_timeout_per_byte_still_times_out(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    client, server_end = trio.testing.memory_stream_pair()
+    reader = AsyncReader(server_end, timeout=10)
+
+    async def drip() -> None:
+        for byte in b"GET / HTTP/1.1\r\n":  # one byte every 9 s: each under the timeout
+            await client.send_all(bytes([byte]))
+            await trio.sleep(9)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(drip)
+        start = trio.current_time()
+        with pytest.raises(TimeoutError, match="within 10"):
+            await reader.readline()
+        # One timeout for the whole line, however it is dripped.
+        assert trio.current_time() - start == pytest.approx(10)
+        nursery.cancel_scope.cancel()
+
+
+async def test_each_readline_gets_a_fresh_timeout_and_pieces_are_fine(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    client, server_end = trio.testing.memory_stream_pair()
+    reader = AsyncReader(server_end, timeout=10)
+
+    async def talk() -> None:
+        for piece in (b"first ", b"line\n", b"second", b" line\n"):
+            await trio.sleep(4)
+            await client.send_all(piece)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(talk)
+        assert await reader.readline() == b"first line\n"  # 8 s, in two pieces
+        assert await reader.readline() == b"second line\n"  # 8 s more: a new timeout
+
+
+async def test_slowloris_is_disconnected_and_gives_its_slot_back(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Lines(UpperLines):
+        timeout = 0.5  # real seconds: the client below drips faster than this per byte
+
+    server = ThreadingTCPServer(LOCALHOST, Lines, max_connections=1)
+    async with serving(server):
+        slow = await connect(server)
+        async with slow, trio.open_nursery() as nursery:
+
+            async def drip() -> None:
+                for _ in range(100):  # bounded: 10 s at most
+                    await slow.send_all(b"x")
+                    await trio.sleep(0.1)
+
+            nursery.start_soon(drip)
+            start = time.monotonic()
+            with trio.fail_after(10):  # sanity bound
+                assert await receive_until_eof(slow) == b""
+            elapsed = time.monotonic() - start
+            nursery.cancel_scope.cancel()
+        assert 0.4 <= elapsed < 5  # about the timeout: not the whole drip
+        # Its only slot is free again.
+        with trio.fail_after(10):
+            assert await roundtrip(server, b"next\n") == b"NEXT\n"
+    [error] = records(caplog, logging.ERROR)
+    assert error.exc_info is not None
+    assert isinstance(error.exc_info[1], TimeoutError)
+
+
+async def test_an_idle_client_is_disconnected_by_the_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    class Lines(UpperLines):
+        timeout = 30
+
+    server = ThreadingTCPServer(LOCALHOST, Lines, max_connections=1)
+    async with serving(server), await connect(server) as idle:
+        start = trio.current_time()
+        assert await receive_until_eof(idle) == b""
+        assert trio.current_time() - start == pytest.approx(30)
+        assert await roundtrip(server, b"after\n") == b"AFTER\n"
+
+
+# -- readline limits -------------------------------------------------------------------------
+
+
+async def test_a_too_long_line_never_buffers_more_than_the_limit() -> None:
+    client, server_end = trio.testing.memory_stream_pair()
+    reader = AsyncReader(server_end, max_line_length=1000)
+    await client.send_all(b"x" * 1_000_000)  # one chunk of a megabyte, no line end
+    with pytest.raises(LineTooLongError) as info:
+        await reader.readline()
+    assert info.value.max_line_length == 1000
+    # Exactly the limit was taken from the stream, and nothing of it was lost.
+    assert await reader.read1() == b"x" * 1000
+    assert len(await reader.read1()) > 0  # the rest is still in the stream
+
+
+async def test_line_too_long_reaches_the_handler_which_may_answer(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Polite(StreamRequestHandler):
+        max_line_length = 4096
+
+        async def handle(self) -> None:
+            try:
+                line = await self.rfile.readline()
+            except LineTooLongError as exc:
+                await self.wfile.write(b"line longer than %d bytes\n" % exc.max_line_length)
+                return
+            await self.wfile.write(line.upper())
+
+    server = ThreadingTCPServer(LOCALHOST, Polite)
+    async with serving(server):
+        async with await connect(server) as flood:
+            with trio.move_on_after(10):  # the server may stop reading before all is sent
+                try:
+                    await flood.send_all(b"A" * 1_000_000)
+                except trio.BrokenResourceError:
+                    pass
+            assert await receive_until_eof(flood) == b"line longer than 4096 bytes\n"
+        assert await roundtrip(server, b"short\n") == b"SHORT\n"
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+# -- graceful drain --------------------------------------------------------------------------
+
+
+async def test_shutdown_drains_in_flight_handlers_then_cancels_the_rest(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    started: list[str] = []
+    outcome: dict[str, str] = {}
+    both_started = trio.Event()
+
+    class Work(StreamRequestHandler):
+        async def handle(self) -> None:
+            name = (await self.rfile.readline()).strip().decode()
+            started.append(name)
+            if len(started) == 2:
+                both_started.set()
+            try:
+                await self.rfile.readline()  # until the client says it is done
+                await self.wfile.write(b"finished\n")
+                outcome[name] = "finished"
+            except trio.Cancelled:
+                outcome[name] = "cancelled"
+                raise
+
+    server = ThreadingTCPServer(LOCALHOST, Work)
+    assert server.shutdown_grace == 5.0  # the documented default
+    with server:
+        quick, stuck = await connect(server), await connect(server)
+        late: trio.SocketStream | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(server.serve_forever)
+                await quick.send_all(b"quick\n")
+                await stuck.send_all(b"stuck\n")
+                await both_started.wait()
+                start = trio.current_time()
+                server.shutdown()  # grace: shutdown_grace, 5 s
+                late = await connect(server)  # the kernel still queues it; nobody accepts
+                await late.send_all(b"late\n")
+                await quick.send_all(b"done\n")
+                assert await receive_exactly(quick, 9) == b"finished\n"
+            # serve_forever returned when the grace ran out and the stuck one was cancelled.
+            assert trio.current_time() - start == pytest.approx(5)
+            assert outcome == {"quick": "finished", "stuck": "cancelled"}
+            assert sorted(started) == ["quick", "stuck"]  # the late one never got a handler
+            assert await receive_until_eof(stuck) == b""
+        finally:
+            for stream in (quick, stuck, late):
+                if stream is not None:
+                    await stream.aclose()
+
+
+# -- accept errors ---------------------------------------------------------------------------
+
+
+async def knock(server: trioserve.SocketServer) -> None:
+    """Connect, and wait for the server to close."""
+    async with await connect(server) as stream:
+        await receive_until_eof(stream)
+
+
+class ScriptedAccept:
+    """Stands in for a server's socket: ``accept`` raises the scripted errors first."""
+
+    def __init__(self, real: Any, errors: list[int]) -> None:
+        self.real = real
+        self.errors = errors
+
+    async def accept(self) -> Any:
+        await trio.lowlevel.checkpoint()
+        if self.errors:
+            code = self.errors.pop(0)
+            raise OSError(code, os.strerror(code))
+        return await self.real.accept()
+
+
+@pytest.fixture
+def scripted_server() -> Iterator[tuple[TCPServer, list[int]]]:
+    with TCPServer(LOCALHOST, EchoHandler) as server:
+        real = server.socket
+        errors: list[int] = []
+        server.socket = ScriptedAccept(real, errors)  # type: ignore[assignment]
+        try:
+            yield server, errors
+        finally:
+            server.socket = real
+
+
+async def test_transient_accept_errors_are_ignored(
+    scripted_server: tuple[TCPServer, list[int]], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="trioserve")
+    server, errors = scripted_server
+    errors += [errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.ENETUNREACH]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(knock, server)
+        stream, _ = await server.get_request()
+        await stream.aclose()
+    assert errors == []
+    assert records(caplog, logging.ERROR) == []
+
+
+async def test_running_out_of_descriptors_pauses_and_logs_once(
+    scripted_server: tuple[TCPServer, list[int]],
+    caplog: pytest.LogCaptureFixture,
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="trioserve")
+    server, errors = scripted_server
+    errors += [errno.EMFILE] * 5 + [errno.ENFILE, errno.ENOBUFS, errno.ENOMEM]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(knock, server)
+        start = trio.current_time()
+        stream, _ = await server.get_request()
+        await stream.aclose()
+    assert trio.current_time() - start == pytest.approx(8 * ACCEPT_CAPACITY_PAUSE)
+    [error] = records(caplog, logging.ERROR)
+    assert "Too many open files" in error.getMessage()
+    assert len(records(caplog, logging.DEBUG)) == 7
+
+
+async def test_other_accept_errors_propagate(
+    scripted_server: tuple[TCPServer, list[int]],
+) -> None:
+    server, errors = scripted_server
+    errors.append(errno.EINVAL)
+    with pytest.raises(OSError, match="Invalid argument"):
+        await server.get_request()
+
+
+EMFILE_SERVER = """
+import logging, os, resource, sys
+import trio
+import trioserve
+
+logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(levelname)s %(message)s")
+
+
+class Echo(trioserve.StreamRequestHandler):
+    async def handle(self):
+        async for line in self.rfile:
+            if line == b"quit\\n":
+                self.server.shutdown(grace=0)
+                return
+            await self.wfile.write(line)
+
+
+async def main():
+    with trioserve.ThreadingTCPServer(("127.0.0.1", 0), Echo) as server:
+        # Room for about ten connections more than what is open now.
+        highest = max(int(name) for name in os.listdir("/proc/self/fd"))
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 11, hard))
+        print(server.server_address[1], flush=True)
+        await server.serve_forever()
+
+
+trio.run(main)
+"""
+
+
+def read_line(stream: IO[str], timeout: float) -> str:
+    """One line from a child's pipe, waiting at most *timeout* seconds."""
+    with selectors.DefaultSelector() as selector:
+        selector.register(stream, selectors.EVENT_READ)
+        if not selector.select(timeout):
+            raise TimeoutError(f"no line within {timeout} s")
+    return stream.readline()
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def test_descriptor_exhaustion_in_a_real_process_backs_off_and_recovers(
+    tmp_path: Path,
+) -> None:
+    script = tmp_path / "emfile_server.py"
+    script.write_text(textwrap.dedent(EMFILE_SERVER))
+    process = subprocess.Popen(
+        [sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    clients: list[socket.socket] = []
+    try:
+        assert process.stdout is not None
+        assert process.stderr is not None
+        port = int(read_line(process.stdout, 30))
+        # Thirty clients, three times what the server has descriptors for.
+        for _ in range(30):
+            clients.append(socket.create_connection(("127.0.0.1", port), timeout=30))
+        first_log = read_line(process.stderr, 30)
+        assert first_log.startswith("ERROR accept() on ('127.0.0.1', ")
+        assert "Too many open files" in first_log
+        # It waits instead of spinning: over a second of exhaustion, little CPU time.
+        before = cpu_seconds(process.pid)
+        time.sleep(1.0)  # a measurement window, not a synchronisation
+        assert cpu_seconds(process.pid) - before < 0.5
+        # The first clients are served all along; then everyone leaves.
+        clients[0].sendall(b"still served\n")
+        assert clients[0].recv(100) == b"still served\n"
+        for client in clients:
+            client.close()
+        clients.clear()
+        # Descriptors are back: a new client is served (it may wait in the backlog while
+        # the server works through the closed connections queued before it).
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as client:
+            client.sendall(b"served again\n")
+            assert client.recv(100) == b"served again\n"
+            client.sendall(b"quit\n")
+        _, err = process.communicate(timeout=30)
+    finally:
+        for client in clients:
+            client.close()
+        if process.returncode is None:
+            process.kill()  # by PID: the process this test started
+            process.communicate()
+    assert process.returncode == 0, err
+    # Logged once as an error; every retry after it at debug level (not shown here).
+    assert [line for line in (first_log + err).splitlines() if line.startswith("ERROR")] == [
+        first_log.strip()
+    ]
+
+
+# -- robustness: hostile and broken clients --------------------------------------------------
+
+
+class Service(StreamRequestHandler):
+    """A line protocol: ``big`` gets 8 MiB back, ``fail`` raises, anything else echoes."""
+
+    timeout = 5
+    max_line_length = 1024
+
+    async def handle(self) -> None:
+        async for line in self.rfile:
+            if line == b"big\n":
+                await self.wfile.write(b"y" * (8 << 20))
+            elif line == b"fail\n":
+                raise RuntimeError("the handler failed on purpose")
+            else:
+                await self.wfile.write(line.upper())
+
+
+async def test_broken_clients_never_disturb_the_others(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    done = trio.Semaphore(0)
+
+    class Counted(Service):
+        async def handle(self) -> None:
+            try:
+                await super().handle()
+            finally:
+                done.release()
+
+    server = ThreadingTCPServer(LOCALHOST, Counted)
+    address = server.server_address
+    async with serving(server):
+
+        def attack() -> None:
+            # Nothing at all.
+            socket.create_connection(address).close()
+            # Half a line, then a reset.
+            sock = socket.create_connection(address)
+            sock.sendall(b"half a li")
+            reset(sock)
+            # A reset while the server writes 8 MiB the client never reads.
+            sock = socket.create_connection(address)
+            sock.sendall(b"big\n")
+            reset(sock)
+            # Garbage: no line end, NUL bytes, invalid UTF-8, more than max_line_length.
+            sock = socket.create_connection(address)
+            sock.sendall(bytes(range(256)).replace(b"\n", b"") * 8)
+            sock.shutdown(socket.SHUT_WR)
+            sock.settimeout(10)
+            while sock.recv(65536):
+                pass
+            sock.close()
+
+        await trio.to_thread.run_sync(attack)
+        with trio.fail_after(30):  # sanity bound
+            for _ in range(4):
+                await done.acquire()
+        # A client that half-closes still gets its whole answer.
+        async with await connect(server) as polite:
+            await polite.send_all(b"one\ntwo\n")
+            await polite.send_eof()
+            assert await receive_until_eof(polite) == b"ONE\nTWO\n"
+    errors = records(caplog, logging.ERROR)
+    assert errors == [], [r.getMessage() for r in errors]
+    [warning] = records(caplog, logging.WARNING)
+    assert "max_line_length" in warning.getMessage()
+
+
+async def test_one_failing_handler_among_a_hundred_clients(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    answers: dict[int, bytes] = {}
+    server = ThreadingTCPServer(LOCALHOST, Service)
+    async with serving(server):
+        ready = trio.Event()
+        connected = 0
+
+        async def client(number: int) -> None:
+            nonlocal connected
+            async with await connect(server) as stream:
+                connected += 1
+                if connected == 101:
+                    ready.set()
+                await ready.wait()  # all 101 connections are open at once
+                if number == 0:
+                    await stream.send_all(b"fail\n")
+                    answers[number] = await receive_until_eof(stream)
+                    return
+                line = b"client %d\n" % number
+                await stream.send_all(line)
+                answers[number] = await receive_exactly(stream, len(line))
+
+        with trio.fail_after(30):  # sanity bound
+            async with trio.open_nursery() as nursery:
+                for number in range(101):
+                    nursery.start_soon(client, number)
+    assert answers.pop(0) == b""  # the failing one is closed, not left hanging
+    assert answers == {n: b"CLIENT %d\n" % n for n in range(1, 101)}
+    [error] = records(caplog, logging.ERROR)
+    assert error.exc_info is not None
+    assert str(error.exc_info[1]) == "the handler failed on purpose"
+
+
+async def test_random_garbage_never_crashes_the_server() -> None:
+    rng = random.Random(20240607)
+    server = ThreadingTCPServer(LOCALHOST, Service)
+    async with serving(server):
+        for _ in range(40):
+            payload = rng.randbytes(rng.choice([0, 1, 17, 1023, 1024, 1025, 5000]))
+            ending = rng.choice(["close", "reset", "half-close"])
+            sock = trio.socket.socket()
+            await sock.connect(server.server_address)
+            try:
+                if payload:
+                    await sock.send(payload)
+            except OSError:
+                pass  # the server may have closed first: that is its right
+            if ending == "reset":
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+            elif ending == "half-close":
+                sock.shutdown(socket.SHUT_WR)
+                with trio.fail_after(10):
+                    await receive_until_eof(trio.SocketStream(sock))
+            sock.close()
+        # Still serving, and serving well.
+        assert await roundtrip(server, b"alive\n") == b"ALIVE\n"
+
+
+@pytest.fixture
+def descriptors_for(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Raise the soft descriptor limit (within the hard one) for the test, then restore it."""
+    needed: int = request.param
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= needed:
+        yield
+        return
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        pytest.skip(f"the hard descriptor limit {hard} is under the {needed} needed")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+@pytest.mark.parametrize("descriptors_for", [4096 + 2 * 2000], indirect=True)
+@pytest.mark.usefixtures("descriptors_for")
+async def test_two_thousand_connections_in_rounds_leave_no_descriptor_behind() -> None:
+    clients = 2000
+    server = ThreadingTCPServer(LOCALHOST, EchoHandler)
+    counts: list[int] = []
+    async with serving(server):
+        baseline = len(os.listdir("/proc/self/fd"))
+        for _ in range(3):
+            echoed = 0
+            all_open = trio.Event()
+
+            async def client(all_open: trio.Event) -> None:
+                nonlocal echoed
+                sock = trio.socket.socket()
+                try:
+                    await sock.connect(server.server_address)
+                    stream = trio.SocketStream(sock)
+                except BaseException:
+                    sock.close()
+                    raise
+                async with stream:
+                    await stream.send_all(b"!")
+                    assert await receive_exactly(stream, 1) == b"!"
+                    echoed += 1
+                    if echoed == clients:
+                        all_open.set()
+                    await all_open.wait()  # all 2,000 are open at once
+                    await stream.send_eof()
+                    assert await receive_until_eof(stream) == b""
+
+            with trio.fail_after(60):  # sanity bound
+                async with trio.open_nursery() as nursery:
+                    for _ in range(clients):
+                        nursery.start_soon(client, all_open)
+            await trio.testing.wait_all_tasks_blocked()  # the server's closes are done
+            counts.append(len(os.listdir("/proc/self/fd")))
+    assert counts == [baseline] * 3

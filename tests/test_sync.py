@@ -1,0 +1,889 @@
+"""Sync handlers: plain-``def`` handlers and socketserver's own classes, in worker threads."""
+
+from __future__ import annotations
+
+import http.server
+import io
+import logging
+import logging.handlers
+import pickle
+import socket
+import socketserver
+import ssl
+import struct
+import sys
+import threading
+import urllib.request
+import wsgiref.simple_server
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+import trustme
+
+import trioserve
+from trioserve import (
+    BaseRequestHandler,
+    StreamRequestHandler,
+    SyncStreamRequestHandler,
+    TCPServer,
+    ThreadingTCPServer,
+)
+from trioserve._sync import (
+    StreamSocket,
+    SyncReader,
+    SyncWriter,
+    run_sync_handler,
+    running_handler_threads,
+)
+
+if sys.version_info >= (3, 11):
+    from typing import assert_type
+else:
+    from typing_extensions import assert_type
+
+pytestmark = pytest.mark.usefixtures("fd_leak_check")
+
+LOCALHOST = ("127.0.0.1", 0)
+
+
+async def connect(server: trioserve.SocketServer) -> trio.SocketStream:
+    if server.address_family == socket.AF_UNIX:
+        return await trio.open_unix_socket(server.server_address)
+    return await trio.open_tcp_stream(*server.server_address[:2])
+
+
+async def receive_exactly(stream: trio.abc.ReceiveStream, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = await stream.receive_some(size - len(data))
+        assert chunk, f"EOF after {data!r}"
+        data += chunk
+    return data
+
+
+async def receive_all(stream: trio.abc.ReceiveStream) -> bytes:
+    data = b""
+    while chunk := await stream.receive_some():
+        data += chunk
+    return data
+
+
+class UpperLines(StreamRequestHandler):
+    """A ported socketserver handler: plain def, blocking rfile and wfile."""
+
+    def handle(self) -> None:
+        for line in self.rfile:  # type: ignore[attr-defined]  # sync files, typed async
+            self.wfile.write(line.upper())  # type: ignore[unused-coroutine]
+
+
+class RecvEcho(BaseRequestHandler):
+    """socketserver's documentation example: recv and sendall on the request."""
+
+    def handle(self) -> None:
+        while data := self.request.recv(1024):
+            self.request.sendall(data.upper())
+
+
+@pytest.mark.parametrize("handler", [UpperLines, RecvEcho])
+@pytest.mark.parametrize("transport", ["tcp", "unix"])
+async def test_sync_handler_serves_tcp_and_unix(
+    handler: type[BaseRequestHandler], transport: str, tmp_path: Path
+) -> None:
+    server_class: type[TCPServer] = (
+        ThreadingTCPServer if transport == "tcp" else trioserve.ThreadingUnixStreamServer
+    )
+    address: Any = LOCALHOST if transport == "tcp" else str(tmp_path / "s.sock")
+    with server_class(address, handler) as server:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve_forever)
+            async with await connect(server) as stream:
+                await stream.send_all(b"hello\nworld\n")
+                assert await receive_exactly(stream, 12) == b"HELLO\nWORLD\n"
+            nursery.cancel_scope.cancel()
+    assert running_handler_threads(server) == 0
+
+
+async def test_sync_handler_runs_in_a_worker_thread_not_blocking_the_loop() -> None:
+    release = threading.Event()
+    threads: list[str] = []
+
+    class Blocking(BaseRequestHandler):
+        def handle(self) -> None:
+            threads.append(threading.current_thread().name)
+            self.request.sendall(b"waiting\n")
+            release.wait(10)
+            self.request.sendall(b"done\n")
+
+    with ThreadingTCPServer(LOCALHOST, Blocking) as server:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve_forever)
+            first = await connect(server)
+            second = await connect(server)
+            # Both handlers block in their threads at once; the Trio loop still runs.
+            assert await receive_exactly(first, 8) == b"waiting\n"
+            assert await receive_exactly(second, 8) == b"waiting\n"
+            release.set()
+            assert await receive_exactly(first, 5) == b"done\n"
+            assert await receive_exactly(second, 5) == b"done\n"
+            await first.aclose()
+            await second.aclose()
+            nursery.cancel_scope.cancel()
+    assert threading.main_thread().name not in threads
+    assert len(threads) == 2
+
+
+async def test_sync_request_is_socket_like_and_files_have_the_stdlib_methods() -> None:
+    seen: dict[str, Any] = {}
+
+    class Inspect(SyncStreamRequestHandler):
+        timeout = 7.0
+
+        def handle(self) -> None:
+            sock = self.request
+            seen["nodelay"] = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            seen["keepalive"] = sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
+            seen["timeout"] = sock.gettimeout()
+            seen["names"] = (sock.getsockname(), sock.getpeername())
+            seen["fileno"] = sock.fileno()
+            seen["connection"] = self.connection is sock
+            seen["line"] = self.rfile.readline()
+            seen["limited"] = self.rfile.readline(3)
+            seen["exact"] = self.rfile.read(4)
+            buffer = bytearray(3)
+            seen["into"] = self.rfile.readinto(buffer), bytes(buffer)
+            seen["lines"] = self.rfile.readlines(1)
+            seen["rest"] = list(self.rfile)
+            self.wfile.write(b"one ")
+            self.wfile.writelines([b"two ", b"three\n"])
+            self.wfile.flush()
+            sock.send(b"send\n")
+            sock.sendall(b"sendall\n")
+
+    with ThreadingTCPServer(LOCALHOST, Inspect) as server:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve_forever)
+            async with await connect(server) as stream:
+                await stream.send_all(b"first\nabcdefg\n1234567\nx\ny\nz\n")
+                await stream.send_eof()
+                assert await receive_all(stream) == b"one two three\nsend\nsendall\n"
+                client_name = stream.socket.getsockname()
+            nursery.cancel_scope.cancel()
+    assert seen["nodelay"] != 0  # Trio's TCP_NODELAY stays on: no 40 ms stalls
+    assert seen["keepalive"] != 0
+    assert seen["timeout"] == 7.0
+    assert seen["names"] == (server.server_address, client_name)
+    assert seen["fileno"] >= 0
+    assert seen["connection"]
+    assert seen["line"] == b"first\n"
+    assert seen["limited"] == b"abc"
+    assert seen["exact"] == b"defg"
+    assert seen["into"] == (3, b"\n12")
+    assert seen["lines"] == [b"34567\n"]
+    assert seen["rest"] == [b"x\n", b"y\n", b"z\n"]
+
+
+async def test_finish_runs_after_handle_raises_and_the_server_keeps_serving(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    steps: list[str] = []
+
+    class Failing(StreamRequestHandler):
+        def setup(self) -> None:
+            steps.append("setup")
+            super().setup()
+
+        def handle(self) -> None:
+            steps.append("handle")
+            if self.rfile.readline() == b"fail\n":  # type: ignore[comparison-overlap]
+                raise RuntimeError("handler bug")
+            self.wfile.write(b"fine\n")  # type: ignore[unused-coroutine]
+
+        def finish(self) -> None:
+            steps.append("finish")
+            super().finish()
+
+    with ThreadingTCPServer(LOCALHOST, Failing) as server:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve_forever)
+            async with await connect(server) as stream:
+                await stream.send_all(b"fail\n")
+                assert await receive_all(stream) == b""
+            async with await connect(server) as stream:
+                await stream.send_all(b"ok\n")
+                assert await receive_all(stream) == b"fine\n"
+            nursery.cancel_scope.cancel()
+    assert steps == ["setup", "handle", "finish"] * 2
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1
+    assert errors[0].exc_info is not None
+    assert isinstance(errors[0].exc_info[1], RuntimeError)
+
+
+async def test_sync_readline_without_limit_stops_at_max_line_length(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Short(StreamRequestHandler):
+        max_line_length = 16
+
+        def handle(self) -> None:
+            self.wfile.write(self.rfile.readline())  # type: ignore[unused-coroutine,arg-type]
+
+    with ThreadingTCPServer(LOCALHOST, Short) as server:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve_forever)
+            async with await connect(server) as stream:
+                await stream.send_all(b"x" * 40)
+                await stream.send_eof()
+                assert await receive_all(stream) == b""
+            assert await trio_roundtrip(server, b"short\n") == b"short\n"
+            nursery.cancel_scope.cancel()
+    assert any(
+        r.levelno == logging.WARNING and "max_line_length" in r.getMessage()
+        for r in caplog.records
+    )
+
+
+async def trio_roundtrip(server: trioserve.SocketServer, payload: bytes) -> bytes:
+    async with await connect(server) as stream:
+        await stream.send_all(payload)
+        await stream.send_eof()
+        return await receive_all(stream)
+
+
+# -- unmodified standard-library handler classes ----------------------------------------
+
+
+class StdlibUpper(socketserver.StreamRequestHandler):
+    def handle(self) -> None:
+        for line in self.rfile:
+            self.wfile.write(line.upper())
+
+
+async def test_unmodified_socketserver_stream_handler() -> None:
+    with ThreadingTCPServer(LOCALHOST, StdlibUpper) as server:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve_forever)
+            assert await trio_roundtrip(server, b"a\nb\n") == b"A\nB\n"
+            nursery.cancel_scope.cancel()
+
+
+def make_site(root: Path) -> type[http.server.SimpleHTTPRequestHandler]:
+    (root / "index.html").write_text("<h1>hello from trioserve</h1>\n")
+    (root / "data.txt").write_bytes(b"0123456789" * 1000)
+
+    class Site(http.server.SimpleHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, directory=str(root), **kwargs)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    return Site
+
+
+async def test_simple_http_request_handler_with_urllib(tmp_path: Path) -> None:
+    with trioserve.ThreadingHTTPServer(LOCALHOST, make_site(tmp_path)) as server:
+        assert server.server_port == server.server_address[1]
+        assert server.server_name
+        base = f"http://127.0.0.1:{server.server_port}"
+
+        def fetch(path: str) -> tuple[int, bytes]:
+            with urllib.request.urlopen(base + path, timeout=10) as response:
+                return response.status, response.read()
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve_forever)
+            assert await trio.to_thread.run_sync(fetch, "/") == (
+                200,
+                b"<h1>hello from trioserve</h1>\n",
+            )
+            assert await trio.to_thread.run_sync(fetch, "/data.txt") == (200, b"0123456789" * 1000)
+            with pytest.raises(urllib.error.HTTPError) as missing:
+                await trio.to_thread.run_sync(fetch, "/missing")
+            missing.value.close()
+            assert missing.value.code == 404
+            nursery.cancel_scope.cancel()
+
+
+async def test_simple_http_request_handler_with_curl_keep_alive(tmp_path: Path) -> None:
+    with trioserve.ThreadingHTTPServer(LOCALHOST, make_site(tmp_path)) as server:
+        base = f"http://127.0.0.1:{server.server_port}"
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve_forever)
+            with trio.fail_after(20):
+                result = await trio.run_process(
+                    ["curl", "--silent", "--show-error", "--max-time", "10", "--write-out",
+                     "|%{http_code}|%{num_connects}\n", f"{base}/", f"{base}/data.txt"],
+                    capture_stdout=True,
+                )  # fmt: skip
+            nursery.cancel_scope.cancel()
+    out = result.stdout
+    assert out.startswith(b"<h1>hello from trioserve</h1>\n|200|1\n")
+    # The second request reused the first connection: no new connect.
+    assert out.endswith(b"0123456789" * 1000 + b"|200|0\n")
+
+
+class LogRecordStreamHandler(socketserver.StreamRequestHandler):
+    """The logging cookbook's receiver, unchanged."""
+
+    def handle(self) -> None:
+        while True:
+            chunk = self.connection.recv(4)
+            if len(chunk) < 4:
+                break
+            slen = struct.unpack(">L", chunk)[0]
+            chunk = self.connection.recv(slen)
+            while len(chunk) < slen:
+                chunk = chunk + self.connection.recv(slen - len(chunk))
+            obj = self.unPickle(chunk)
+            record = logging.makeLogRecord(obj)
+            self.handleLogRecord(record)
+
+    def unPickle(self, data: bytes) -> Any:
+        return pickle.loads(data)
+
+    def handleLogRecord(self, record: logging.LogRecord) -> None:
+        name = self.server.logname if self.server.logname is not None else record.name  # type: ignore[attr-defined]
+        logging.getLogger(name).handle(record)
+
+
+class LogRecordSocketReceiver(ThreadingTCPServer):
+    """The cookbook's server, on trioserve."""
+
+    logname: str | None = None
+
+
+class ListHandler(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def cookbook_logger() -> Iterator[ListHandler]:
+    target = logging.getLogger("trioserve-tests.cookbook")
+    handler = ListHandler()
+    target.addHandler(handler)
+    target.propagate = False
+    yield handler
+    target.removeHandler(handler)
+    target.propagate = True
+
+
+async def test_logging_cookbook_socket_receiver(cookbook_logger: ListHandler) -> None:
+    with LogRecordSocketReceiver(LOCALHOST, LogRecordStreamHandler) as server:
+
+        def send_logs() -> None:
+            sender = logging.handlers.SocketHandler("127.0.0.1", server.server_address[1])
+            try:
+                source = logging.getLogger("trioserve-tests.cookbook.sender")
+                for index in range(3):
+                    sender.handle(source.makeRecord(source.name, logging.INFO, __file__, 1,
+                                                    "message %d", (index,), None))  # fmt: skip
+            finally:
+                sender.close()
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve_forever)
+            await trio.to_thread.run_sync(send_logs)
+            server.logname = "trioserve-tests.cookbook"
+            # Waits for the receiver to read to the sender's end of file.
+            server.shutdown(grace=None)
+    assert [r.getMessage() for r in cookbook_logger.records] == [
+        "message 0",
+        "message 1",
+        "message 2",
+    ]
+
+
+class WSGIServer(trioserve.ThreadingHTTPServer):
+    """The small server subclass that ``wsgiref.simple_server.WSGIRequestHandler`` needs."""
+
+    def __init__(self, server_address: Any, application: Callable[..., Iterable[bytes]]) -> None:
+        self.application = application
+        super().__init__(server_address, wsgiref.simple_server.WSGIRequestHandler)
+
+    def server_bind(self) -> None:
+        super().server_bind()
+        self.base_environ = {
+            "SERVER_NAME": self.server_name,
+            "GATEWAY_INTERFACE": "CGI/1.1",
+            "SERVER_PORT": str(self.server_port),
+            "REMOTE_HOST": "",
+            "CONTENT_LENGTH": "",
+            "SCRIPT_NAME": "",
+        }
+
+    def get_app(self) -> Callable[..., Iterable[bytes]]:
+        return self.application
+
+
+def hello_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+    body = f"hello {environ['PATH_INFO']} on port {environ['SERVER_PORT']}".encode()
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [body]
+
+
+async def test_wsgiref_request_handler_with_a_small_server_subclass(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(wsgiref.simple_server.WSGIRequestHandler, "log_message", print)
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    with WSGIServer(LOCALHOST, hello_app) as server:
+        url = f"http://127.0.0.1:{server.server_port}/greeting"
+
+        def fetch() -> bytes:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                body: bytes = response.read()
+                return body
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve_forever)
+            body = await trio.to_thread.run_sync(fetch)
+            nursery.cancel_scope.cancel()
+    assert body == f"hello /greeting on port {server.server_port}".encode()
+
+
+# -- shutdown, cancellation, limits ------------------------------------------------------
+
+
+async def test_shutdown_from_inside_a_sync_handler_does_not_deadlock() -> None:
+    returned = threading.Event()
+
+    class Stopper(BaseRequestHandler):
+        def handle(self) -> None:
+            self.request.recv(100)
+            self.server.shutdown()  # socketserver code does this; it must return
+            returned.set()
+            self.request.sendall(b"still here\n")
+
+    with ThreadingTCPServer(LOCALHOST, Stopper) as server:
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(server.serve_forever)
+                stream = await connect(server)
+                await stream.send_all(b"stop\n")
+                # serve_forever waits for the handler that asked it to stop.
+                assert await receive_exactly(stream, 11) == b"still here\n"
+        await stream.aclose()
+    assert returned.is_set()
+    assert running_handler_threads(server) == 0
+
+
+class BlockedInReadline(StreamRequestHandler):
+    started: threading.Event
+    seen: list[bytes]
+
+    def handle(self) -> None:
+        self.started.set()
+        self.seen.append(self.rfile.readline())  # type: ignore[arg-type]
+
+
+class BlockedInRecv(socketserver.BaseRequestHandler):
+    started: threading.Event
+    seen: list[bytes]
+
+    def handle(self) -> None:
+        self.started.set()
+        self.seen.append(self.request.recv(100))
+
+
+@pytest.mark.parametrize("handler", [BlockedInReadline, BlockedInRecv])
+@pytest.mark.parametrize("stop", ["cancel", "shutdown"])
+async def test_cancellation_and_shutdown_reach_a_handler_blocked_on_its_connection(
+    handler: type[Any], stop: str
+) -> None:
+    started = threading.Event()
+    seen: list[bytes] = []
+    blocked = type("Blocked", (handler,), {"started": started, "seen": seen})
+    with ThreadingTCPServer(LOCALHOST, blocked) as server:
+        stream = await connect(server)
+        with trio.fail_after(5):  # sanity bound: it takes milliseconds
+            async with trio.open_nursery() as nursery:
+                await nursery.start(server.serve_forever)
+                await trio.to_thread.run_sync(started.wait, 5)
+                if stop == "cancel":
+                    nursery.cancel_scope.cancel()
+                else:
+                    server.shutdown(grace=0)
+        await stream.aclose()
+    # The handler's blocked read returned end of file, and its thread is done.
+    assert seen == [b""]
+    assert running_handler_threads(server) == 0
+
+
+async def test_a_thread_stuck_elsewhere_is_abandoned_after_a_deadline(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(trioserve._sync, "ABANDON_AFTER", 0.2)
+    started = threading.Event()
+    release = threading.Event()
+    ended = threading.Event()
+
+    class Stuck(BaseRequestHandler):
+        def handle(self) -> None:
+            started.set()
+            release.wait(10)  # not on the connection: nothing can interrupt it
+            ended.set()
+
+    with ThreadingTCPServer(LOCALHOST, Stuck) as server:
+        stream = await connect(server)
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(server.serve_forever)
+                await trio.to_thread.run_sync(started.wait, 5)
+                nursery.cancel_scope.cancel()
+        # serve_forever returned although the thread is still running.
+        assert not ended.is_set()
+        assert running_handler_threads(server) == 1
+        release.set()
+        await trio.to_thread.run_sync(ended.wait, 5)
+        await stream.aclose()
+    assert any(
+        r.levelno == logging.ERROR and "abandoning its thread" in r.getMessage()
+        for r in caplog.records
+    )
+
+
+async def test_requests_past_the_thread_limit_wait_and_are_then_served() -> None:
+    release = threading.Event()
+    first_running = threading.Event()
+    running: list[int] = []
+
+    class Held(BaseRequestHandler):
+        def handle(self) -> None:
+            running.append(1)
+            self.request.recv(100)
+            if len(running) == 1:
+                first_running.set()
+                release.wait(10)
+            self.request.sendall(b"served\n")
+
+    with ThreadingTCPServer(LOCALHOST, Held, max_handler_threads=1) as server:
+        assert server.max_handler_threads == 1
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve_forever)
+            first = await connect(server)
+            await first.send_all(b"1")
+            assert await trio.to_thread.run_sync(first_running.wait, 5)
+            second = await connect(server)
+            await second.send_all(b"2")
+            # The second connection is accepted but waits for the one thread.
+            with trio.move_on_after(0.3) as waited:
+                await second.receive_some(10)
+            assert waited.cancelled_caught
+            assert running == [1]
+            release.set()
+            assert await receive_exactly(first, 7) == b"served\n"
+            assert await receive_exactly(second, 7) == b"served\n"
+            await first.aclose()
+            await second.aclose()
+            nursery.cancel_scope.cancel()
+
+
+def test_max_handler_threads_is_checked() -> None:
+    with pytest.raises(ValueError, match="max_handler_threads"):
+        ThreadingTCPServer(LOCALHOST, RecvEcho, bind_and_activate=False, max_handler_threads=0)
+    with ThreadingTCPServer(
+        LOCALHOST, RecvEcho, bind_and_activate=False, max_handler_threads=None
+    ) as server:
+        assert server.max_handler_threads is None
+    assert trioserve.BaseServer.max_handler_threads == 256
+
+
+# -- the socket-like adapter over other streams ------------------------------------------
+
+
+async def test_stream_socket_adapter_over_a_non_socket_stream() -> None:
+    client, server_side = trio.testing.memory_stream_pair()
+    seen: dict[str, Any] = {}
+    timed_out = threading.Event()
+
+    class Handler(SyncStreamRequestHandler):
+        def handle(self) -> None:
+            seen["request"] = type(self.request)
+            seen["line"] = self.rfile.readline()
+            self.wfile.write(b"echo " + seen["line"])
+            seen["fileno"] = self.request.fileno()
+            with pytest.raises(OSError, match="not over a socket"):
+                self.request.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+            self.request.settimeout(0.05)
+            with pytest.raises(TimeoutError):
+                self.request.recv(10)
+            timed_out.set()
+            self.request.settimeout(None)
+            seen["rest"] = self.request.recv(100)
+
+    with TCPServer(LOCALHOST, Handler, bind_and_activate=False) as server:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run_sync_handler, Handler, server_side, "peer", server)
+            await client.send_all(b"hi\n")
+            assert await receive_exactly(client, 8) == b"echo hi\n"
+            # The handler times out waiting, then blocks again until this arrives.
+            assert await trio.to_thread.run_sync(timed_out.wait, 5)
+            await client.send_all(b"bye")
+    assert seen == {"request": StreamSocket, "line": b"hi\n", "fileno": -1, "rest": b"bye"}
+
+
+async def test_cancellation_reaches_a_handler_blocked_on_the_adapter() -> None:
+    _client, server_side = trio.testing.memory_stream_pair()
+    started = threading.Event()
+    seen: list[bytes] = []
+
+    class Handler(BaseRequestHandler):
+        def handle(self) -> None:
+            started.set()
+            seen.append(self.request.recv(100))
+            with pytest.raises(BrokenPipeError):
+                self.request.sendall(b"too late")
+
+    with TCPServer(LOCALHOST, Handler, bind_and_activate=False) as server:
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(run_sync_handler, Handler, server_side, "peer", server)
+                await trio.to_thread.run_sync(started.wait, 5)
+                await trio.testing.wait_all_tasks_blocked()
+                nursery.cancel_scope.cancel()
+    assert seen == [b""]
+    assert running_handler_threads(server) == 0
+
+
+# -- typing ------------------------------------------------------------------------------
+
+
+def test_sync_stream_request_handler_is_typed_for_blocking_code() -> None:
+    class Typed(SyncStreamRequestHandler):
+        def handle(self) -> None:
+            assert_type(self.rfile.readline(), bytes)
+            assert_type(self.wfile.write(b"x"), int)
+            assert_type(self.request.recv(10), bytes)
+
+    def check(handler: Typed) -> None:
+        assert_type(handler.rfile, io.BufferedIOBase)
+        assert_type(handler.wfile, io.BufferedIOBase)
+        assert_type(handler.request, "socket.socket | StreamSocket")
+
+    assert trioserve._handlers.is_sync_handler(Typed)
+    assert trioserve._handlers.is_sync_handler(SyncStreamRequestHandler)
+    del check
+
+
+def test_async_handle_on_sync_stream_request_handler_is_refused() -> None:
+    with pytest.raises(TypeError, match="plain def"):
+
+        class Wrong(SyncStreamRequestHandler):
+            async def handle(self) -> None:  # type: ignore[override]
+                pass
+
+
+# -- the blocking files on their own -----------------------------------------------------
+
+
+@pytest.fixture
+def socket_pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    left, right = socket.socketpair()
+    with left, right:
+        left.settimeout(5)
+        right.settimeout(5)
+        yield left, right
+
+
+def test_sync_reader_reads_like_a_buffered_reader(
+    socket_pair: tuple[socket.socket, socket.socket],
+) -> None:
+    peer, sock = socket_pair
+    reader = SyncReader(sock, receive_size=4, max_line_length=8)
+    peer.sendall(b"ab\ncdefghijkl\nrest")
+    peer.shutdown(socket.SHUT_WR)
+    assert reader.readable()
+    assert reader.readline(None) == b"ab\n"
+    with pytest.raises(trioserve.LineTooLongError):
+        reader.readline()
+    assert reader.read1(3) == b"cde"  # nothing was lost
+    assert reader.readline(4) == b"fghi"
+    assert reader.read(4) == b"jkl\n"
+    assert reader.read() == b"rest"
+    assert reader.read1() == b""
+    assert reader.readline() == b""
+    reader.close()
+    with pytest.raises(ValueError, match="closed file"):
+        reader.read()
+
+
+def test_sync_reader_turns_a_reset_into_broken_connection_error(
+    socket_pair: tuple[socket.socket, socket.socket],
+) -> None:
+    sock = socket_pair[1]
+    reader = SyncReader(sock)
+    writer = SyncWriter(sock)
+
+    class Resetting:
+        def recv(self, size: int) -> bytes:
+            raise ConnectionResetError(104, "Connection reset by peer")
+
+        def sendall(self, data: Any) -> None:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    reader._sock = writer._sock = Resetting()  # type: ignore[assignment]
+    with pytest.raises(trioserve.BrokenConnectionError, match="reset"):
+        reader.readline()
+    with pytest.raises(ConnectionError, match="Broken pipe"):
+        writer.write(b"x")
+    with pytest.raises(ValueError, match="receive_size"):
+        SyncReader(sock, receive_size=0)
+
+
+def test_sync_writer_buffers_up_to_bufsize(
+    socket_pair: tuple[socket.socket, socket.socket],
+) -> None:
+    peer, sock = socket_pair
+    writer = SyncWriter(sock, bufsize=4)
+    assert writer.writable()
+    assert writer.write(b"ab") == 2
+    peer.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        peer.recv(10)  # still buffered
+    writer.write(memoryview(b"cd"))
+    assert peer.recv(10) == b"abcd"
+    writer.writelines([b"e", b"f"])
+    writer.flush()
+    assert peer.recv(10) == b"ef"
+    writer.write(b"g")
+    writer.close()  # flushes, as io's writers do
+    assert peer.recv(10) == b"g"
+    with pytest.raises(ValueError, match="closed file"):
+        writer.write(b"h")
+    assert SyncWriter(sock, bufsize=-1).bufsize == io.DEFAULT_BUFFER_SIZE
+
+
+# -- TLS, through the StreamSocket adapter -----------------------------------------------
+
+
+async def test_sync_http_handler_over_tls_uses_the_stream_socket(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    seen: dict[str, Any] = {}
+
+    class Site(http.server.SimpleHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, directory=str(tmp_path), **kwargs)
+
+        def setup(self) -> None:
+            seen["request"] = type(self.request)
+            seen["nodelay"] = self.request.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+            seen["peer"] = self.request.getpeername()[0]
+            super().setup()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    class TLSServer(trioserve.ThreadingHTTPServer):
+        async def get_request(self) -> tuple[Any, Any]:
+            stream, address = await super().get_request()
+            return trio.SSLStream(stream, server_context, server_side=True), address
+
+    (tmp_path / "hello.txt").write_bytes(b"over TLS\n")
+    with TLSServer(LOCALHOST, Site) as server:
+        url = f"https://127.0.0.1:{server.server_port}/hello.txt"
+
+        def fetch() -> bytes:
+            with urllib.request.urlopen(url, context=client_context, timeout=10) as response:
+                body: bytes = response.read()
+                return body
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve_forever)
+            assert await trio.to_thread.run_sync(fetch) == b"over TLS\n"
+            nursery.cancel_scope.cancel()
+    assert seen == {"request": StreamSocket, "nodelay": 1, "peer": "127.0.0.1"}
+
+
+async def test_stream_socket_methods_over_a_memory_stream() -> None:
+    client, server_side = trio.testing.memory_stream_pair()
+    seen: dict[str, Any] = {}
+
+    class Handler(BaseRequestHandler):
+        def handle(self) -> None:
+            sock: StreamSocket = self.request
+            buffer = bytearray(5)
+            seen["into"] = sock.recv_into(buffer, 3), bytes(buffer)
+            seen["send"] = sock.send(b"sent;")
+            with sock.makefile("wb", 0) as wfile:
+                wfile.write(b"binary;")
+            text = sock.makefile("w", encoding="ascii")
+            text.write("text;")
+            text.flush()
+            reader = sock.makefile("r", encoding="ascii")
+            seen["text line"] = reader.readline()
+            with pytest.raises(ValueError, match="invalid mode"):
+                sock.makefile("rw")
+            with pytest.raises(OSError, match="flags"):
+                sock.recv(1, socket.MSG_PEEK)
+            with pytest.raises(OSError, match="flags"):
+                sock.sendall(b"x", socket.MSG_OOB)
+            with pytest.raises(ValueError, match="out of range"):
+                sock.settimeout(-1)
+            with pytest.raises(OSError, match="non-blocking"):
+                sock.setblocking(False)
+            sock.setblocking(True)
+            seen["timeout"] = sock.gettimeout()
+            with pytest.raises(OSError, match="not over a socket"):
+                sock.getsockname()
+            sock.shutdown(socket.SHUT_WR)  # the peer sees end of file
+            with pytest.raises(BrokenPipeError):
+                sock.sendall(b"after")
+            sock.shutdown(socket.SHUT_RD)
+            seen["after shut rd"] = sock.recv(10)
+            with sock:
+                pass
+            with pytest.raises(OSError, match="Bad file descriptor"):
+                sock.shutdown(socket.SHUT_RDWR)
+            seen["fileno"] = sock.fileno()
+
+    with TCPServer(LOCALHOST, Handler, bind_and_activate=False) as server:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run_sync_handler, Handler, server_side, "peer", server)
+            await client.send_all(b"abcline\n")
+            assert await receive_all(client) == b"sent;binary;text;"
+    assert seen == {
+        "into": (3, b"abc\x00\x00"),
+        "send": 5,
+        "text line": "line\n",
+        "timeout": None,
+        "after shut rd": b"",
+        "fileno": -1,
+    }
+
+
+async def test_sync_datagram_request_is_passed_through() -> None:
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server_sock,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client_sock,
+    ):
+        server_sock.bind(LOCALHOST)
+        client_sock.bind(LOCALHOST)
+        client_sock.settimeout(5)
+
+        class Upper(socketserver.DatagramRequestHandler):
+            def handle(self) -> None:
+                self.wfile.write(self.rfile.read().upper())
+
+        with TCPServer(LOCALHOST, Upper, bind_and_activate=False) as server:
+            request = (b"datagram", server_sock)
+            await run_sync_handler(Upper, request, client_sock.getsockname(), server)
+        assert client_sock.recv(100) == b"DATAGRAM"

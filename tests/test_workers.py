@@ -1,0 +1,525 @@
+"""The process pool: Forking* servers, supervision, shutdown, parent death.
+
+Every test here starts real worker processes (fresh interpreters that import this module
+to find the handler classes), so the pools are small (2 workers) and each test starts as
+few as it can.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import select
+import signal
+import socket
+import socketserver
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import types
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+import trioserve
+from trioserve import (
+    ForkingTCPServer,
+    ForkingUnixStreamServer,
+    StreamRequestHandler,
+    WorkerStartupError,
+)
+
+pytestmark = pytest.mark.usefixtures("fd_leak_check")
+
+ROOT = Path(__file__).resolve().parent.parent
+#: A bound for anything that waits for worker processes.
+PATIENCE = 30.0
+
+
+# -- handlers (module level: workers import them from here) ---------------------------------
+
+
+class PidHandler(StreamRequestHandler):
+    """Answers each line with the worker's pid; ``boom`` raises, ``quit`` stops the server."""
+
+    async def handle(self) -> None:
+        async for line in self.rfile:
+            command = line.strip()
+            if command == b"boom":
+                raise ValueError("boom in a worker")
+            if command == b"quit":
+                self.server.shutdown()
+            await self.wfile.write(b"%d\n" % os.getpid())
+
+
+class SyncPidHandler(socketserver.StreamRequestHandler):
+    """The same as `PidHandler`, as socketserver's own handler (runs in a thread)."""
+
+    def handle(self) -> None:
+        for _line in self.rfile:
+            self.wfile.write(b"%d\n" % os.getpid())
+
+
+class LoopBlockingHandler(StreamRequestHandler):
+    """Sends the worker's pid, then blocks that worker's whole event loop until the client
+    writes: until then, only another worker can accept a connection."""
+
+    async def handle(self) -> None:
+        assert isinstance(self.request, trio.SocketStream)
+        fd = self.request.socket.fileno()
+        os.write(fd, b"%d\n" % os.getpid())  # no checkpoint between this and the block
+        select.select([fd], [], [], PATIENCE)
+        await self.rfile.read1()
+
+
+class StatefulHandler(StreamRequestHandler):
+    """Reports the worker's pid, a server attribute set in the parent, and a counter kept
+    on ``self.server`` by the handler."""
+
+    async def handle(self) -> None:
+        server: Any = self.server
+        server.hits = getattr(server, "hits", 0) + 1
+        reply = f"{os.getpid()} {server.greeting} {server.hits}\n"
+        await self.wfile.write(reply.encode())
+
+
+class SlowHandler(StreamRequestHandler):
+    """Says ``started``, then answers the second line: a request that stays in flight."""
+
+    async def handle(self) -> None:
+        await self.rfile.readline()
+        await self.wfile.write(b"%d started\n" % os.getpid())
+        line = await self.rfile.readline()
+        await self.wfile.write(b"finished " + line)
+
+
+def _fail_to_unpickle() -> None:
+    raise RuntimeError("this attribute does not load in a worker")
+
+
+class LoadsNowhere:
+    """Pickles fine; fails when a worker unpickles it."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_fail_to_unpickle, ())
+
+
+class NoDatabaseServer(ForkingTCPServer):
+    """Cannot be rebuilt in a worker: every worker fails at start-up."""
+
+    @classmethod
+    def from_socket(cls, sock: socket.socket, *args: Any, **kwargs: Any) -> Any:
+        sock.close()
+        raise RuntimeError("no database here")
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+async def connect(server: trioserve.SocketServer) -> trio.SocketStream:
+    if server.address_family == socket.AF_UNIX:
+        return await trio.open_unix_socket(server.server_address)
+    host, port = server.server_address[:2]
+    return await trio.open_tcp_stream(host, port)
+
+
+async def read_line(stream: trio.abc.ReceiveStream) -> bytes:
+    data = b""
+    with trio.fail_after(PATIENCE):
+        while not data.endswith(b"\n"):
+            chunk = await stream.receive_some(100)
+            if not chunk:
+                return data
+            data += chunk
+    return data
+
+
+async def ask_pid(server: trioserve.SocketServer) -> int:
+    async with await connect(server) as stream:
+        await stream.send_all(b"pid?\n")
+        return int(await read_line(stream))
+
+
+def assert_reaped(pids: Iterable[int]) -> None:
+    """Each pid is gone: neither running nor a zombie waiting to be reaped."""
+    left = [pid for pid in pids if Path(f"/proc/{pid}").exists()]
+    assert not left, f"worker processes still there: {left}"
+
+
+async def wait_exited(pid: int) -> None:
+    """Wait until *pid*, not necessarily our child, has exited (running no more)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        with trio.fail_after(PATIENCE):
+            await trio.lowlevel.wait_readable(fd)
+    finally:
+        os.close(fd)
+
+
+@pytest.fixture
+def trioserve_records() -> Iterator[list[logging.LogRecord]]:
+    """Records of the "trioserve" logger at INFO and above, workers' included."""
+    records: list[logging.LogRecord] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    log = logging.getLogger("trioserve")
+    handler = Collect()
+    old_level = log.level
+    log.setLevel(logging.INFO)
+    log.addHandler(handler)
+    try:
+        yield records
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(old_level)
+
+
+# -- serving -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("server_class", "handler_class"),
+    [
+        pytest.param(ForkingTCPServer, PidHandler, id="tcp-async"),
+        pytest.param(ForkingUnixStreamServer, PidHandler, id="unix-async"),
+        pytest.param(ForkingTCPServer, SyncPidHandler, id="tcp-sync"),
+    ],
+)
+async def test_forking_servers_serve_from_worker_processes(
+    server_class: type[ForkingTCPServer], handler_class: type[Any], tmp_path: Path
+) -> None:
+    unix = issubclass(server_class, trioserve.UnixStreamServer)
+    address: Any = str(tmp_path / "s.sock") if unix else None
+    with server_class(address or ("127.0.0.1", 0), handler_class, max_children=2) as server:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve_forever)
+            assert len(server.worker_pids) == 2
+            assert os.getpid() not in server.worker_pids
+            for _ in range(3):
+                assert await ask_pid(server) in server.worker_pids
+            nursery.cancel_scope.cancel()
+
+
+async def test_requests_land_in_two_workers_under_concurrent_load() -> None:
+    with ForkingTCPServer(("127.0.0.1", 0), LoopBlockingHandler, max_children=2) as server:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve_forever)
+            async with await connect(server) as first:
+                first_pid = int(await read_line(first))
+                # The worker answering the first holds its loop, so the second, open at
+                # the same time, is accepted by the other worker.
+                second = await connect(server)
+                second_pid = int(await read_line(second))
+                assert first_pid != second_pid
+                assert {first_pid, second_pid} == set(server.worker_pids)
+                await first.send_all(b"done\n")
+                await second.send_all(b"done\n")
+                await second.aclose()
+            nursery.cancel_scope.cancel()
+
+
+async def test_default_worker_count_is_the_cpu_count() -> None:
+    assert ForkingTCPServer.max_children is None
+    with ForkingTCPServer(("127.0.0.1", 0), PidHandler) as server:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve_forever)
+            assert len(server.worker_pids) == (os.cpu_count() or 1)
+            nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(("value", "error"), [(0, ValueError), ("2", TypeError)])
+def test_max_children_is_checked(value: object, error: type[Exception]) -> None:
+    with pytest.raises(error, match="max_children"):
+        ForkingTCPServer(("127.0.0.1", 0), PidHandler, max_children=value)
+
+
+def test_forking_mixin_is_the_process_pool_policy_in_any_base_order() -> None:
+    class Late(trioserve.TCPServer, trioserve.ForkingMixIn):
+        pass
+
+    assert trioserve.ForkingMixIn is trioserve.ProcessPoolMixIn
+    server = Late(("127.0.0.1", 0), PidHandler, bind_and_activate=False, max_children=3)
+    with server:
+        assert server.concurrency is trioserve.Concurrency.PROCESS_POOL
+        assert server.max_children == 3
+
+
+async def test_server_attributes_are_copied_and_handler_state_stays_in_its_worker() -> None:
+    with ForkingTCPServer(("127.0.0.1", 0), StatefulHandler, max_children=1) as server:
+        server.greeting = "hello"  # type: ignore[attr-defined]
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve_forever)
+            replies = []
+            for _ in range(3):
+                async with await connect(server) as stream:
+                    replies.append((await read_line(stream)).split())
+            (pid,) = server.worker_pids
+            assert replies == [
+                [b"%d" % pid, b"hello", b"1"],
+                [b"%d" % pid, b"hello", b"2"],
+                [b"%d" % pid, b"hello", b"3"],
+            ]
+            assert not hasattr(server, "hits")
+            nursery.cancel_scope.cancel()
+
+
+async def test_worker_logs_reach_the_parents_logging_with_the_worker_pid(
+    trioserve_records: list[logging.LogRecord],
+) -> None:
+    with ForkingTCPServer(("127.0.0.1", 0), PidHandler, max_children=2) as server:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve_forever)
+            pids = server.worker_pids
+            async with await connect(server) as stream:
+                await stream.send_all(b"boom\n")
+                assert await read_line(stream) == b""  # the handler failed; closed
+            assert await ask_pid(server) in pids  # the worker keeps serving
+            server.shutdown()
+    errors = [r for r in trioserve_records if r.levelno == logging.ERROR]
+    assert len(errors) == 1, [r.getMessage() for r in trioserve_records]
+    (error,) = errors
+    assert error.getMessage().startswith("exception while handling a request from")
+    assert "ValueError: boom in a worker" in (error.exc_text or "")
+    assert error.process in pids
+    assert (error.processName or "").startswith("trioserve-worker-")
+
+
+# -- supervision ---------------------------------------------------------------------------
+
+
+async def test_a_killed_worker_is_replaced_and_requests_are_still_served(
+    trioserve_records: list[logging.LogRecord],
+) -> None:
+    with ForkingTCPServer(("127.0.0.1", 0), LoopBlockingHandler, max_children=2) as server:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve_forever)
+            original = set(server.worker_pids)
+            async with await connect(server) as doomed:
+                victim = int(await read_line(doomed))
+                os.kill(victim, signal.SIGKILL)
+                assert await read_line(doomed) == b""
+            # Two connections at once: the worker that takes the first blocks, so the
+            # other is served by the other one; one of the two is the replacement.
+            second = await connect(server)
+            second_pid = int(await read_line(second))
+            third = await connect(server)
+            async with second, third:
+                pids = {second_pid, int(await read_line(third))}
+                assert len(pids) == 2
+                assert victim not in pids
+                assert len(pids - original) == 1
+                await second.send_all(b"done\n")
+                await third.send_all(b"done\n")
+            assert_reaped([victim])
+            assert set(server.worker_pids) == pids
+            nursery.cancel_scope.cancel()
+    messages = [r.getMessage() for r in trioserve_records if r.levelno == logging.ERROR]
+    assert f"worker 0 (pid {victim}) exited (signal SIGKILL); starting a new one" in messages or (
+        f"worker 1 (pid {victim}) exited (signal SIGKILL); starting a new one" in messages
+    )
+
+
+def test_unpicklable_handler_fails_before_any_worker_starts() -> None:
+    class LocalHandler(StreamRequestHandler):
+        pass
+
+    with ForkingTCPServer(("127.0.0.1", 0), LocalHandler) as server:
+        with pytest.raises(TypeError, match=r"cannot send the handler class .*LocalHandler"):
+            trio.run(server.serve_forever)
+        assert server.worker_pids == ()
+
+
+def test_handler_from_a_module_workers_cannot_import_fails_before_any_worker_starts() -> None:
+    module = types.ModuleType("made_up_at_runtime")
+    exec("import trioserve\nclass Handler(trioserve.StreamRequestHandler): pass", module.__dict__)
+    sys.modules["made_up_at_runtime"] = module
+    try:
+        with (
+            ForkingTCPServer(("127.0.0.1", 0), module.Handler) as server,
+            pytest.raises(TypeError, match="'made_up_at_runtime' cannot be imported"),
+        ):
+            trio.run(server.serve_forever)
+    finally:
+        del sys.modules["made_up_at_runtime"]
+
+
+def test_unpicklable_server_attribute_is_named() -> None:
+    with ForkingTCPServer(("127.0.0.1", 0), PidHandler) as server:
+        server.lock = threading.Lock()  # type: ignore[attr-defined]
+        with pytest.raises(TypeError, match="cannot send the server attribute 'lock'"):
+            trio.run(server.serve_forever)
+
+
+async def test_a_spec_that_does_not_load_in_a_worker_ends_serve_forever_at_once(
+    trioserve_records: list[logging.LogRecord],
+) -> None:
+    with ForkingTCPServer(("127.0.0.1", 0), PidHandler, max_children=2) as server:
+        server.config = LoadsNowhere()  # type: ignore[attr-defined]
+        with pytest.raises(WorkerStartupError) as caught:
+            await server.serve_forever()
+    message = str(caught.value)
+    assert "cannot load the server" in message
+    assert "RuntimeError: this attribute does not load in a worker" in message
+    # Not retried: it would fail the same way in every worker.
+    assert not [r for r in trioserve_records if "starting another" in r.getMessage()]
+    assert server.worker_pids == ()
+
+
+async def test_workers_failing_at_start_up_again_and_again_end_serve_forever(
+    trioserve_records: list[logging.LogRecord],
+) -> None:
+    with NoDatabaseServer(("127.0.0.1", 0), PidHandler, max_children=2) as server:
+        started = time.monotonic()
+        with pytest.raises(WorkerStartupError, match="no database here") as caught:
+            await server.serve_forever()
+        elapsed = time.monotonic() - started
+    assert "5 in a row" in str(caught.value)
+    retries = [r for r in trioserve_records if "failed to start; starting another" in r.msg]
+    assert len(retries) == 4
+    # Backoff between the attempts, not a hot loop: at least 0.1 s, then 0.2 s.
+    assert elapsed >= 0.3
+
+
+# -- stopping ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["shutdown-from-thread", "shutdown-in-task", "cancel"])
+async def test_no_worker_outlives_serve_forever(how: str) -> None:
+    with ForkingTCPServer(("127.0.0.1", 0), PidHandler, max_children=2) as server:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve_forever)
+            pids = server.worker_pids
+            assert await ask_pid(server) in pids
+            if how == "shutdown-from-thread":
+                # socketserver's semantics: returns once serve_forever has returned.
+                await trio.to_thread.run_sync(server.shutdown)
+                assert_reaped(pids)
+            elif how == "shutdown-in-task":
+                server.shutdown()
+            else:
+                nursery.cancel_scope.cancel()
+        assert_reaped(pids)
+        assert server.worker_pids == ()
+
+
+async def test_a_handler_calling_shutdown_stops_the_whole_pool() -> None:
+    with ForkingTCPServer(("127.0.0.1", 0), PidHandler, max_children=2) as server:
+        with trio.fail_after(PATIENCE):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(server.serve_forever)
+                pids = server.worker_pids
+                async with await connect(server) as stream:
+                    await stream.send_all(b"quit\n")
+                    assert int(await read_line(stream)) in pids
+            # serve_forever returned by itself: nothing cancelled it.
+        assert_reaped(pids)
+
+
+async def test_shutdown_lets_in_flight_requests_finish_within_the_grace(
+    trioserve_records: list[logging.LogRecord],
+) -> None:
+    with ForkingTCPServer(("127.0.0.1", 0), SlowHandler, max_children=2) as server:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve_forever)
+            pids = server.worker_pids
+            async with await connect(server) as stream:
+                await stream.send_all(b"start\n")
+                pid = int((await read_line(stream)).split()[0])
+                stopped = trio.Event()
+                handler = logging.Handler()
+                handler.emit = lambda record: (  # type: ignore[method-assign]
+                    stopped.set()
+                    if record.process == pid and "stops accepting" in record.getMessage()
+                    else None
+                )
+                logging.getLogger("trioserve").addHandler(handler)
+                try:
+                    server.shutdown(grace=PATIENCE)
+                    with trio.fail_after(PATIENCE):
+                        await stopped.wait()  # the worker has stopped accepting
+                finally:
+                    logging.getLogger("trioserve").removeHandler(handler)
+                await stream.send_all(b"end\n")
+                assert await read_line(stream) == b"finished end\n"
+        assert_reaped(pids)
+    message = f"worker pid {pid} stops accepting; running handlers get {PATIENCE:g} s"
+    assert message in [r.getMessage() for r in trioserve_records]
+
+
+async def test_handlers_past_the_grace_are_cancelled() -> None:
+    with ForkingTCPServer(("127.0.0.1", 0), SlowHandler, max_children=2) as server:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve_forever)
+            pids = server.worker_pids
+            async with await connect(server) as stream:
+                await stream.send_all(b"start\n")
+                await read_line(stream)
+                with trio.fail_after(PATIENCE):
+                    await trio.to_thread.run_sync(server.shutdown, 0.1)
+                assert await read_line(stream) == b""  # cancelled, and closed
+        assert_reaped(pids)
+
+
+PARENT_SCRIPT = """
+import json, os, sys
+import trio, trioserve
+
+class Handler(trioserve.StreamRequestHandler):  # in __main__: workers import this script
+    async def handle(self):
+        await self.wfile.write(b"%d\\n" % os.getpid())
+
+async def main():
+    with trioserve.ForkingTCPServer(("127.0.0.1", 0), Handler, max_children=2) as server:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve_forever)
+            print(json.dumps([server.server_address, server.worker_pids]), flush=True)
+
+if __name__ == "__main__":
+    trio.run(main)
+"""
+
+
+@pytest.mark.parametrize(
+    "signum", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name
+)
+async def test_no_worker_outlives_its_parent(signum: int, tmp_path: Path) -> None:
+    script = tmp_path / "parent.py"
+    script.write_text(textwrap.dedent(PARENT_SCRIPT))
+    with (tmp_path / "stderr.txt").open("wb") as stderr:
+        parent = await trio.lowlevel.open_process(
+            [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=stderr, cwd=ROOT
+        )
+    try:
+        assert parent.stdout is not None
+        with trio.fail_after(PATIENCE):
+            (host, port), pids = json.loads(await read_line(parent.stdout))
+        async with await trio.open_tcp_stream(host, port) as stream:
+            assert int(await read_line(stream)) in pids  # a handler defined in __main__
+        parent.send_signal(signum)
+        with trio.fail_after(PATIENCE):
+            status = await parent.wait()
+        if signum == signal.SIGKILL:
+            for pid in pids:
+                await wait_exited(pid)  # they notice their parent is gone, and exit
+        else:
+            # SIGTERM is a shutdown(); SIGINT a KeyboardInterrupt that ends the parent.
+            assert status == 0 if signum == signal.SIGTERM else status in (1, -signal.SIGINT)
+            assert_reaped(pids)  # the parent stopped and reaped them before it exited
+    finally:
+        if parent.returncode is None:
+            parent.kill()
+            await parent.wait()
+        if parent.stdout is not None:
+            await parent.stdout.aclose()

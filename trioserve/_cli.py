@@ -1,0 +1,561 @@
+"""The command line: ``trioserve [MODULE:HANDLER] [--tcp ... | --udp ... | --unix ...]``.
+
+What it does
+------------
+The command builds one server from its arguments, serves it, and stops it gracefully on
+SIGINT or SIGTERM. It exists so that serving a handler needs no ``main()``: the handler
+class is named as ``MODULE:HANDLER`` and imported with the current directory on
+``sys.path``, as ``python -m`` does; with none, the built-in `EchoHandler` (or, for a
+datagram transport, `DatagramEchoHandler`) is served, which is what ``make serve`` runs.
+
+The transport picks the server class: ``--tcp`` and ``--unix`` a stream server,
+``--udp`` and ``--unix-dgram`` a datagram server, each with the nursery policy, or, with
+``--workers N``, a process pool of N workers (stream transports only).
+
+Every way to get it wrong is one line
+-------------------------------------
+A user who mistypes an address, a module or a class name wants to read what is wrong, not
+a traceback. Everything that can be checked before serving is checked then: the handler
+is imported and must be a handler class of the right kind for the transport (a stream
+handler cannot answer datagrams), the address must parse and bind, the options must be in
+range. Each failure prints one line, ``trioserve: <what is wrong>``, on stderr, and the
+exit status is 2, as for argparse's own usage errors (whose several lines of usage are cut
+to one here, too). So is a process pool that cannot start its workers. A failure *while*
+serving is a different matter, a bug rather than a typo: it is logged with its traceback
+and the exit status is 1.
+
+Stopping
+--------
+The serving run owns a `trio.open_signal_receiver` for SIGINT and SIGTERM, so neither
+becomes a `KeyboardInterrupt`. The first calls ``server.shutdown(grace)``: no new request
+is taken and the requests in flight get ``--grace`` seconds to finish before they are
+cancelled; when ``serve_forever`` returns the command exits with status 0. A second SIGINT
+(an impatient Ctrl-C) cancels the serving scope outright, which cancels every handler at
+once, and the command exits with status 130, the shell's code for "interrupted". For a
+process pool, the parent does this, and the workers (in their own session, out of reach
+of the terminal's Ctrl-C) are stopped by it with the same grace.
+
+``--timeout`` is the handler's ``timeout`` (each read and write on the connection), which
+is a class attribute of the handler. Rather than change the user's class, the server
+takes it as an option and runs each request with a subclass of the handler that sets it,
+made where the handler runs: in a worker process the option arrives with the server's
+other options, and the subclass is made there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import enum
+import importlib
+import logging
+import math
+import os
+import signal
+import socketserver
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar, NoReturn, cast
+
+import trio
+
+from . import _options
+from ._binding import SocketServer
+from ._compat import (
+    ForkingTCPServer,
+    ForkingUnixStreamServer,
+    ThreadingTCPServer,
+    ThreadingUDPServer,
+    ThreadingUnixDatagramServer,
+    ThreadingUnixStreamServer,
+)
+from ._datagram import DatagramRequestHandler
+from ._exceptions import WorkerStartupError
+from ._handlers import BaseRequestHandler, EchoHandler, StreamRequestHandler, run_handler
+from ._server import BaseServer, HandlerClass, logger
+
+__all__ = ["DatagramEchoHandler", "main"]
+
+#: Exit statuses: served and stopped; failed while serving; bad invocation; interrupted.
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 128 + signal.SIGINT
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 9000
+
+
+class DatagramEchoHandler(DatagramRequestHandler):
+    """Send every datagram back to its sender. The built-in handler for ``--udp``."""
+
+    async def handle(self) -> None:
+        await self.wfile.write(self.packet)
+
+
+class UsageError(Exception):
+    """A bad invocation: reported as one line on stderr, exit status 2."""
+
+
+class Transport(enum.Enum):
+    """The kinds of socket the command serves on, named as its options."""
+
+    TCP = "tcp"
+    UDP = "udp"
+    UNIX = "unix"
+    UNIX_DGRAM = "unix-dgram"
+
+    @property
+    def is_datagram(self) -> bool:
+        """Whether this transport carries datagrams rather than a stream."""
+        return self in (Transport.UDP, Transport.UNIX_DGRAM)
+
+
+# -- --timeout: the handler's timeout, set where the handler runs ---------------------------
+
+
+class _HandlerTimeout(BaseServer):
+    """Runs each request with a subclass of the handler whose ``timeout`` is the option."""
+
+    handler_timeout: float | None = None
+    _options: ClassVar[Mapping[str, _options.Check]] = {
+        "handler_timeout": _options.seconds_or_none,
+    }
+    _timed_handler: HandlerClass | None = None
+
+    async def finish_request(self, request: Any, client_address: Any) -> None:
+        """Run the handler with ``timeout`` set to `handler_timeout`."""
+        handler_class = self._timed_handler
+        if handler_class is None:
+            base = self.RequestHandlerClass
+            handler_class = cast(
+                "HandlerClass",
+                type(base.__name__, (base,), {"timeout": self.handler_timeout}),
+            )
+            self._timed_handler = handler_class
+        await run_handler(handler_class, request, client_address, self)
+
+
+class _TimedTCPServer(_HandlerTimeout, ThreadingTCPServer):
+    pass
+
+
+class _TimedUnixStreamServer(_HandlerTimeout, ThreadingUnixStreamServer):
+    pass
+
+
+class _TimedForkingTCPServer(_HandlerTimeout, ForkingTCPServer):
+    pass
+
+
+class _TimedForkingUnixStreamServer(_HandlerTimeout, ForkingUnixStreamServer):
+    pass
+
+
+# (transport, workers?, timeout?) -> server class
+_SERVER_CLASSES: dict[tuple[Transport, bool, bool], type[SocketServer]] = {
+    (Transport.TCP, False, False): ThreadingTCPServer,
+    (Transport.TCP, False, True): _TimedTCPServer,
+    (Transport.TCP, True, False): ForkingTCPServer,
+    (Transport.TCP, True, True): _TimedForkingTCPServer,
+    (Transport.UNIX, False, False): ThreadingUnixStreamServer,
+    (Transport.UNIX, False, True): _TimedUnixStreamServer,
+    (Transport.UNIX, True, False): ForkingUnixStreamServer,
+    (Transport.UNIX, True, True): _TimedForkingUnixStreamServer,
+    (Transport.UDP, False, False): ThreadingUDPServer,
+    (Transport.UNIX_DGRAM, False, False): ThreadingUnixDatagramServer,
+}
+
+
+# -- parsing the command line ---------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors cut to one line."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    """``HOST:PORT``, ``[IPV6]:PORT``, ``:PORT`` or ``PORT`` (the host defaults to 127.0.0.1)."""
+    host, _, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise argparse.ArgumentTypeError(f"write an IPv6 address in brackets: [{host}]:{port}")
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT with a port 0-65535, not {text!r}")
+    return host or DEFAULT_HOST, int(port)
+
+
+def _path(text: str) -> str:
+    if not text:
+        raise argparse.ArgumentTypeError("the socket path is empty")
+    return text
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, not {text!r}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not value >= 0 or math.isinf(value):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, not {text!r}")
+    return value
+
+
+_LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def _log_level(text: str) -> str:
+    if text.lower() not in _LOG_LEVELS:
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(_LOG_LEVELS)}, not {text!r}")
+    return text.lower()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command's argument parser (its ``--help`` is the command's reference)."""
+    parser = _Parser(
+        prog="trioserve",
+        description=(
+            "Serve a trioserve (or socketserver) handler class. With no HANDLER, serve the "
+            "built-in echo handler. SIGINT or SIGTERM stops the server gracefully: requests "
+            "in flight get --grace seconds to finish; a second SIGINT stops it at once."
+        ),
+        epilog="Exit status: 0 when stopped by a signal, 2 for a bad invocation, "
+        "1 when serving failed, 130 after a second SIGINT.",
+    )
+    parser.add_argument(
+        "handler",
+        nargs="?",
+        metavar="MODULE:HANDLER",
+        help="the handler class to serve, imported with the current directory on sys.path "
+        "(default: the built-in echo handler)",
+    )
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--tcp",
+        type=_host_port,
+        metavar="HOST:PORT",
+        help=f"serve TCP (the default, on {DEFAULT_HOST}:{DEFAULT_PORT}); port 0 picks one",
+    )
+    where.add_argument("--udp", type=_host_port, metavar="HOST:PORT", help="serve UDP")
+    where.add_argument("--unix", type=_path, metavar="PATH", help="serve a Unix stream socket")
+    where.add_argument(
+        "--unix-dgram", type=_path, metavar="PATH", help="serve a Unix datagram socket"
+    )
+    parser.add_argument(
+        "--workers",
+        type=_positive_int,
+        metavar="N",
+        help="serve from a pool of N worker processes (stream transports only)",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=_positive_int,
+        metavar="N",
+        help="handle at most N requests at once (per worker); for datagram transports, "
+        "N datagrams",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=_seconds,
+        metavar="S",
+        help="seconds any one read or write on a connection may wait (stream handlers)",
+    )
+    parser.add_argument(
+        "--grace",
+        type=_seconds,
+        default=5.0,
+        metavar="S",
+        help="seconds requests in flight get to finish on shutdown (default: 5)",
+    )
+    parser.add_argument(
+        "--log-level",
+        type=_log_level,
+        default="info",
+        metavar="LEVEL",
+        help=f"log at this level or above: {', '.join(_LOG_LEVELS)} (default: info)",
+    )
+    return parser
+
+
+# -- the handler ----------------------------------------------------------------------------
+
+
+def load_handler(spec: str) -> HandlerClass:
+    """Import ``MODULE:HANDLER`` and check that it names a handler class.
+
+    The current directory is put first on ``sys.path`` (as ``python -m`` does), so a
+    module next to the user is found. ``HANDLER`` may be dotted (``Outer.Inner``).
+
+    Raises:
+      UsageError: the spec is malformed, the module does not import, the name is not
+        found, or the object is not a trioserve or socketserver handler class.
+    """
+    module_name, sep, qualname = spec.partition(":")
+    if not sep or not module_name or not qualname:
+        raise UsageError(f"expected MODULE:HANDLER (such as app:EchoHandler), not {spec!r}")
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and module_name.startswith(exc.name):
+            raise UsageError(f"no module named {module_name!r} (from {spec!r})") from None
+        raise UsageError(f"cannot import {module_name!r}: {_one_line(exc)}") from None
+    except Exception as exc:
+        raise UsageError(f"cannot import {module_name!r}: {_one_line(exc)}") from None
+    found: object = module
+    for part in qualname.split("."):
+        try:
+            found = getattr(found, part)
+        except AttributeError:
+            raise UsageError(f"module {module_name!r} has no attribute {qualname!r}") from None
+    if not isinstance(found, type) or not issubclass(
+        found, (BaseRequestHandler, socketserver.BaseRequestHandler)
+    ):
+        raise UsageError(
+            f"{spec} is not a handler class (a subclass of trioserve.BaseRequestHandler or "
+            f"socketserver.BaseRequestHandler): it is {_describe(found)}"
+        )
+    return found
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, type):
+        return f"the class {value.__module__}.{value.__qualname__}"
+    return f"{type(value).__name__} {value!r}"[:120]
+
+
+def _is_stream_handler(handler_class: HandlerClass) -> bool:
+    return issubclass(handler_class, (StreamRequestHandler, socketserver.StreamRequestHandler))
+
+
+def _is_datagram_handler(handler_class: HandlerClass) -> bool:
+    return issubclass(handler_class, (DatagramRequestHandler, socketserver.DatagramRequestHandler))
+
+
+def _check_fit(handler_class: HandlerClass, transport: Transport, spec: str) -> None:
+    if transport.is_datagram and _is_stream_handler(handler_class):
+        raise UsageError(
+            f"{spec} is a stream handler; it cannot serve --{transport.value} "
+            "(use --tcp or --unix, or a DatagramRequestHandler)"
+        )
+    if not transport.is_datagram and _is_datagram_handler(handler_class):
+        raise UsageError(
+            f"{spec} is a datagram handler; it cannot serve --{transport.value} "
+            "(use --udp or --unix-dgram)"
+        )
+
+
+# -- building the server --------------------------------------------------------------------
+
+
+def _transport_and_address(args: argparse.Namespace) -> tuple[Transport, Any]:
+    for transport in Transport:
+        address = getattr(args, transport.value.replace("-", "_"))
+        if address is not None:
+            return transport, address
+    return Transport.TCP, (DEFAULT_HOST, DEFAULT_PORT)
+
+
+def build_server(args: argparse.Namespace) -> tuple[SocketServer, str]:
+    """Build (and bind) the server the arguments describe; return it and its handler's name.
+
+    Raises:
+      UsageError: anything wrong with the arguments, the handler, or the address
+        (including one that cannot be bound: a port in use, an unknown host).
+    """
+    transport, address = _transport_and_address(args)
+    if args.handler is None:
+        handler_class: HandlerClass = DatagramEchoHandler if transport.is_datagram else EchoHandler
+        name = handler_class.__name__
+    else:
+        handler_class = load_handler(args.handler)
+        name = args.handler
+        _check_fit(handler_class, transport, name)
+    if args.workers is not None and transport.is_datagram:
+        raise UsageError(f"--workers serves stream transports only, not --{transport.value}")
+    if args.timeout is not None and transport.is_datagram:
+        raise UsageError(f"--timeout applies to stream transports only, not --{transport.value}")
+    options: dict[str, Any] = {"shutdown_grace": args.grace}
+    if args.max_connections is not None:
+        key = "max_concurrent_datagrams" if transport.is_datagram else "max_connections"
+        options[key] = args.max_connections
+    if args.workers is not None:
+        options["max_children"] = args.workers
+    if args.timeout is not None:
+        options["handler_timeout"] = args.timeout
+    server_class = _SERVER_CLASSES[(transport, args.workers is not None, args.timeout is not None)]
+    try:
+        server = server_class(address, handler_class, **options)
+    except (OSError, ValueError, TypeError) as exc:
+        raise UsageError(_bind_error(exc, transport, address)) from None
+    return server, name
+
+
+def _bind_error(exc: Exception, transport: Transport, address: Any) -> str:
+    where = _where(transport, address)
+    message = " ".join(str(exc).split())
+    return f"cannot serve on {where}: {message}"
+
+
+def _where(transport: Transport, address: Any) -> str:
+    if isinstance(address, tuple):
+        host, port = address[:2]
+        host = f"[{host}]" if ":" in host else host
+        return f"{transport.value} {host}:{port}"
+    if isinstance(address, bytes):
+        address = address.decode(errors="replace")
+    return f"{transport.value} {address}"
+
+
+def _try_hint(transport: Transport, address: Any) -> str:
+    if isinstance(address, tuple):
+        host, port = address[:2]
+        flag = "-u " if transport is Transport.UDP else ""
+        return f"nc {flag}{host} {port}"
+    flag = "-uU" if transport is Transport.UNIX_DGRAM else "-U"
+    return f"nc {flag} {address}"
+
+
+def describe(server: SocketServer, name: str, workers: int | None) -> str:
+    """The line printed once the server serves: what, where (the real port), and how to try."""
+    transport = {
+        (False, False): Transport.TCP,
+        (False, True): Transport.UNIX,
+        (True, False): Transport.UDP,
+        (True, True): Transport.UNIX_DGRAM,
+    }[(server.socket_type == _DGRAM, isinstance(server.server_address, (str, bytes)))]
+    where = _where(transport, server.server_address)
+    pool = f" with {workers} worker processes" if workers else ""
+    hint = _try_hint(transport, server.server_address)
+    return f"trioserve: serving {name} on {where}{pool} (try: {hint})"
+
+
+_DGRAM = ThreadingUDPServer.socket_type
+
+
+# -- serving --------------------------------------------------------------------------------
+
+
+async def serve(server: SocketServer, announce: Callable[[], None], grace: float | None) -> int:
+    """Serve *server* until a signal stops it; return the exit status.
+
+    SIGINT and SIGTERM call ``server.shutdown(grace)``; a second SIGINT cancels everything.
+    *announce* runs once the server serves (for a pool: once every worker is ready).
+
+    Raises:
+      UsageError: the server could not start (a process pool whose handler or workers
+        cannot start).
+    """
+    status = EXIT_OK
+    failed_to_start: BaseException | None = None
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def serve_then_stop(task_status: trio.TaskStatus[None]) -> None:
+                await server.serve_forever(task_status=task_status)
+                nursery.cancel_scope.cancel()
+
+            async def stop_on_signals() -> None:
+                nonlocal status
+                stopping = False
+                async for signum in signals:
+                    sig = signal.Signals(signum).name
+                    if not stopping:
+                        stopping = True
+                        logger.info(
+                            "%s: shutting down; requests in flight have %s to finish%s",
+                            sig,
+                            "as long as they need" if grace is None else f"{grace:g} s",
+                            " (Ctrl-C again to stop at once)" if signum == signal.SIGINT else "",
+                        )
+                        server.shutdown(grace)
+                    elif signum == signal.SIGINT:
+                        logger.warning("%s again: cancelling every request", sig)
+                        status = EXIT_INTERRUPTED
+                        nursery.cancel_scope.cancel()
+
+            nursery.start_soon(stop_on_signals)
+            try:
+                await nursery.start(serve_then_stop)
+            except (TypeError, WorkerStartupError) as exc:
+                # Raised after the nursery, which would wrap it in an ExceptionGroup.
+                failed_to_start = exc
+                nursery.cancel_scope.cancel()
+            else:
+                announce()
+    if failed_to_start is not None:
+        raise UsageError(_one_line_of(failed_to_start))
+    return status
+
+
+def _one_line_of(exc: BaseException) -> str:
+    """The message of *exc* in one line; a traceback within it cut to its last line."""
+    text = str(exc)
+    head, traceback, tail = text.partition("Traceback (most recent call last):")
+    if traceback:
+        logger.debug("%s", text)
+        last = [line for line in tail.splitlines() if line.strip()][-1:]
+        text = f"{head.strip()} {last[0].strip() if last else ''}"
+    return " ".join(text.split()) or type(exc).__name__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``trioserve`` command; return its exit status.
+
+    Args:
+      argv: the arguments, without the program name; None for ``sys.argv[1:]``.
+
+    Returns:
+      0 after a graceful stop, 1 if serving failed, 2 for a bad invocation (one line on
+      stderr says what is wrong), 130 after a second SIGINT.
+    """
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as exc:
+        return _usage_error(exc)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        server, name = build_server(args)
+    except UsageError as exc:
+        return _usage_error(exc)
+
+    def announce() -> None:
+        print(describe(server, name, args.workers), flush=True)
+
+    with server:
+        try:
+            return trio.run(serve, server, announce, args.grace)
+        except UsageError as exc:
+            return _usage_error(exc)
+        except Exception:
+            logger.exception("serving %s failed", name)
+            return EXIT_FAILED
+
+
+def _usage_error(exc: UsageError) -> int:
+    print(f"trioserve: {exc}", file=sys.stderr, flush=True)
+    return EXIT_USAGE

@@ -1,0 +1,412 @@
+"""The worker side of the process pool: what runs inside each worker process.
+
+A worker is a fresh Python interpreter started by the pool (`trioserve._workers`) with
+two file descriptors of its parent's: the server's listening socket, and one end of a
+*control* socket pair whose other end the parent keeps. Nothing else is inherited, so a
+worker holds no copy of its siblings' control sockets, and nothing of the parent's Trio
+run: a worker is never a fork of a process with a live event loop.
+
+The life of a worker
+--------------------
+1. Read two frames from the control socket: the *setup* (plain data: the parent's
+   ``sys.path``, where its ``__main__`` came from, its logging levels), then the pickled
+   `WorkerSpec` (server class, handler class, options, attributes). The setup comes first
+   so that logging already reaches the parent, and ``sys.path`` is the parent's, when the
+   spec is unpickled and the user's modules are imported.
+2. Rebuild the server around the inherited socket with the server class's own
+   ``from_socket``, and copy the parent server's public attributes onto it.
+3. Serve with the nursery policy, as ``serve_forever`` does, in a Trio run of its own,
+   and report *ready* to the parent once accepting.
+4. Stop when told to: a *stop* frame with a grace period (the parent's ``shutdown``),
+   SIGTERM (grace 0), or the control socket reaching end-of-file, which means the parent
+   is gone, however it died (the kernel closes its end even after SIGKILL).
+
+A daemon thread reads the control socket with blocking reads and hands what it reads to
+the Trio run (``TrioToken.run_sync_soon``). Reading in a thread, not in the Trio loop,
+keeps the parent-death watch alive when a handler blocks the loop (a CPU-bound handler, or
+one stuck in a blocking call): after end-of-file the thread gives the worker its grace
+period plus a margin to finish, then ends the process with ``os._exit``. No worker
+outlives its parent by more than that.
+
+Frames written by the worker (ready, failed, log records, a shutdown asked for by a
+handler) are sent with blocking ``sendall`` under a lock, from whichever thread logs: the
+Trio thread, a sync handler's worker thread, or the main thread before Trio starts.
+
+Logging
+-------
+The worker's root logger has one handler, which sends each record to the parent, where it
+is handled by the logger of the same name, so it goes through the parent's logging
+configuration (handlers, formats, pytest's ``caplog``). The record keeps the worker's pid
+in ``process`` and says ``trioserve-worker-N`` in ``processName``. The worker starts with
+the levels the parent's loggers had when the pool started, so records the parent would
+drop are not even sent. When the parent cannot be reached, records go to stderr, prefixed
+with the worker's pid.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import pickle
+import runpy
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+import traceback
+import types
+from collections.abc import Iterator, Mapping
+from typing import Any, NamedTuple
+
+import trio
+
+from ._server import BaseServer, HandlerClass, logger
+
+__all__ = [
+    "EXIT_MARGIN",
+    "FrameBuffer",
+    "FrameError",
+    "WorkerSpec",
+    "encode_frame",
+    "main",
+]
+
+#: Frames are a 4-byte big-endian length, then a pickle of a tuple ``(kind, *args)``.
+_HEADER = struct.Struct("!I")
+#: The largest frame either side accepts (a spec with big attributes, a long traceback).
+MAX_FRAME_SIZE = 256 * 1024 * 1024
+#: How long, after its grace period, a worker may take to finish stopping.
+EXIT_MARGIN = 5.0
+#: The longest grace period an orphaned worker (its parent is gone) gives its handlers.
+ORPHAN_GRACE = 10.0
+
+#: True while a worker imports the parent's ``__main__``: no server may start then.
+importing_main = False
+
+_STDERR_FORMAT = "trioserve worker %(process)d: %(levelname)s %(name)s: %(message)s"
+
+
+class FrameError(Exception):
+    """The other side of a control socket sent something that is not a frame."""
+
+
+class WorkerSpec(NamedTuple):
+    """What a worker needs to rebuild the server. Pickled by the parent.
+
+    Attributes:
+      server_class: the server's class, rebuilt with its ``from_socket``.
+      handler_class: the server's ``RequestHandlerClass``.
+      options: every constructor option of the server class, with the parent's values.
+      attributes: the parent server's other public instance attributes.
+    """
+
+    server_class: type[BaseServer]
+    handler_class: HandlerClass
+    options: Mapping[str, Any]
+    attributes: Mapping[str, Any]
+
+
+def encode_frame(message: tuple[Any, ...]) -> bytes:
+    """One frame holding *message*."""
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    return _HEADER.pack(len(data)) + data
+
+
+class FrameBuffer:
+    """Cuts a byte stream into frames. No I/O: feed it what was received."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> Iterator[tuple[Any, ...]]:
+        """Add *data*; yield every message now complete.
+
+        Raises:
+          FrameError: a length beyond `MAX_FRAME_SIZE`, or a payload that is not a tuple.
+        """
+        self._buffer += data
+        while len(self._buffer) >= _HEADER.size:
+            (size,) = _HEADER.unpack_from(self._buffer)
+            if size > MAX_FRAME_SIZE:
+                raise FrameError(f"a frame of {size} bytes is too large")
+            end = _HEADER.size + size
+            if len(self._buffer) < end:
+                return
+            payload = bytes(self._buffer[_HEADER.size : end])
+            del self._buffer[:end]
+            yield _decode(payload)
+
+
+def _decode(payload: bytes) -> tuple[Any, ...]:
+    try:
+        message = pickle.loads(payload)
+    except Exception as exc:
+        raise FrameError(f"a frame could not be read: {exc!r}") from exc
+    if not isinstance(message, tuple) or not message or not isinstance(message[0], str):
+        raise FrameError(f"a frame holds {type(message).__name__}, not a message")
+    return message
+
+
+class _Channel:
+    """The worker's end of the control socket, used with blocking calls only."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._rfile = sock.makefile("rb")
+        self._send_lock = threading.Lock()
+
+    def send(self, *message: Any) -> None:
+        """Send one frame; safe from any thread. Raises OSError when the parent is gone."""
+        frame = encode_frame(message)
+        with self._send_lock:
+            self._sock.sendall(frame)
+
+    def receive(self) -> tuple[Any, ...] | None:
+        """The next message, or None at end-of-file (the parent is gone)."""
+        try:
+            header = self._rfile.read(_HEADER.size)
+            if len(header) < _HEADER.size:
+                return None
+            (size,) = _HEADER.unpack(header)
+            if size > MAX_FRAME_SIZE:
+                raise FrameError(f"a frame of {size} bytes is too large")
+            payload = self._rfile.read(size)
+        except OSError:
+            return None
+        if len(payload) < size:
+            return None
+        return _decode(payload)
+
+
+# -- logging -------------------------------------------------------------------------------
+
+_PLAIN = (str, int, float, bool, type(None))
+
+
+class _ForwardingHandler(logging.Handler):
+    """Sends each record to the parent; to stderr when the parent cannot be reached."""
+
+    def __init__(self, channel: _Channel, slot: int) -> None:
+        super().__init__()
+        self._channel = channel
+        self._process_name = f"trioserve-worker-{slot}"
+        self._fallback = logging.StreamHandler(sys.stderr)
+        self._fallback.setFormatter(logging.Formatter(_STDERR_FORMAT))
+        self._parent_gone = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self._parent_gone:
+            try:
+                self._channel.send("log", self._payload(record))
+                return
+            except OSError:
+                self._parent_gone = True
+            except Exception:
+                self.handleError(record)
+                return
+        self._fallback.handle(record)
+
+    def _payload(self, record: logging.LogRecord) -> dict[str, Any]:
+        payload = dict(record.__dict__)
+        payload["msg"] = record.getMessage()
+        payload["args"] = None
+        if record.exc_info and not record.exc_text:
+            payload["exc_text"] = logging.Formatter().formatException(record.exc_info)
+        payload["exc_info"] = None
+        payload["processName"] = self._process_name
+        for key, value in payload.items():
+            if not isinstance(value, _PLAIN):
+                payload[key] = repr(value)  # an ``extra=`` value that may not pickle
+        return payload
+
+
+def _configure_logging(setup: Mapping[str, Any], channel: _Channel, slot: int) -> None:
+    root = logging.getLogger()
+    for handler in root.handlers[:]:
+        root.removeHandler(handler)
+    root.addHandler(_ForwardingHandler(channel, slot))
+    root.setLevel(setup["root_level"])
+    for name, level in setup["levels"].items():
+        logging.getLogger(name).setLevel(level)
+    logging.disable(setup["disable"])
+
+
+# -- loading the spec ----------------------------------------------------------------------
+
+
+def _prepare_main(main: tuple[str, str] | None) -> None:
+    """Import the parent's ``__main__`` as ``__mp_main__``, as multiprocessing's spawn does.
+
+    So a handler class defined in the script the parent runs can be unpickled here. The
+    script's ``if __name__ == "__main__":`` block does not run again.
+    """
+    global importing_main
+    if main is None:
+        return
+    kind, where = main
+    module = types.ModuleType("__mp_main__")
+    sys.modules["__mp_main__"] = module
+    importing_main = True
+    try:
+        if kind == "name":
+            namespace = runpy.run_module(where, run_name="__mp_main__", alter_sys=True)
+        else:
+            namespace = runpy.run_path(where, run_name="__mp_main__")
+    finally:
+        importing_main = False
+    module.__dict__.update(namespace)
+    sys.modules["__main__"] = module
+
+
+def _load_spec(setup: Mapping[str, Any], message: tuple[Any, ...] | None) -> WorkerSpec:
+    sys.path[:] = setup["sys_path"]
+    _prepare_main(setup["main"])
+    if message is None or message[0] != "spec":
+        raise FrameError(f"expected the server spec, got {message!r}")
+    spec = pickle.loads(message[1])
+    if not isinstance(spec, WorkerSpec):
+        raise FrameError(f"expected a WorkerSpec, got {type(spec).__name__}")
+    return spec
+
+
+# -- serving -------------------------------------------------------------------------------
+
+
+class _Worker:
+    """The state of this worker process's run, shared with the control thread."""
+
+    def __init__(self, server: BaseServer, channel: _Channel) -> None:
+        self.server = server
+        self.channel = channel
+        self.stopped_from_outside = False
+        default = server.shutdown_grace if server.block_on_close else 0.0
+        self.orphan_grace = ORPHAN_GRACE if default is None else min(default, ORPHAN_GRACE)
+
+    def stop(self, grace: float | None) -> None:
+        """Stop serving; give running handlers *grace* seconds. In the Trio thread."""
+        if not self.stopped_from_outside:
+            self.stopped_from_outside = True
+            logger.info(
+                "worker pid %d stops accepting; running handlers get %s",
+                os.getpid(),
+                "all the time they need" if grace is None else f"{grace:.3g} s",
+            )
+        BaseServer.shutdown(self.server, grace)
+
+    def orphaned(self) -> None:
+        logger.warning("the parent process is gone; this worker stops")
+        self.stop(self.orphan_grace)
+
+    async def serve(self) -> None:
+        """Serve until stopped: `BaseServer.serve_forever`, with the nursery policy."""
+        server = self.server
+        serving = server._start_serving()
+        try:
+            with serving.handler_scope:
+                async with trio.open_nursery() as nursery:
+                    with serving.accept_scope:
+                        self.channel.send("ready")
+                        await server._serve_loop(nursery)
+                    if not self.stopped_from_outside:
+                        # A handler called self.server.shutdown(): stop the whole pool.
+                        deadline = serving.handler_scope.deadline
+                        grace = None if deadline == math.inf else deadline - trio.current_time()
+                        self.channel.send("shutdown", None if grace is None else max(grace, 0.0))
+        finally:
+            server._stop_serving(serving)
+
+    async def stop_on_signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for _ in signals:
+                self.stop(0.0)
+
+
+def _listen_to_parent(worker: _Worker, token: trio.lowlevel.TrioToken) -> None:
+    """The control thread: deliver the parent's commands; notice when it is gone."""
+    while True:
+        try:
+            message = worker.channel.receive()
+        except FrameError:
+            message = None
+        if message is None:
+            break
+        if message[0] == "stop":
+            try:
+                token.run_sync_soon(worker.stop, message[1])
+            except trio.RunFinishedError:
+                return
+    try:
+        token.run_sync_soon(worker.orphaned)
+    except trio.RunFinishedError:
+        return
+    time.sleep(worker.orphan_grace + EXIT_MARGIN)
+    os._exit(1)  # the run did not end in time: a handler blocks it
+
+
+async def _run(worker: _Worker) -> None:
+    token = trio.lowlevel.current_trio_token()
+    thread = threading.Thread(
+        target=_listen_to_parent, args=(worker, token), name="trioserve-control", daemon=True
+    )
+    thread.start()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(worker.stop_on_signals)
+        await worker.serve()
+        nursery.cancel_scope.cancel()
+
+
+def _serve(channel: _Channel, listen_fd: int, slot: int) -> int:
+    message = channel.receive()
+    if message is None or message[0] != "setup":
+        return 1
+    setup: Mapping[str, Any] = message[1]
+    _configure_logging(setup, channel, slot)
+    try:
+        spec = _load_spec(setup, channel.receive())
+    except BaseException:
+        channel.send("failed", _describe_current_error("cannot load the server"), True)
+        return 1
+    try:
+        sock = socket.socket(fileno=listen_fd)
+        sock.set_inheritable(False)
+        server_class: Any = spec.server_class
+        server: BaseServer = server_class.from_socket(sock, spec.handler_class, **spec.options)
+        for name, value in spec.attributes.items():
+            setattr(server, name, value)
+    except BaseException:
+        channel.send("failed", _describe_current_error("cannot rebuild the server"), False)
+        return 1
+    with server:
+        try:
+            trio.run(_run, _Worker(server, channel))
+        except BaseException:
+            logger.critical("worker stopped by an error", exc_info=True)
+            return 1
+    return 0
+
+
+def _describe_current_error(what: str) -> str:
+    return f"{what}:\n{traceback.format_exc()}".rstrip()
+
+
+def main() -> None:
+    """The entry point of a worker process: ``main()`` with argv ``CONTROL_FD LISTEN_FD SLOT``.
+
+    Not for direct use: the pool starts workers with it.
+    """
+    control_fd, listen_fd, slot = (int(arg) for arg in sys.argv[1:4])
+    os.set_inheritable(control_fd, False)
+    control = socket.socket(fileno=control_fd)
+    control.setblocking(True)
+    status = 1
+    try:
+        status = _serve(_Channel(control), listen_fd, slot)
+    except OSError as exc:  # the parent went away during start-up
+        logger.error("worker pid %d cannot reach its parent: %s", os.getpid(), exc)
+    finally:
+        logging.shutdown()
+        control.close()
+    sys.exit(status)
