@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from sphinx.util import logging
+
+_logger = logging.getLogger(__name__)
+
 project = "trioserve"
 author = "the trioserve developers"
 copyright = "2026, the trioserve developers"
@@ -23,6 +29,8 @@ html_title = "trioserve"
 
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
+# Types beside the documented parameters only, not a bare list of every one.
+autodoc_typehints_description_target = "documented_params"
 autodoc_default_options = {"members": True, "show-inheritance": True}
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
@@ -38,3 +46,22 @@ napoleon_custom_sections = [
     "Resource handling",
     "Error handling",
 ]
+
+
+def _check_api_reference(app: Any, env: Any) -> None:
+    """Warn (an error under ``--fail-on-warning``) for a public name the reference lacks."""
+    import trioserve
+    import trioserve.testing
+
+    documented = env.get_domain("py").objects
+    for module in (trioserve, trioserve.testing):
+        for name in module.__all__:
+            if f"{module.__name__}.{name}" not in documented:
+                _logger.warning(
+                    "%s.%s is public but not in the API reference", module.__name__, name
+                )
+
+
+def setup(app: Any) -> None:
+    """Sphinx extension hook: check the API reference when the build is consistent."""
+    app.connect("env-check-consistency", _check_api_reference)

@@ -15,6 +15,9 @@ Run it, then send it a line; it prints what it received and answers in upper cas
 Ctrl-C stops it, as it stops the original: with a ``KeyboardInterrupt`` traceback.
 """
 
+# The handler is kept as the documentation has it, without annotations.
+# mypy: allow-untyped-defs
+
 import sys
 
 import trio

@@ -165,9 +165,14 @@ async def receive_eof(stream: trio.abc.ReceiveStream) -> bytes:
 
 
 async def echo_tcp(address: tuple[str, int], payload: bytes) -> bytes:
+    """Send *payload*; return as many bytes as it had, or fewer if the server closed."""
     async with await trio.open_tcp_stream(*address) as stream:
         await stream.send_all(payload)
-        return await receive_until(stream, payload[-1:])
+        data = b""
+        with trio.fail_after(START_TIMEOUT):
+            while len(data) < len(payload) and (chunk := await stream.receive_some()):
+                data += chunk
+        return data
 
 
 async def datagram_exchange(family: int, address: Any, payload: bytes, bind: Any = None) -> bytes:
@@ -236,6 +241,16 @@ class StdlibUpper(socketserver.StreamRequestHandler):
     def handle(self):
         for line in self.rfile:
             self.wfile.write(line.upper())
+
+
+class Plain(trioserve.BaseRequestHandler):
+    async def handle(self):
+        await self.request.send_all(b"plain\\n")
+
+
+class TypedSync(trioserve.SyncStreamRequestHandler):
+    def handle(self):
+        self.wfile.write(b"sync\\n")
 
 
 class Reverse(trioserve.DatagramRequestHandler):
@@ -362,6 +377,15 @@ async def test_workers_serve_from_other_processes_and_stop_on_sigterm(
         assert not await trio.Path(f"/proc/{pid}").exists(), f"worker {pid} outlived the command"
 
 
+async def test_workers_serve_datagrams() -> None:
+    async with run_command(trioserve("--udp", "127.0.0.1:0", "--workers", "2")) as cmd:
+        assert cmd.first_line.startswith("trioserve: serving DatagramEchoHandler on udp ")
+        assert " with 2 worker processes " in cmd.first_line
+        assert await datagram_exchange(socket.AF_INET, cmd.address, b"pooled") == b"pooled"
+        cmd.signal(signal.SIGTERM)
+        assert await cmd.wait() == 0
+
+
 # -- stopping --------------------------------------------------------------------------------
 
 
@@ -428,7 +452,9 @@ async def test_log_level_error_keeps_stderr_quiet() -> None:
         (["--tcp", "::1:80"], "in brackets"),
         (["--tcp", "no.such.host.invalid:0"], "unknown host"),
         (["--tcp", ":0", "--udp", ":0"], "not allowed with argument"),
-        (["--udp", ":0", "--workers", "2"], "--workers serves stream transports only"),
+        (["--udp", ":0", "--timeout", "1"], "--timeout applies to stream transports only"),
+        (["handlers:Plain", "--timeout", "1"], "handlers:Plain is not a stream handler"),
+        (["handlers:TypedSync", "--udp", ":0"], "is a stream handler"),
         (["--workers", "0"], "at least 1"),
         (["--timeout", "soon"], "number of seconds"),
         (["--log-level", "loud"], "expected one of debug"),

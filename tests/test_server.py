@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import socketserver
+import threading
 from typing import Any
 
 import pytest
@@ -277,3 +278,19 @@ async def test_max_connections_stops_accepting_at_the_limit() -> None:
                 assert await client.receive_some() == b"served\n"
                 await client.aclose()
             nursery.cancel_scope.cancel()
+
+
+def test_ctrl_c_reaches_the_caller_of_trio_run_as_keyboard_interrupt() -> None:
+    class Interrupting(StreamRequestHandler):
+        async def handle(self) -> None:
+            raise KeyboardInterrupt  # what Trio delivers to the serving task on Ctrl-C
+
+    with ThreadingTCPServer(("127.0.0.1", 0), Interrupting) as server:
+        client = threading.Thread(
+            target=lambda: socket.create_connection(server.server_address, timeout=10).close()
+        )
+        client.start()
+        # Not a BaseExceptionGroup: `except KeyboardInterrupt` around trio.run works.
+        with pytest.raises(KeyboardInterrupt):
+            trio.run(server.serve_forever)
+        client.join(10)

@@ -29,11 +29,15 @@ import trio
 
 import trioserve
 from trioserve import (
+    DatagramRequestHandler,
     ForkingTCPServer,
+    ForkingUDPServer,
+    ForkingUnixDatagramServer,
     ForkingUnixStreamServer,
     StreamRequestHandler,
     WorkerStartupError,
 )
+from trioserve.testing import exchange_datagram
 
 pytestmark = pytest.mark.usefixtures("fd_leak_check")
 
@@ -64,6 +68,20 @@ class SyncPidHandler(socketserver.StreamRequestHandler):
     def handle(self) -> None:
         for _line in self.rfile:
             self.wfile.write(b"%d\n" % os.getpid())
+
+
+class DatagramPidHandler(DatagramRequestHandler):
+    """Answers each datagram with the worker's pid."""
+
+    async def handle(self) -> None:
+        await self.wfile.write(b"%d\n" % os.getpid())
+
+
+class SyncDatagramPidHandler(socketserver.DatagramRequestHandler):
+    """The same as `DatagramPidHandler`, as socketserver's own handler (runs in a thread)."""
+
+    def handle(self) -> None:
+        self.wfile.write(b"%d\n" % os.getpid())
 
 
 class LoopBlockingHandler(StreamRequestHandler):
@@ -141,6 +159,9 @@ async def read_line(stream: trio.abc.ReceiveStream) -> bytes:
 
 
 async def ask_pid(server: trioserve.SocketServer) -> int:
+    if server.socket_type == socket.SOCK_DGRAM:
+        with trio.fail_after(PATIENCE):
+            return int(await exchange_datagram(server, b"pid?\n"))
     async with await connect(server) as stream:
         await stream.send_all(b"pid?\n")
         return int(await read_line(stream))
@@ -195,21 +216,27 @@ def trioserve_records() -> Iterator[list[logging.LogRecord]]:
         pytest.param(ForkingTCPServer, PidHandler, id="tcp-async"),
         pytest.param(ForkingUnixStreamServer, PidHandler, id="unix-async"),
         pytest.param(ForkingTCPServer, SyncPidHandler, id="tcp-sync"),
+        pytest.param(ForkingUDPServer, DatagramPidHandler, id="udp-async"),
+        pytest.param(ForkingUnixDatagramServer, DatagramPidHandler, id="unix-dgram-async"),
+        pytest.param(ForkingUDPServer, SyncDatagramPidHandler, id="udp-sync"),
     ],
 )
 async def test_forking_servers_serve_from_worker_processes(
-    server_class: type[ForkingTCPServer], handler_class: type[Any], tmp_path: Path
+    server_class: type[trioserve.SocketServer], handler_class: type[Any], tmp_path: Path
 ) -> None:
-    unix = issubclass(server_class, trioserve.UnixStreamServer)
+    unix = server_class.address_family == socket.AF_UNIX
     address: Any = str(tmp_path / "s.sock") if unix else None
     with server_class(address or ("127.0.0.1", 0), handler_class, max_children=2) as server:
         async with trio.open_nursery() as nursery:
             await nursery.start(server.serve_forever)
-            assert len(server.worker_pids) == 2
-            assert os.getpid() not in server.worker_pids
+            pids = server.worker_pids  # type: ignore[attr-defined]
+            assert len(pids) == 2
+            assert os.getpid() not in pids
             for _ in range(3):
-                assert await ask_pid(server) in server.worker_pids
+                assert await ask_pid(server) in pids
             nursery.cancel_scope.cancel()
+        assert server.worker_pids == ()  # type: ignore[attr-defined]
+    assert_reaped(pids)
 
 
 async def test_requests_land_in_two_workers_under_concurrent_load() -> None:

@@ -9,6 +9,8 @@ around them.
 from ._activation import listen_fds as listen_fds
 from ._binding import SocketServer as SocketServer
 from ._compat import ForkingTCPServer as ForkingTCPServer
+from ._compat import ForkingUDPServer as ForkingUDPServer
+from ._compat import ForkingUnixDatagramServer as ForkingUnixDatagramServer
 from ._compat import ForkingUnixStreamServer as ForkingUnixStreamServer
 from ._compat import ThreadingTCPServer as ThreadingTCPServer
 from ._compat import ThreadingUDPServer as ThreadingUDPServer
@@ -53,6 +55,8 @@ __all__ = [
     "EchoHandler",
     "ForkingMixIn",
     "ForkingTCPServer",
+    "ForkingUDPServer",
+    "ForkingUnixDatagramServer",
     "ForkingUnixStreamServer",
     "HTTPServer",
     "LineTooLongError",

@@ -10,7 +10,7 @@ datagram transport, `DatagramEchoHandler`) is served, which is what ``make serve
 
 The transport picks the server class: ``--tcp`` and ``--unix`` a stream server,
 ``--udp`` and ``--unix-dgram`` a datagram server, each with the nursery policy, or, with
-``--workers N``, a process pool of N workers (stream transports only).
+``--workers N``, a process pool of N workers.
 
 Every way to get it wrong is one line
 -------------------------------------
@@ -51,6 +51,7 @@ import logging
 import math
 import os
 import signal
+import socket
 import socketserver
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -62,6 +63,8 @@ from . import _options
 from ._binding import SocketServer
 from ._compat import (
     ForkingTCPServer,
+    ForkingUDPServer,
+    ForkingUnixDatagramServer,
     ForkingUnixStreamServer,
     ThreadingTCPServer,
     ThreadingUDPServer,
@@ -70,7 +73,7 @@ from ._compat import (
 )
 from ._datagram import DatagramRequestHandler
 from ._exceptions import WorkerStartupError
-from ._handlers import BaseRequestHandler, EchoHandler, StreamRequestHandler, run_handler
+from ._handlers import BaseRequestHandler, EchoHandler, _StreamHandlerBase, run_handler
 from ._server import BaseServer, HandlerClass, logger
 
 __all__ = ["DatagramEchoHandler", "main"]
@@ -136,19 +139,19 @@ class _HandlerTimeout(BaseServer):
 
 
 class _TimedTCPServer(_HandlerTimeout, ThreadingTCPServer):
-    pass
+    """`ThreadingTCPServer` with ``--timeout``."""
 
 
 class _TimedUnixStreamServer(_HandlerTimeout, ThreadingUnixStreamServer):
-    pass
+    """`ThreadingUnixStreamServer` with ``--timeout``."""
 
 
 class _TimedForkingTCPServer(_HandlerTimeout, ForkingTCPServer):
-    pass
+    """`ForkingTCPServer` with ``--timeout``."""
 
 
 class _TimedForkingUnixStreamServer(_HandlerTimeout, ForkingUnixStreamServer):
-    pass
+    """`ForkingUnixStreamServer` with ``--timeout``."""
 
 
 # (transport, workers?, timeout?) -> server class
@@ -162,7 +165,9 @@ _SERVER_CLASSES: dict[tuple[Transport, bool, bool], type[SocketServer]] = {
     (Transport.UNIX, True, False): ForkingUnixStreamServer,
     (Transport.UNIX, True, True): _TimedForkingUnixStreamServer,
     (Transport.UDP, False, False): ThreadingUDPServer,
+    (Transport.UDP, True, False): ForkingUDPServer,
     (Transport.UNIX_DGRAM, False, False): ThreadingUnixDatagramServer,
+    (Transport.UNIX_DGRAM, True, False): ForkingUnixDatagramServer,
 }
 
 
@@ -258,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         type=_positive_int,
         metavar="N",
-        help="serve from a pool of N worker processes (stream transports only)",
+        help="serve from a pool of N worker processes",
     )
     parser.add_argument(
         "--max-connections",
@@ -345,7 +350,7 @@ def _describe(value: object) -> str:
 
 
 def _is_stream_handler(handler_class: HandlerClass) -> bool:
-    return issubclass(handler_class, (StreamRequestHandler, socketserver.StreamRequestHandler))
+    return issubclass(handler_class, (_StreamHandlerBase, socketserver.StreamRequestHandler))
 
 
 def _is_datagram_handler(handler_class: HandlerClass) -> bool:
@@ -391,10 +396,12 @@ def build_server(args: argparse.Namespace) -> tuple[SocketServer, str]:
         handler_class = load_handler(args.handler)
         name = args.handler
         _check_fit(handler_class, transport, name)
-    if args.workers is not None and transport.is_datagram:
-        raise UsageError(f"--workers serves stream transports only, not --{transport.value}")
     if args.timeout is not None and transport.is_datagram:
         raise UsageError(f"--timeout applies to stream transports only, not --{transport.value}")
+    if args.timeout is not None and not _is_stream_handler(handler_class):
+        raise UsageError(
+            f"--timeout sets a StreamRequestHandler's timeout; {name} is not a stream handler"
+        )
     options: dict[str, Any] = {"shutdown_grace": args.grace}
     if args.max_connections is not None:
         key = "max_concurrent_datagrams" if transport.is_datagram else "max_connections"
@@ -443,14 +450,11 @@ def describe(server: SocketServer, name: str, workers: int | None) -> str:
         (False, True): Transport.UNIX,
         (True, False): Transport.UDP,
         (True, True): Transport.UNIX_DGRAM,
-    }[(server.socket_type == _DGRAM, isinstance(server.server_address, (str, bytes)))]
+    }[(server.socket_type == socket.SOCK_DGRAM, isinstance(server.server_address, (str, bytes)))]
     where = _where(transport, server.server_address)
     pool = f" with {workers} worker processes" if workers else ""
     hint = _try_hint(transport, server.server_address)
     return f"trioserve: serving {name} on {where}{pool} (try: {hint})"
-
-
-_DGRAM = ThreadingUDPServer.socket_type
 
 
 # -- serving --------------------------------------------------------------------------------

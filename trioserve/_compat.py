@@ -13,6 +13,8 @@ from ._stream import TCPServer, UnixStreamServer
 
 __all__ = [
     "ForkingTCPServer",
+    "ForkingUDPServer",
+    "ForkingUnixDatagramServer",
     "ForkingUnixStreamServer",
     "ThreadingTCPServer",
     "ThreadingUDPServer",
@@ -43,3 +45,11 @@ class ForkingTCPServer(ProcessPoolMixIn, TCPServer):
 
 class ForkingUnixStreamServer(ProcessPoolMixIn, UnixStreamServer):
     """A Unix stream server serving from a pool of worker processes (``max_children``)."""
+
+
+class ForkingUDPServer(ProcessPoolMixIn, UDPServer):
+    """A UDP server serving from a pool of worker processes (``max_children``)."""
+
+
+class ForkingUnixDatagramServer(ProcessPoolMixIn, UnixDatagramServer):
+    """A Unix datagram server serving from a pool of worker processes (``max_children``)."""

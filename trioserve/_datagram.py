@@ -87,7 +87,7 @@ from . import _options
 from ._binding import SocketServer
 from ._files import DEFAULT_MAX_LINE_LENGTH, AsyncReader, AsyncWriter
 from ._handlers import _DONE, BaseRequestHandler, is_sync_handler, run_handler
-from ._server import logger
+from ._server import HandlerClass, _method_is, logger
 
 if TYPE_CHECKING:
     from ._server import BaseServer
@@ -234,6 +234,16 @@ class UDPServer(SocketServer):
             # Detached first, so a thread that still holds the object gets EBADF, not
             # whatever socket reuses the descriptor's number.
             os.close(sock.detach())
+
+    def _runs_handler_directly(self, handler_class: HandlerClass) -> bool:
+        # For an async handler, this class's finish_request only runs it.
+        return super()._runs_handler_directly(handler_class) or (
+            _method_is(self, "finish_request", UDPServer.finish_request)
+            and not is_sync_handler(handler_class)
+        )
+
+    def _shutdown_is_noop(self) -> bool:
+        return _method_is(self, "shutdown_request", UDPServer.shutdown_request)
 
     def shutdown_request(self, request: Any) -> None:
         """Nothing to shut down: the socket is the server's, closed by `server_close`."""

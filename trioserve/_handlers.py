@@ -35,6 +35,7 @@ from __future__ import annotations
 import inspect
 import io
 import socketserver
+import weakref
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any, final
 
@@ -139,15 +140,23 @@ def is_sync_handler(cls: type[Any]) -> bool:
     True for a trioserve handler whose ``handle`` is a plain function, and for a handler
     class of the standard library's ``socketserver`` (which runs in its constructor).
     """
+    handle = getattr(cls, "handle", None)
+    cached = _sync_handlers.get(cls)
+    if cached is not None and cached[0] is handle:
+        return cached[1]
     if not issubclass(cls, BaseRequestHandler):
-        return True
-    handle = cls.handle
-    return handle is not BaseRequestHandler.handle and not _is_coroutine_function(handle)
+        sync = True
+    else:
+        sync = handle is not BaseRequestHandler.handle and not _is_coroutine_function(handle)
+    _sync_handlers[cls] = (handle, sync)
+    return sync
 
 
-async def _maybe_await(result: object) -> None:
-    if inspect.isawaitable(result):
-        await result
+# is_sync_handler's answers, per class, with the ``handle`` each was worked out from (a
+# class whose ``handle`` is replaced later is asked again). Weak: classes may come and go.
+_sync_handlers: weakref.WeakKeyDictionary[type[Any], tuple[object, bool]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 async def run_handler(
@@ -166,17 +175,23 @@ async def run_handler(
         return
     assert issubclass(handler_class, BaseRequestHandler)
     handler = handler_class(request, client_address, server)
-    await _maybe_await(handler.setup())
+    # Each step is awaited here, not in a helper: one frame fewer under each checkpoint,
+    # and the base classes' _DONE is recognised without asking whether it is awaitable.
+    step = handler.setup()
+    if step is not _DONE and inspect.isawaitable(step):
+        await step
     try:
-        # Awaited here, not in _maybe_await: one frame fewer under each of its checkpoints.
-        handled = handler.handle()
-        if inspect.isawaitable(handled):
-            await handled
+        step = handler.handle()
+        if step is not _DONE and inspect.isawaitable(step):
+            await step
     finally:
-        await _maybe_await(handler.finish())
+        step = handler.finish()
+        if step is not _DONE and inspect.isawaitable(step):
+            await step
         if isinstance(handler, _StreamHandlerBase) and hasattr(handler, "wfile"):
             await handler._flush_and_close()
-        await handler._after_finish()
+        if type(handler)._after_finish is not BaseRequestHandler._after_finish:
+            await handler._after_finish()
 
 
 class _StreamHandlerBase(BaseRequestHandler):

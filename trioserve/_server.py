@@ -51,6 +51,9 @@ from ._policy import Concurrency, concurrency_of
 if TYPE_CHECKING:
     from typing_extensions import Self
 
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import BaseExceptionGroup  # type: ignore[import-not-found, unused-ignore]
+
 __all__ = ["BaseServer", "HandlerClass", "logger"]
 
 #: Where every trioserve server logs.
@@ -218,6 +221,13 @@ class BaseServer:
                         await self._serve_loop(
                             nursery if self.concurrency is Concurrency.NURSERY else None
                         )
+        except BaseExceptionGroup as group:
+            # Ctrl-C arrives in the serving task, inside the nursery, which wraps it in a
+            # group: unwrap it, so ``except KeyboardInterrupt`` around trio.run works.
+            interrupt, rest = group.split(KeyboardInterrupt)
+            if interrupt is not None and rest is None:
+                raise KeyboardInterrupt from group
+            raise
         finally:
             self._stop_serving(serving)
 
@@ -244,6 +254,11 @@ class BaseServer:
     async def _serve_loop(self, nursery: trio.Nursery | None) -> None:
         limit = self._concurrency_limit() if nursery is not None else None
         slots = trio.Semaphore(limit) if limit is not None else None
+        plan = self._plan()
+        # The hooks that are BaseServer's own no-ops are looked up once, not per request.
+        service_actions = None if plan.plain_service_actions else self.service_actions
+        get_request = self.get_request
+        dispatch = self._dispatch
         while True:
             if slots is not None:
                 # A free slot is taken without a checkpoint of its own: get_request has
@@ -253,46 +268,76 @@ class BaseServer:
                 except trio.WouldBlock:
                     await slots.acquire()
             try:
-                request, client_address = await self.get_request()
+                request, client_address = await get_request()
             except BaseException:
                 if slots is not None:
                     slots.release()
                 raise
             if nursery is None:
-                await self._dispatch(request, client_address)
+                await dispatch(request, client_address, None, plan)
             else:
-                nursery.start_soon(self._dispatch, request, client_address, slots)
-            await call_hook(self.service_actions)
+                # Named as Trio would name it, without Trio working the name out each time.
+                nursery.start_soon(
+                    dispatch, request, client_address, slots, plan, name=_DISPATCH_TASK_NAME
+                )
+            if service_actions is not None:
+                await call_hook(service_actions)
+
+    def _plan(self) -> _RequestPlan:
+        """Which hooks of the request path are BaseServer's own, and so may be skipped."""
+        return _RequestPlan(self)
+
+    def _runs_handler_directly(self, handler_class: HandlerClass) -> bool:
+        """Whether ``finish_request`` only runs *handler_class* (`run_handler`)."""
+        return _method_is(self, "finish_request", BaseServer.finish_request)
+
+    def _shutdown_is_noop(self) -> bool:
+        """Whether ``shutdown_request`` does nothing at all (BaseServer's own)."""
+        return _method_is(self, "shutdown_request", BaseServer.shutdown_request) and _method_is(
+            self, "close_request", BaseServer.close_request
+        )
 
     async def _dispatch(
-        self, request: Any, client_address: Any, slots: trio.Semaphore | None = None
+        self,
+        request: Any,
+        client_address: Any,
+        slots: trio.Semaphore | None = None,
+        plan: _RequestPlan | None = None,
     ) -> None:
         """The life of one request, from ``verify_request`` to the closing of it."""
+        if plan is None:
+            plan = self._plan()
         try:
-            if await call_hook(self.verify_request, request, client_address):
-                prepared = await self._prepare_request(request, client_address)
-                if prepared is None:
-                    return  # refused by the transport (a failed TLS handshake): just close
-                request = prepared
+            if plan.plain_verify or await call_hook(self.verify_request, request, client_address):
+                if plan.prepares:
+                    prepared = await self._prepare_request(request, client_address)
+                    if prepared is None:
+                        return  # refused by the transport (a failed TLS handshake): just close
+                    request = prepared
                 try:
-                    if _processes_by_default(self):
+                    handler_class = self.RequestHandlerClass
+                    if handler_class is plan.direct_handler_class:
                         # What process_request and finish_request would do, two coroutine
                         # frames shallower: every checkpoint of the handler passes them.
-                        await run_handler(self.RequestHandlerClass, request, client_address, self)
-                        await call_hook(self.shutdown_request, request)
+                        await run_handler(handler_class, request, client_address, self)
+                        if not plan.noop_shutdown:
+                            await call_hook(self.shutdown_request, request)
                     else:
                         await self.process_request(request, client_address)
                 except Exception:
                     await call_hook(self.handle_error, request, client_address)
-                    await self._finally_shutdown_request(request)
+                    if not plan.noop_shutdown:
+                        await self._finally_shutdown_request(request)
                 except BaseException:
-                    await self._finally_shutdown_request(request)
+                    if not plan.noop_shutdown:
+                        await self._finally_shutdown_request(request)
                     raise
-            else:
+            elif not plan.noop_shutdown:
                 await self._finally_shutdown_request(request)
         finally:
-            with trio.CancelScope(shield=True):
-                await self._discard_request(request)
+            if plan.discards:
+                with trio.CancelScope(shield=True):
+                    await self._discard_request(request)
             if slots is not None:
                 slots.release()
 
@@ -461,12 +506,48 @@ class BaseServer:
         return f"<{type(self).__name__} {self.server_address!r}>"
 
 
-def _processes_by_default(server: BaseServer) -> bool:
-    """Whether *server* keeps BaseServer's own ``process_request`` and ``finish_request``."""
-    return (
-        getattr(server.process_request, "__func__", None) is BaseServer.process_request
-        and getattr(server.finish_request, "__func__", None) is BaseServer.finish_request
+def _method_is(server: BaseServer, name: str, function: Callable[..., Any]) -> bool:
+    """Whether *server*'s method *name* is *function* (not overridden, nor set on *server*)."""
+    return getattr(getattr(server, name), "__func__", None) is function
+
+
+_DISPATCH_TASK_NAME = f"{BaseServer._dispatch.__module__}.{BaseServer._dispatch.__qualname__}"
+
+
+class _RequestPlan:
+    """Which steps of a server's request path can be skipped, worked out once per serve.
+
+    A hook that is still BaseServer's own does nothing that calling it would show
+    (``verify_request`` returns True, ``service_actions`` and a plain ``shutdown_request``
+    return None without a checkpoint), so `BaseServer._dispatch` leaves it out rather than
+    pay for a call and an ``await`` on every request. Overriding any of them, on the class
+    or on the instance before serving starts, brings the call back.
+    """
+
+    __slots__ = (
+        "direct_handler_class",
+        "discards",
+        "noop_shutdown",
+        "plain_service_actions",
+        "plain_verify",
+        "prepares",
     )
+
+    def __init__(self, server: BaseServer) -> None:
+        cls = type(server)
+        self.plain_verify = _method_is(server, "verify_request", BaseServer.verify_request)
+        self.plain_service_actions = _method_is(
+            server, "service_actions", BaseServer.service_actions
+        )
+        self.prepares = cls._prepare_request is not BaseServer._prepare_request
+        self.discards = cls._discard_request is not BaseServer._discard_request
+        self.noop_shutdown = server._shutdown_is_noop()
+        handler_class = server.RequestHandlerClass
+        direct = _method_is(
+            server, "process_request", BaseServer.process_request
+        ) and server._runs_handler_directly(handler_class)
+        #: The handler class `run_handler` may run with no process/finish_request call.
+        self.direct_handler_class: HandlerClass | None = handler_class if direct else None
 
 
 def _peer(client_address: Any) -> str:

@@ -29,6 +29,9 @@ its own, filled by a hash of the peer's address whatever the worker is doing, an
 connections queued for a worker that dies are reset; passing each accepted fd from the
 parent puts one process (and one core) in the path of every connection. The table in
 ``docs/process-pool.md`` measures the first two side by side (``bench/pool_cpu.py``).
+Datagram servers need nothing more: the pool itself never listens or accepts, and each
+worker receives on the one bound socket, where the kernel queues each datagram once for
+whichever worker reads it first.
 
 What is sent
 ------------
