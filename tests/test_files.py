@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import io
+import pickle
+import socket
 from collections.abc import Sequence
 
 import pytest
@@ -9,7 +11,13 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trioserve import AsyncReader, AsyncWriter, BrokenConnectionError, LineTooLongError
+from trioserve import (
+    AsyncReader,
+    AsyncWriter,
+    BrokenConnectionError,
+    LineTooLongError,
+    PeerTimeoutError,
+)
 
 
 class ChunkedStream(trio.abc.ReceiveStream):
@@ -89,8 +97,13 @@ async def test_readline_without_limit_stops_at_max_line_length_and_keeps_the_byt
 async def test_read_timeout_raises_timeout_error(autojump_clock: trio.testing.MockClock) -> None:
     client, server = trio.testing.memory_stream_pair()
     reader = AsyncReader(server, timeout=5)
-    with pytest.raises(TimeoutError, match="within 5 seconds"):
+    with pytest.raises(PeerTimeoutError, match="within 5 seconds") as info:
         await reader.readline()
+    # Still the built-in TimeoutError (socket.timeout), as stdlib handlers expect.
+    assert isinstance(info.value, TimeoutError)
+    assert isinstance(info.value, socket.timeout)
+    assert info.value.timeout == 5
+    assert str(pickle.loads(pickle.dumps(info.value))) == str(info.value)
     await client.send_all(b"late\n")
     assert await reader.readline() == b"late\n"
 
@@ -160,5 +173,5 @@ async def test_write_to_a_vanished_peer_is_a_broken_connection_error() -> None:
 async def test_write_timeout_raises_timeout_error(autojump_clock: trio.testing.MockClock) -> None:
     client, _server = trio.testing.lockstep_stream_pair()
     writer = AsyncWriter(client, timeout=3)
-    with pytest.raises(TimeoutError):
+    with pytest.raises(PeerTimeoutError, match="within 3 seconds"):
         await writer.write(b"nobody reads this")

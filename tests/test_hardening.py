@@ -37,6 +37,8 @@ from trioserve import (
 )
 from trioserve._stream import ACCEPT_CAPACITY_PAUSE
 
+from .helpers import receive_exactly, receive_until_eof
+
 pytestmark = pytest.mark.usefixtures("fd_leak_check")
 
 LOCALHOST = ("127.0.0.1", 0)
@@ -46,29 +48,6 @@ LOCALHOST = ("127.0.0.1", 0)
 
 async def connect(server: trioserve.SocketServer) -> trio.SocketStream:
     return await trio.open_tcp_stream(*server.server_address[:2])
-
-
-async def receive_exactly(stream: trio.abc.ReceiveStream, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        chunk = await stream.receive_some(size - len(data))
-        assert chunk, f"EOF after {data!r}"
-        data += chunk
-    return data
-
-
-async def receive_until_eof(stream: trio.abc.ReceiveStream) -> bytes:
-    """Everything until the server closes (a reset counts as closing)."""
-    data = b""
-    for _ in range(100_000):  # bounded: each receive returns at least a byte, or EOF
-        try:
-            chunk = await stream.receive_some()
-        except trio.BrokenResourceError:
-            return data
-        if not chunk:
-            return data
-        data += chunk
-    raise AssertionError("no end of file")
 
 
 async def roundtrip(server: trioserve.SocketServer, payload: bytes) -> bytes:
@@ -196,6 +175,8 @@ async def test_each_readline_gets_a_fresh_timeout_and_pieces_are_fine(
 async def test_slowloris_is_disconnected_and_gives_its_slot_back(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO, logger="trioserve")
+
     class Lines(UpperLines):
         timeout = 0.5  # real seconds: the client below drips faster than this per byte
 
@@ -219,9 +200,11 @@ async def test_slowloris_is_disconnected_and_gives_its_slot_back(
         # Its only slot is free again.
         with trio.fail_after(10):
             assert await roundtrip(server, b"next\n") == b"NEXT\n"
-    [error] = records(caplog, logging.ERROR)
-    assert error.exc_info is not None
-    assert isinstance(error.exc_info[1], TimeoutError)
+    # A client that is too slow is logged in one info line, not as a server error.
+    assert records(caplog, logging.ERROR) == []
+    [info] = records(caplog, logging.INFO)
+    assert "timed out" in info.getMessage()
+    assert info.exc_info is None
 
 
 async def test_an_idle_client_is_disconnected_by_the_timeout(
@@ -236,6 +219,43 @@ async def test_an_idle_client_is_disconnected_by_the_timeout(
         assert await receive_until_eof(idle) == b""
         assert trio.current_time() - start == pytest.approx(30)
         assert await roundtrip(server, b"after\n") == b"AFTER\n"
+
+
+async def test_a_timed_out_idle_client_is_one_info_line_not_an_error(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="trioserve")
+
+    class Lines(UpperLines):
+        timeout = 30
+
+    server = ThreadingTCPServer(LOCALHOST, Lines)
+    async with serving(server), await connect(server) as idle:
+        peer = idle.socket.getsockname()
+        assert await receive_until_eof(idle) == b""
+    assert records(caplog, logging.ERROR) == []
+    assert records(caplog, logging.WARNING) == []
+    [info] = records(caplog, logging.INFO)
+    assert info.getMessage() == (f"{peer!r} timed out: the peer did not respond within 30 seconds")
+    assert info.exc_info is None
+
+
+async def test_a_timeout_error_of_the_handler_own_is_still_an_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Upstream(StreamRequestHandler):
+        async def handle(self) -> None:
+            raise TimeoutError("the upstream service did not answer")
+
+    server = ThreadingTCPServer(LOCALHOST, Upstream)
+    async with serving(server), await connect(server) as stream:
+        await stream.send_all(b"hi\n")
+        assert await receive_until_eof(stream) == b""
+    [error] = records(caplog, logging.ERROR)
+    assert error.exc_info is not None
+    assert isinstance(error.exc_info[1], TimeoutError)
+    assert not isinstance(error.exc_info[1], trioserve.PeerTimeoutError)
+    assert records(caplog, logging.INFO) == []
 
 
 # -- readline limits -------------------------------------------------------------------------

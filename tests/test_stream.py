@@ -17,6 +17,7 @@ from trioserve import StreamRequestHandler, TCPServer, ThreadingTCPServer
 from trioserve.testing import connect, serving
 
 from .conftest import needs_ipv6
+from .helpers import receive_exactly
 
 pytestmark = pytest.mark.usefixtures("fd_leak_check")
 
@@ -25,15 +26,6 @@ class UpperHandler(StreamRequestHandler):
     async def handle(self) -> None:
         async for line in self.rfile:
             await self.wfile.write(line.upper())
-
-
-async def receive_exactly(stream: trio.abc.ReceiveStream, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        chunk = await stream.receive_some(size - len(data))
-        assert chunk, f"EOF after {data!r}"
-        data += chunk
-    return data
 
 
 async def roundtrip(server: trioserve.SocketServer, payload: bytes) -> bytes:

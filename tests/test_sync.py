@@ -13,6 +13,7 @@ import ssl
 import struct
 import sys
 import threading
+import time
 import urllib.request
 import wsgiref.simple_server
 from collections.abc import Callable, Iterable, Iterator
@@ -40,6 +41,8 @@ from trioserve._sync import (
     running_handler_threads,
 )
 
+from .helpers import receive_exactly
+
 if sys.version_info >= (3, 11):
     from typing import assert_type
 else:
@@ -54,15 +57,6 @@ async def connect(server: trioserve.SocketServer) -> trio.SocketStream:
     if server.address_family == socket.AF_UNIX:
         return await trio.open_unix_socket(server.server_address)
     return await trio.open_tcp_stream(*server.server_address[:2])
-
-
-async def receive_exactly(stream: trio.abc.ReceiveStream, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        chunk = await stream.receive_some(size - len(data))
-        assert chunk, f"EOF after {data!r}"
-        data += chunk
-    return data
 
 
 async def receive_all(stream: trio.abc.ReceiveStream) -> bytes:
@@ -741,6 +735,125 @@ def test_sync_reader_turns_a_reset_into_broken_connection_error(
         writer.write(b"x")
     with pytest.raises(ValueError, match="receive_size"):
         SyncReader(sock, receive_size=0)
+
+
+def test_sync_reader_times_out_a_slow_drip_per_line_not_per_receive(
+    socket_pair: tuple[socket.socket, socket.socket],
+) -> None:
+    peer, sock = socket_pair
+    sock.settimeout(0.5)  # real seconds: the drip below sends a byte every 0.05 s
+    reader = SyncReader(sock, max_line_length=None)
+    stop = threading.Event()
+
+    def drip() -> None:
+        for _ in range(200):  # bounded: 10 s at most
+            peer.sendall(b"x")
+            if stop.wait(0.05):
+                return
+
+    dripper = threading.Thread(target=drip)
+    dripper.start()
+    try:
+        start = time.monotonic()
+        with pytest.raises(trioserve.PeerTimeoutError, match=r"within 0\.5 seconds") as info:
+            reader.readline()
+        elapsed = time.monotonic() - start
+    finally:
+        stop.set()
+        dripper.join(10)
+    assert 0.4 <= elapsed < 5  # about the timeout: not the whole drip
+    assert isinstance(info.value, socket.timeout)
+    assert sock.gettimeout() == 0.5  # the socket's own timeout is given back
+    # Nothing was lost: the dripped bytes are still there for the next call.
+    peer.sendall(b"\n")
+    line = reader.readline()
+    assert line.endswith(b"x\n")
+    assert set(line[:-1]) == {ord("x")}
+
+
+def test_sync_reader_gives_each_readline_a_fresh_timeout(
+    socket_pair: tuple[socket.socket, socket.socket],
+) -> None:
+    peer, sock = socket_pair
+    sock.settimeout(5.0)
+    reader = SyncReader(sock)
+    peer.sendall(b"first ")
+    peer.sendall(b"line\nsecond")
+    assert reader.readline() == b"first line\n"
+    peer.sendall(b" line\n")
+    assert reader.readline() == b"second line\n"
+    assert sock.gettimeout() == 5.0
+
+
+def test_sync_reader_never_buffers_more_than_max_line_length() -> None:
+    sizes: list[int] = []
+
+    class Flood:
+        def recv(self, size: int) -> bytes:
+            sizes.append(size)
+            return b"x" * size
+
+    reader = SyncReader(Flood(), receive_size=65536, max_line_length=1000)  # type: ignore[arg-type]
+    with pytest.raises(trioserve.LineTooLongError):
+        reader.readline()
+    assert sum(sizes) == 1000
+    assert reader.read1() == b"x" * 1000  # buffered, nothing lost, nothing more
+
+
+def test_sync_files_raise_peer_timeout_error_on_the_socket_timeout(
+    socket_pair: tuple[socket.socket, socket.socket],
+) -> None:
+    sock = socket_pair[1]
+    sock.settimeout(0.05)
+    reader = SyncReader(sock)
+    with pytest.raises(trioserve.PeerTimeoutError, match=r"within 0\.05 seconds"):
+        reader.read(1)
+    writer = SyncWriter(sock)
+
+    def flood() -> None:
+        for _ in range(10_000):  # bounded: the peer reads nothing, the buffers fill up
+            writer.write(b"x" * 65536)
+
+    with pytest.raises(trioserve.PeerTimeoutError):
+        flood()
+
+
+async def test_a_sync_handler_timed_out_by_a_slow_drip_is_one_info_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="trioserve")
+
+    class Lines(UpperLines):
+        timeout = 0.5  # real seconds: the client below drips a byte every 0.05 s
+
+    with ThreadingTCPServer(LOCALHOST, Lines) as server:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve_forever)
+            async with await connect(server) as slow, trio.open_nursery() as drips:
+
+                async def drip() -> None:
+                    for _ in range(200):  # bounded: 10 s at most
+                        try:
+                            await slow.send_all(b"x")
+                        except trio.BrokenResourceError:
+                            return  # the server closed first: what this test waits for
+                        await trio.sleep(0.05)
+
+                drips.start_soon(drip)
+                start = time.monotonic()
+                with trio.fail_after(10):  # sanity bound
+                    try:
+                        assert await receive_all(slow) == b""
+                    except trio.BrokenResourceError:
+                        pass  # a reset also means the server closed the connection
+                elapsed = time.monotonic() - start
+                drips.cancel_scope.cancel()
+            nursery.cancel_scope.cancel()
+    assert 0.4 <= elapsed < 5  # about the timeout: not the whole drip
+    trioserve_records = [r for r in caplog.records if r.name == "trioserve"]
+    assert [r.levelno for r in trioserve_records] == [logging.INFO]
+    assert "timed out" in trioserve_records[0].getMessage()
+    assert trioserve_records[0].exc_info is None
 
 
 def test_sync_writer_buffers_up_to_bufsize(

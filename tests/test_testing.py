@@ -30,6 +30,7 @@ from trioserve.testing import (
 )
 
 from .conftest import needs_ipv6
+from .helpers import receive_exactly
 
 pytestmark = pytest.mark.usefixtures("fd_leak_check")
 
@@ -77,15 +78,6 @@ def hold_handler() -> type[HoldHandler]:
         cancelled: ClassVar[list[str]] = []
 
     return Handler
-
-
-async def receive_exactly(stream: trio.abc.ReceiveStream, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        chunk = await stream.receive_some(size - len(data))
-        assert chunk, f"EOF after {data!r}"
-        data += chunk
-    return data
 
 
 # -- serving() ----------------------------------------------------------------------------

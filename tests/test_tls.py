@@ -25,6 +25,8 @@ from trioserve import (
 )
 from trioserve._stream import CLOSE_TIMEOUT
 
+from .helpers import receive_exactly, receive_until_eof
+
 pytestmark = pytest.mark.usefixtures("fd_leak_check")
 
 
@@ -83,28 +85,6 @@ async def open_tls(
         await trio.aclose_forcefully(stream)
         raise
     return stream
-
-
-async def receive_exactly(stream: trio.abc.ReceiveStream, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        chunk = await stream.receive_some(size - len(data))
-        assert chunk, f"EOF after {data!r}"
-        data += chunk
-    return data
-
-
-async def receive_until_eof(stream: trio.abc.ReceiveStream) -> bytes:
-    data = b""
-    for _ in range(10_000):  # bounded: each receive returns at least a byte, or EOF
-        try:
-            chunk = await stream.receive_some()
-        except trio.BrokenResourceError:
-            return data  # the server closed the connection without a TLS goodbye
-        if not chunk:
-            return data
-        data += chunk
-    raise AssertionError("no end of file")
 
 
 @asynccontextmanager

@@ -21,6 +21,7 @@ from ._datagram import UDPServer as UDPServer
 from ._datagram import UnixDatagramServer as UnixDatagramServer
 from ._exceptions import BrokenConnectionError as BrokenConnectionError
 from ._exceptions import LineTooLongError as LineTooLongError
+from ._exceptions import PeerTimeoutError as PeerTimeoutError
 from ._exceptions import WorkerStartupError as WorkerStartupError
 from ._files import AsyncReader as AsyncReader
 from ._files import AsyncWriter as AsyncWriter
@@ -61,6 +62,7 @@ __all__ = [
     "HTTPServer",
     "LineTooLongError",
     "NurseryMixIn",
+    "PeerTimeoutError",
     "ProcessPoolMixIn",
     "SocketServer",
     "StreamRequestHandler",

@@ -4,7 +4,9 @@ Errors from the peer are translated once, at the boundary of the files a handler
 writes (`trioserve._files`), into `BrokenConnectionError`. It derives from both
 `trio.BrokenResourceError` and `ConnectionError`, so code written for Trio
 (``except trio.BrokenResourceError``) and code ported from socketserver (``except
-ConnectionError`` or ``except OSError``) catch it unchanged.
+ConnectionError`` or ``except OSError``) catch it unchanged. In the same way, a peer too slow
+for the handler's ``timeout`` raises `PeerTimeoutError`, a built-in `TimeoutError` (which is
+`socket.timeout`) that the server can tell apart from a timeout of the handler's own.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import errno
 
 import trio
 
-__all__ = ["BrokenConnectionError", "LineTooLongError", "WorkerStartupError"]
+__all__ = ["BrokenConnectionError", "LineTooLongError", "PeerTimeoutError", "WorkerStartupError"]
 
 
 class BrokenConnectionError(trio.BrokenResourceError, ConnectionError):
@@ -44,6 +46,27 @@ class LineTooLongError(ValueError):
     def __init__(self, max_line_length: int) -> None:
         super().__init__(f"no end of line within {max_line_length} bytes (max_line_length)")
         self.max_line_length = max_line_length
+
+
+class PeerTimeoutError(TimeoutError):
+    """The peer did not send or take data within the handler's ``timeout``.
+
+    Raised by ``rfile`` and ``wfile`` (async and sync) when an idle or too slow client
+    (slowloris) makes a read or write wait longer than ``timeout`` seconds. It is a
+    `TimeoutError`, so ``except TimeoutError`` and ``except socket.timeout`` catch it
+    unchanged. The server's default `~trioserve.BaseServer.handle_error` logs it at info
+    level in one line, without a traceback: a slow client is not a server bug.
+
+    Attributes:
+      timeout: the seconds the peer was given.
+    """
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__(f"the peer did not respond within {timeout} seconds")
+        self.timeout = timeout
+
+    def __reduce__(self) -> tuple[type[PeerTimeoutError], tuple[float]]:
+        return type(self), (self.timeout,)
 
 
 class WorkerStartupError(RuntimeError):

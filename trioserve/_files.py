@@ -10,8 +10,8 @@ Error handling, decided once for every handler:
 
 * a peer that resets the connection or stops reading raises `BrokenConnectionError`
   (a `trio.BrokenResourceError` and a `ConnectionError`);
-* a read or write that takes longer than the handler's ``timeout`` raises the built-in
-  `TimeoutError` (which is `socket.timeout`, what a stdlib handler sees);
+* a read or write that takes longer than the handler's ``timeout`` raises `PeerTimeoutError`,
+  a built-in `TimeoutError` (which is `socket.timeout`, what a stdlib handler sees);
 * ``readline()`` without a limit raises `LineTooLongError` when no line end comes within
   ``max_line_length`` bytes;
 * using a file after ``close()`` raises `ValueError`, as closed files do.
@@ -29,7 +29,7 @@ from typing import final
 import trio
 
 from ._buffer import ReceiveBuffer
-from ._exceptions import BrokenConnectionError, LineTooLongError
+from ._exceptions import BrokenConnectionError, LineTooLongError, PeerTimeoutError
 
 __all__ = [
     "DEFAULT_MAX_LINE_LENGTH",
@@ -48,8 +48,8 @@ DEFAULT_RECEIVE_SIZE = 65536
 DEFAULT_MAX_LINE_LENGTH = 65536
 
 
-def _timed_out(timeout: float) -> TimeoutError:
-    return TimeoutError(f"the peer did not respond within {timeout} seconds")
+def _timed_out(timeout: float) -> PeerTimeoutError:
+    return PeerTimeoutError(timeout)
 
 
 def _broken(exc: BaseException) -> BrokenConnectionError:
@@ -64,7 +64,7 @@ class AsyncReader:
     Args:
       stream: what to read from.
       receive_size: the most bytes one receive asks the stream for.
-      timeout: seconds a read may wait for the peer before `TimeoutError`; None waits forever.
+      timeout: seconds a read may wait for the peer before `PeerTimeoutError`; None waits forever.
         ``readline()`` must receive its whole line within it.
       max_line_length: the longest line, terminator included, that ``readline()`` without
         a limit accepts; None accepts any length (and buffers without bound).
@@ -172,7 +172,7 @@ class AsyncReader:
             ``max_line_length`` bytes. The bytes stay buffered, and never more than
             ``max_line_length`` of them: a receive for a line asks for no more than the
             line may still take.
-          TimeoutError: ``timeout`` is set and the whole line did not arrive within it,
+          PeerTimeoutError: ``timeout`` is set and the whole line did not arrive within it,
             however the peer dripped it (one timeout per call, not per receive).
         """
         # The hot path of every line-based handler, so it is written flat: the receive is
@@ -243,7 +243,7 @@ class AsyncWriter:
       bufsize: 0 sends every write at once (socketserver's default, ``wbufsize = 0``); a
         positive size collects writes until that many bytes are waiting; negative uses
         `io.DEFAULT_BUFFER_SIZE`.
-      timeout: seconds a send may wait for the peer before `TimeoutError`; None waits.
+      timeout: seconds a send may wait for the peer before `PeerTimeoutError`; None waits.
     """
 
     __slots__ = ("_closed", "_pending", "_stream", "bufsize", "timeout")

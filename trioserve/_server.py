@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import trio
 
 from . import _options
-from ._exceptions import BrokenConnectionError, LineTooLongError
+from ._exceptions import BrokenConnectionError, LineTooLongError, PeerTimeoutError
 from ._handlers import BaseRequestHandler, run_handler
 from ._policy import Concurrency, concurrency_of
 
@@ -455,13 +455,17 @@ class BaseServer:
         """Report an exception raised while handling a request; the server keeps serving.
 
         Call it from an ``except`` block, as the server does. The default logs to the
-        ``"trioserve"`` logger: a peer that disconnected at debug level and a line longer
-        than ``max_line_length`` at warning level, both in one line; anything else at
-        error level with its traceback.
+        ``"trioserve"`` logger: a peer that disconnected at debug level, a peer too slow
+        for the handler's ``timeout`` (`~trioserve.PeerTimeoutError`) at info level, and
+        a line longer than ``max_line_length`` at warning level, all three in one line;
+        anything else (a `TimeoutError` of the handler's own too) at error level with its
+        traceback.
         """
         exc = sys.exc_info()[1]
         if isinstance(exc, (BrokenConnectionError, trio.BrokenResourceError)):
             logger.debug("%s disconnected: %s", _peer(client_address), exc)
+        elif isinstance(exc, PeerTimeoutError):
+            logger.info("%s timed out: %s", _peer(client_address), exc)
         elif isinstance(exc, LineTooLongError):
             logger.warning("request from %s refused: %s", _peer(client_address), exc)
         else:

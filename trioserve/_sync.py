@@ -66,6 +66,7 @@ import os
 import socket
 import socketserver
 import threading
+import time
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar, final
@@ -74,7 +75,7 @@ import trio
 
 from . import _server
 from ._buffer import ReceiveBuffer
-from ._exceptions import BrokenConnectionError, LineTooLongError
+from ._exceptions import BrokenConnectionError, LineTooLongError, PeerTimeoutError
 from ._files import DEFAULT_RECEIVE_SIZE
 
 if TYPE_CHECKING:
@@ -105,6 +106,13 @@ def _broken(exc: BaseException) -> BrokenConnectionError:
     return BrokenConnectionError(f"connection broken by the peer: {exc}")
 
 
+def _timed_out(sock: object) -> PeerTimeoutError:
+    """The `PeerTimeoutError` for a timeout of *sock* (its ``gettimeout()``, if it has one)."""
+    gettimeout = getattr(sock, "gettimeout", None)
+    timeout = gettimeout() if gettimeout is not None else None
+    return PeerTimeoutError(0.0 if timeout is None else timeout)
+
+
 # -- blocking files ------------------------------------------------------------------------
 
 
@@ -115,12 +123,14 @@ class SyncReader(io.BufferedIOBase):
     ``readline(limit)``, ``readlines``, iteration), with the rules of the async
     `~trioserve.AsyncReader`: a peer that resets the connection raises
     `~trioserve.BrokenConnectionError` (a `ConnectionError`), the socket's timeout raises
-    `TimeoutError`, and ``readline()`` without a limit raises
-    `~trioserve.LineTooLongError` when no line end comes within ``max_line_length`` bytes
-    (the bytes stay buffered).
+    `~trioserve.PeerTimeoutError` (a `TimeoutError`), and ``readline()`` without a limit
+    raises `~trioserve.LineTooLongError` when no line end comes within ``max_line_length``
+    bytes (the bytes stay buffered, never more than ``max_line_length`` of them).
+    ``readline()`` applies the socket's timeout to the whole line, not to each receive.
 
     Args:
-      sock: a `socket.socket` or a `StreamSocket`; only its ``recv`` is used.
+      sock: a `socket.socket` or a `StreamSocket`; its ``recv`` is used, and its
+        ``gettimeout``/``settimeout`` (if it has them) to bound a whole line.
       receive_size: the most bytes one ``recv`` asks for.
       max_line_length: the longest line ``readline()`` without a limit accepts; None for
         no limit.
@@ -150,16 +160,21 @@ class SyncReader(io.BufferedIOBase):
         if self.closed:
             raise ValueError("I/O operation on closed file")
 
-    def _fill(self) -> bool:
-        """Receive once into the buffer; False at end of file."""
+    def _fill(self, size: int = 0) -> bool:
+        """Receive once (up to *size* bytes, ``receive_size`` if 0) into the buffer.
+
+        Returns False at end of file.
+        """
         if self._eof:
             return False
         try:
-            data = self._sock.recv(self.receive_size)
-        except BrokenConnectionError:
+            data = self._sock.recv(size or self.receive_size)
+        except (BrokenConnectionError, PeerTimeoutError):
             raise
         except (ConnectionResetError, ConnectionAbortedError, BrokenPipeError) as exc:
             raise _broken(exc) from exc
+        except TimeoutError:
+            raise _timed_out(self._sock) from None
         if not data:
             self._eof = True
             return False
@@ -194,19 +209,56 @@ class SyncReader(io.BufferedIOBase):
 
         Raises:
           LineTooLongError: no limit was given and no line end came within
-            ``max_line_length`` bytes.
+            ``max_line_length`` bytes. The bytes stay buffered, and never more than
+            ``max_line_length`` of them: a receive for a line asks for no more than the
+            line may still take.
+          PeerTimeoutError: the socket has a timeout and the whole line did not arrive
+            within it, however the peer dripped it (one timeout per call, not per receive).
         """
         self._check_open()
         limit = -1 if size is None else size
         buffer = self._buffer
-        while True:
-            line = buffer.take_line(limit)
-            if line is not None:
-                return line
-            if limit < 0 and self.max_line_length and buffer.line_too_long(self.max_line_length):
-                raise LineTooLongError(self.max_line_length)
-            if not self._fill():
-                return buffer.take_all()
+        max_line_length = self.max_line_length
+        timeout: float | None = None
+        deadline = 0.0
+        received = adjusted = False
+        try:
+            while True:
+                line = buffer.take_line(limit)
+                if line is not None:
+                    return line
+                receive_size = self.receive_size
+                if limit < 0 and max_line_length:
+                    if buffer.line_too_long(max_line_length):
+                        raise LineTooLongError(max_line_length)
+                    # No line end yet, and less than the limit buffered: receive no more
+                    # than the line may still take, so a too-long line never buffers more.
+                    receive_size = min(receive_size, max_line_length - len(buffer))
+                if self._eof:
+                    return buffer.take_all()
+                if not received:
+                    # The first receive waits the socket's own timeout, unchanged.
+                    received = True
+                    gettimeout = getattr(self._sock, "gettimeout", None)
+                    timeout = gettimeout() if gettimeout is not None else None
+                    if timeout is not None:
+                        deadline = time.monotonic() + timeout
+                elif timeout is not None:
+                    # Later receives get what is left: a slow drip does not renew it.
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise PeerTimeoutError(timeout)
+                    self._sock.settimeout(remaining)
+                    adjusted = True
+                if not self._fill(receive_size):
+                    return buffer.take_all()
+        except PeerTimeoutError as exc:
+            if timeout is not None and exc.timeout != timeout:
+                raise PeerTimeoutError(timeout) from None
+            raise
+        finally:
+            if adjusted:
+                self._sock.settimeout(timeout)
 
 
 class SyncWriter(io.BufferedIOBase):
@@ -214,7 +266,8 @@ class SyncWriter(io.BufferedIOBase):
 
     With ``bufsize`` 0 every ``write`` is sent at once, as socketserver's ``wfile`` does
     with ``wbufsize = 0``; otherwise writes are collected until ``bufsize`` bytes wait, or
-    ``flush()``. A peer that is gone raises `~trioserve.BrokenConnectionError`.
+    ``flush()``. A peer that is gone raises `~trioserve.BrokenConnectionError`, one that
+    does not take the data within the socket's timeout `~trioserve.PeerTimeoutError`.
 
     Args:
       sock: a `socket.socket` or a `StreamSocket`; only its ``sendall`` is used.
@@ -235,10 +288,12 @@ class SyncWriter(io.BufferedIOBase):
     def _send(self, data: Buffer) -> None:
         try:
             self._sock.sendall(data)
-        except BrokenConnectionError:
+        except (BrokenConnectionError, PeerTimeoutError):
             raise
         except (ConnectionResetError, ConnectionAbortedError, BrokenPipeError) as exc:
             raise _broken(exc) from exc
+        except TimeoutError:
+            raise _timed_out(self._sock) from None
 
     def write(self, data: Buffer) -> int:
         """Write *data*; return how many bytes it holds. Unbuffered writes are sent now."""
@@ -290,7 +345,8 @@ class StreamSocket:
     `trio.from_thread.run`, so it works over any `trio.abc.Stream`, more slowly than a
     real socket. The methods behave as a socket's: ``recv`` returns b"" at end of file, a
     vanished peer raises `~trioserve.BrokenConnectionError` (a `ConnectionError`), an
-    expired timeout raises `TimeoutError`, a closed one `OSError` (``EBADF``). Socket
+    expired timeout raises `~trioserve.PeerTimeoutError` (a `TimeoutError`), a closed one
+    `OSError` (``EBADF``). Socket
     options and addresses come from the socket under the stream, if there is one
     (``ENOTSOCK`` otherwise).
 
@@ -335,7 +391,7 @@ class StreamSocket:
         try:
             return trio.from_thread.run(self._in_trio, operation, *args, trio_token=self._token)
         except trio.TooSlowError:
-            raise TimeoutError("timed out") from None
+            raise PeerTimeoutError(self._timeout or 0.0) from None
         except trio.ClosedResourceError:
             raise OSError(errno.EBADF, "Bad file descriptor") from None
         except BrokenConnectionError:
