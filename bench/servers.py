@@ -8,11 +8,14 @@ with status 3, so the runner can say so and carry on.
 HTTP contenders (the same keep-alive hello world, `bench._common.RESPONSE`):
 
 * ``trioserve-async``: an ``async def`` `trioserve.StreamRequestHandler` on
-  `trioserve.ThreadingTCPServer`;
-* ``trioserve-sync``: the same handler body as a plain ``def`` (a worker thread);
+  `trioserve.ThreadingTCPServer`, reading the request line and headers with
+  ``rfile.readline()`` as the raw Trio, asyncio and stdlib contenders do;
+* ``trioserve-sync``: the line-by-line handler body (``readline`` up to the blank line) as
+  a plain ``def`` (a worker thread);
 * ``trioserve-http``: an unmodified `http.server.BaseHTTPRequestHandler` subclass on
   trioserve (``trioserve.ThreadingHTTPServer`` if it exists, else ``ThreadingTCPServer``);
-* ``trioserve-pool``: the async handler on ``trioserve.ForkingTCPServer`` (2 workers);
+* ``trioserve-pool``: the line-by-line async handler on ``trioserve.ForkingTCPServer``
+  (2 workers);
 * ``trio``: raw `trio.serve_tcp` with a hand-written buffered reader;
 * ``stdlib``: `socketserver.ThreadingTCPServer` with the sync handler body;
 * ``stdlib-http``: `http.server.ThreadingHTTPServer`, the handler with ``TCP_NODELAY``;

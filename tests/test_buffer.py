@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from trioserve import LineTooLongError
 from trioserve._buffer import ReceiveBuffer
 
 
@@ -87,3 +88,84 @@ def test_lines_match_bytesio_however_fed(
             buffer.feed(remaining[:size])
             remaining = remaining[size:]
         assert line == expected
+
+
+def test_take_until_finds_a_separator_split_across_feeds() -> None:
+    buffer = ReceiveBuffer()
+    buffer.feed(b"GET / HTTP/1.1\r\nHost: x\r\n\r")
+    assert buffer.take_until(b"\r\n\r\n") is None
+    buffer.feed(b"\nGET /2")
+    assert buffer.take_until(b"\r\n\r\n") == b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+    assert buffer.take_until(b"\r\n\r\n") is None
+    assert buffer.take_all() == b"GET /2"
+
+
+def test_take_until_with_another_separator_searches_again() -> None:
+    buffer = ReceiveBuffer()
+    buffer.feed(b"a;b|c")
+    assert buffer.take_until(b"!") is None
+    assert buffer.take_until(b"|") == b"a;b|"
+    buffer.feed(b";")
+    assert buffer.take_until(b"|") is None  # the remembered position is for b"|"
+    assert buffer.take_until(b";") == b"c;"
+
+
+def test_take_until_limit_counts_the_separator_and_keeps_the_bytes() -> None:
+    buffer = ReceiveBuffer()
+    buffer.feed(b"abc")
+    assert buffer.take_until(b"\r\n", 5) is None
+    buffer.feed(b"\r\n")
+    assert buffer.take_until(b"\r\n", 5) == b"abc\r\n"
+    buffer.feed(b"abcd\r\n")
+    with pytest.raises(LineTooLongError, match="5 bytes"):
+        buffer.take_until(b"\r\n", 5)
+    assert buffer.take_until(b"\r\n", 6) == b"abcd\r\n"
+    with pytest.raises(ValueError, match="separator must not be empty"):
+        buffer.take_until(b"")
+
+
+@given(
+    data=st.lists(st.sampled_from([b"a", b"b", b"\n", b"xyz"]), max_size=150).map(b"".join),
+    separator=st.sampled_from([b"a", b"ab", b"aba", b"abab", b"bb\n"]),
+    chunks=st.lists(st.integers(min_value=1, max_value=40), max_size=30),
+    takes=st.lists(st.integers(min_value=0, max_value=5), max_size=10),
+)
+def test_take_until_matches_split_however_fed(
+    data: bytes, separator: bytes, chunks: list[int], takes: list[int]
+) -> None:
+    """Fed in any chunks, mixed with take(n), take_until cuts where bytes.find says."""
+    buffer = ReceiveBuffer()
+    remaining = memoryview(data)
+    sizes = iter(chunks)
+    position = 0
+    count = 0
+    while position < len(data):
+        count += 1
+        assert count < 1000
+        if count % 3 == 0 and takes:
+            size = takes.pop()
+            expected = data[position : position + size]
+            got = buffer.take(size)
+            while len(got) < len(expected):  # take() never waits: feed and take the rest
+                step = next(sizes, len(remaining))
+                buffer.feed(remaining[:step])
+                remaining = remaining[step:]
+                got += buffer.take(size - len(got))
+            assert got == expected
+            position += size
+            continue
+        end = data.find(separator, position)
+        expected = data[position:] if end < 0 else data[position : end + len(separator)]
+        at_eof = False
+        while (piece := buffer.take_until(separator)) is None:
+            if not remaining:
+                at_eof = True
+                piece = buffer.take_all()
+                break
+            step = next(sizes, len(remaining))
+            buffer.feed(remaining[:step])
+            remaining = remaining[step:]
+        assert piece == expected
+        assert at_eof == (end < 0)
+        position += len(piece)
+    assert not buffer

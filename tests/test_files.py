@@ -175,3 +175,58 @@ async def test_write_timeout_raises_timeout_error(autojump_clock: trio.testing.M
     writer = AsyncWriter(client, timeout=3)
     with pytest.raises(PeerTimeoutError, match="within 3 seconds"):
         await writer.write(b"nobody reads this")
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    data=st.lists(st.sampled_from([b"\r\n", b"x", b"\n"]), max_size=80).map(b"".join),
+    sizes=st.lists(st.integers(1, 30), max_size=20),
+)
+async def test_readuntil_cuts_at_each_separator_however_the_peer_chunks(
+    data: bytes, sizes: list[int]
+) -> None:
+    reader = AsyncReader(ChunkedStream(data, sizes), max_line_length=None)
+    expected = data.split(b"\r\n\r\n")
+    pieces = [piece + b"\r\n\r\n" for piece in expected[:-1]]
+    pieces += [expected[-1]] if expected[-1] else []
+    got = []
+    while piece := await reader.readuntil(b"\r\n\r\n"):
+        got.append(piece)
+    assert got == pieces  # the last one without a separator: the rest at end of file
+    assert await reader.readuntil(b"\r\n\r\n") == b""
+
+
+async def test_readuntil_stops_at_the_limit_and_keeps_the_bytes() -> None:
+    stream = ChunkedStream(b"x" * 100 + b"\r\n\r\nrest", [7] * 30)
+    reader = AsyncReader(stream, max_line_length=32, receive_size=1000)
+    with pytest.raises(LineTooLongError, match="32 bytes") as info:
+        await reader.readuntil(b"\r\n\r\n")
+    assert info.value.max_line_length == 32
+    assert len(reader._buffer) == 32  # never buffered past the limit
+    with pytest.raises(LineTooLongError, match="50 bytes"):
+        await reader.readuntil(b"\r\n\r\n", 50)
+    assert await reader.readuntil(b"\r\n\r\n", 104) == b"x" * 100 + b"\r\n\r\n"
+    assert await reader.readuntil(b"\r\n\r\n") == b"rest"
+    with pytest.raises(ValueError, match="separator must not be empty"):
+        await reader.readuntil(b"")
+
+
+async def test_readuntil_timeout_covers_the_whole_call(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    client, server = trio.testing.memory_stream_pair()
+    reader = AsyncReader(server, timeout=5)
+
+    async def drip() -> None:
+        for _ in range(10):
+            await client.send_all(b"x")
+            await trio.sleep(1)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(drip)
+        start = trio.current_time()
+        with pytest.raises(TimeoutError):
+            await reader.readuntil(b"\r\n")
+        assert trio.current_time() - start == pytest.approx(5)
+    await client.send_all(b"\r\n")
+    assert await reader.readuntil(b"\r\n") == b"x" * 10 + b"\r\n"

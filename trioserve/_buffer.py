@@ -13,6 +13,12 @@ The rules are those of `io.BufferedReader`:
 * at end of file the unterminated rest is a line of its own;
 * nothing is lost: a piece that cannot be returned yet stays in the buffer.
 
+``take_until(separator, limit)`` cuts at any separator instead (``readuntil``, e.g. a whole
+HTTP head at ``b"\r\n\r\n"``). It remembers where its search stopped, so bytes are
+searched once however many receives a piece takes, backing off ``len(separator) - 1``
+bytes so that a separator split across two receives is still found; with a *limit* it
+raises `trioserve.LineTooLongError` once no separator can end within it.
+
 On top of those rules sits one limit of our own, ``max_line_length``: an unbounded
 ``readline()`` on a peer that never sends ``b"\\n"`` would buffer without end, so the
 reader asks `line_too_long` and raises `trioserve.LineTooLongError` instead, leaving the
@@ -36,6 +42,8 @@ consumed line by line until the buffer is empty again.
 
 from __future__ import annotations
 
+from ._exceptions import LineTooLongError
+
 __all__ = ["ReceiveBuffer"]
 
 _EMPTY = b""
@@ -44,7 +52,7 @@ _EMPTY = b""
 class ReceiveBuffer:
     """Bytes received from a peer and not consumed yet."""
 
-    __slots__ = ("_data", "_scanned", "_start")
+    __slots__ = ("_data", "_scanned", "_start", "_until", "_until_separator")
 
     def __init__(self) -> None:
         self._data: bytes | bytearray = _EMPTY
@@ -53,6 +61,9 @@ class ReceiveBuffer:
         # Every byte of _data before this index is known not to be b"\n": searching for the
         # end of a line restarts here, so a long line arriving in many pieces is scanned once.
         self._scanned = 0
+        # No occurrence of _until_separator starts before this index of _data (take_until).
+        self._until = 0
+        self._until_separator = _EMPTY
 
     def __len__(self) -> int:
         return len(self._data) - self._start
@@ -67,7 +78,7 @@ class ReceiveBuffer:
         if start == len(held):
             # Empty: keep the chunk itself (a copy only if it is mutable).
             self._data = data if type(data) is bytes else bytes(data)
-            self._start = self._scanned = 0
+            self._start = self._scanned = self._until = 0
             return
         if isinstance(held, bytes):
             held = self._data = bytearray(held[start:])
@@ -77,6 +88,7 @@ class ReceiveBuffer:
             held += data
             return
         self._scanned -= start
+        self._until -= start
         self._start = 0
         held += data
 
@@ -148,6 +160,49 @@ class ReceiveBuffer:
                 return self._take(limit)
             return None
         return self._take(limit)
+
+    def take_until(self, separator: bytes, limit: int = -1) -> bytes | None:
+        """Remove and return the bytes up to and including *separator*, or None for now.
+
+        The search is incremental: the bytes already searched are not searched again when
+        more arrive, and a separator split across two `feed` calls is still found.
+
+        Args:
+          separator: the non-empty byte string that ends the piece.
+          limit: with ``limit >= 0``, the most bytes the piece, separator included, may
+            hold; negative for no limit.
+
+        Returns:
+          The piece ending with *separator*, or None when the buffer holds no separator
+          (within *limit* bytes) yet. At end of file the caller takes the rest with
+          `take_all`.
+
+        Raises:
+          LineTooLongError: the buffer holds *limit* bytes or more and no separator ends
+            within the first *limit* of them, so none ever will. The bytes stay buffered.
+          ValueError: *separator* is empty.
+        """
+        size = len(separator)
+        if not size:
+            raise ValueError("separator must not be empty")
+        data = self._data
+        start = self._start
+        begin = self._until if separator == self._until_separator else start
+        if begin < start:
+            begin = start
+        stop = len(data)
+        if limit >= 0 and start + limit < stop:
+            stop = start + limit
+        end = data.find(separator, begin, stop)
+        if end >= 0:
+            return self._take(end + size - start)
+        # No separator starts before the last size - 1 bytes searched: the next search
+        # begins there, so a separator split across receives is found whole.
+        self._until_separator = separator
+        self._until = max(begin, stop - size + 1)
+        if 0 <= limit <= len(data) - start:
+            raise LineTooLongError(limit)
+        return None
 
     def line_too_long(self, max_length: int) -> bool:
         """Whether the buffer holds *max_length* bytes or more with no ``b"\\n"`` among them.

@@ -12,8 +12,8 @@ Error handling, decided once for every handler:
   (a `trio.BrokenResourceError` and a `ConnectionError`);
 * a read or write that takes longer than the handler's ``timeout`` raises `PeerTimeoutError`,
   a built-in `TimeoutError` (which is `socket.timeout`, what a stdlib handler sees);
-* ``readline()`` without a limit raises `LineTooLongError` when no line end comes within
-  ``max_line_length`` bytes;
+* ``readline()`` and ``readuntil()`` without a limit raise `LineTooLongError` when no line
+  end (separator) comes within ``max_line_length`` bytes;
 * using a file after ``close()`` raises `ValueError`, as closed files do.
 
 Reads served from the buffer return without a Trio checkpoint, as any hand-written
@@ -196,6 +196,63 @@ class AsyncReader:
                 size = min(size, self.max_line_length - len(buffer))
             if self._eof:
                 return buffer.take_all()
+            if self.timeout is not None:
+                if deadline is None:  # a slow drip must not renew the timeout per byte
+                    deadline = trio.current_time() + self.timeout
+                if not await self._fill(size, deadline):
+                    return buffer.take_all()
+                continue
+            try:
+                data = await self._stream.receive_some(size)
+            except trio.BrokenResourceError as exc:
+                if isinstance(exc, BrokenConnectionError):
+                    raise
+                raise _broken(exc) from exc
+            if not data:
+                self._eof = True
+                return buffer.take_all()
+            buffer.feed(data)
+
+    async def readuntil(self, separator: bytes = b"\n", limit: int | None = -1) -> bytes:
+        """Read up to and including *separator*; the unterminated rest at end of file.
+
+        As `asyncio.StreamReader.readuntil`, for framing such as an HTTP head
+        (``await rfile.readuntil(b"\\r\\n\\r\\n")``), with two differences that match
+        ``readline()``: at end of file the bytes left come back without the separator
+        (b"" when none are left) instead of raising `asyncio.IncompleteReadError`, and a
+        piece that is too long raises `LineTooLongError`.
+
+        Args:
+          separator: the non-empty byte string that ends the piece.
+          limit: with ``limit >= 0``, the most bytes the piece, separator included, may
+            hold; None or negative uses ``max_line_length`` (no limit if that is None).
+
+        Returns:
+          The bytes up to and including the first *separator*, or the rest at end of file.
+
+        Raises:
+          LineTooLongError: no separator came within the limit. The bytes stay buffered,
+            and never more than the limit of them: a receive asks for no more than the
+            piece may still take.
+          PeerTimeoutError: ``timeout`` is set and the whole piece did not arrive within it
+            (one timeout per call, not per receive).
+          ValueError: *separator* is empty, or the file is closed.
+        """
+        if self._closed:
+            raise ValueError("I/O operation on closed file")
+        if limit is None or limit < 0:
+            limit = -1 if self.max_line_length is None else self.max_line_length
+        buffer = self._buffer
+        deadline: float | None = None
+        while True:
+            piece = buffer.take_until(separator, limit)
+            if piece is not None:
+                return piece
+            if self._eof:
+                return buffer.take_all()
+            size = self.receive_size
+            if limit >= 0:
+                size = min(size, limit - len(buffer))
             if self.timeout is not None:
                 if deadline is None:  # a slow drip must not renew the timeout per byte
                     deadline = trio.current_time() + self.timeout
