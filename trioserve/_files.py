@@ -253,22 +253,10 @@ class AsyncReader:
             size = self.receive_size
             if limit >= 0:
                 size = min(size, limit - len(buffer))
-            if self.timeout is not None:
-                if deadline is None:  # a slow drip must not renew the timeout per byte
-                    deadline = trio.current_time() + self.timeout
-                if not await self._fill(size, deadline):
-                    return buffer.take_all()
-                continue
-            try:
-                data = await self._stream.receive_some(size)
-            except trio.BrokenResourceError as exc:
-                if isinstance(exc, BrokenConnectionError):
-                    raise
-                raise _broken(exc) from exc
-            if not data:
-                self._eof = True
+            if self.timeout is not None and deadline is None:
+                deadline = trio.current_time() + self.timeout  # one timeout for the call
+            if not await self._fill(size, deadline):
                 return buffer.take_all()
-            buffer.feed(data)
 
     async def readlines(self, hint: int | None = -1) -> list[bytes]:
         """Read lines until end of file, or until they add up to more than *hint* bytes."""
