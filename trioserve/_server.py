@@ -14,7 +14,10 @@ handlers still running then are cancelled. Cancelling the scope around ``serve_f
 cancels both at once. Either way the nursery does not exit before every handler task
 (and the worker thread of every sync handler) is done, and every connection is closed in
 a ``finally`` as its task ends, so when ``serve_forever`` returns nothing it opened is
-left.
+left. The one exception is a sync handler's thread stuck outside socket I/O (in
+``time.sleep``, on a lock): shutting its connection down cannot wake it, so after
+``trioserve._sync.ABANDON_AFTER`` seconds it is abandoned, with an error logged, rather
+than holding ``serve_forever`` forever (see the sync handlers page).
 
 `shutdown` may be called from any task or thread. From the thread of the serving run it
 only asks the loop to stop and returns. From another thread it also waits, as
