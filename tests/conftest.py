@@ -3,8 +3,12 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Iterator
+from typing import ClassVar
 
 import pytest
+import trio
+
+from .helpers import HoldHandler
 
 
 def open_fds() -> set[int]:
@@ -35,3 +39,14 @@ def _has_ipv6() -> bool:
 
 HAS_IPV6 = _has_ipv6()
 needs_ipv6 = pytest.mark.skipif(not HAS_IPV6, reason="no IPv6 loopback here")
+
+
+@pytest.fixture
+def hold_handler() -> type[HoldHandler]:
+    """A `HoldHandler` subclass with a fresh ``started`` event and ``cancelled`` record."""
+
+    class Handler(HoldHandler):
+        started = trio.Event()
+        cancelled: ClassVar[list[str]] = []
+
+    return Handler

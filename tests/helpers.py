@@ -2,7 +2,30 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import trio
+
+from trioserve import StreamRequestHandler
+
+
+class HoldHandler(StreamRequestHandler):
+    """Holds its connection until cancelled; records what happened to it.
+
+    Use the ``hold_handler`` fixture: it gives each test a subclass with its own event and
+    record.
+    """
+
+    started: ClassVar[trio.Event]
+    cancelled: ClassVar[list[str]]
+
+    async def handle(self) -> None:
+        type(self).started.set()
+        try:
+            await trio.sleep_forever()
+        except trio.Cancelled:
+            type(self).cancelled.append("cancelled")
+            raise
 
 
 async def receive_exactly(stream: trio.abc.ReceiveStream, size: int) -> bytes:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import socket
 import socketserver
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,14 @@ SERVERS = [
     pytest.param(UDPServer, ("127.0.0.1", 0), id="udp4-plain"),
     pytest.param(UnixDatagramServer, None, id="unix-plain"),
 ]
+
+
+@contextlib.asynccontextmanager
+async def udp_client(server: trioserve.SocketServer) -> AsyncIterator[trio.socket.SocketType]:
+    """A UDP socket connected to *server*, closed on exit."""
+    with trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        await client.connect(server.server_address)
+        yield client
 
 
 async def exchange(server: trioserve.SocketServer, data: bytes) -> bytes:
@@ -211,17 +220,14 @@ async def test_the_reply_is_sent_once_after_finish_with_what_finish_wrote() -> N
             await super().finish()
 
     with UDPServer(("127.0.0.1", 0), Framed) as server:
-        async with serving(server):
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as raw:
-                client = trio.socket.from_stdlib_socket(raw)
-                await client.connect(server.server_address)
-                await client.send(b"x")
-                with trio.fail_after(PATIENCE):
-                    assert await client.recv(100) == b"body;more;trailer"
-                # And nothing else: the next datagram is the next request's reply.
-                await client.send(b"y")
-                with trio.fail_after(PATIENCE):
-                    assert await client.recv(100) == b"body;more;trailer"
+        async with serving(server), udp_client(server) as client:
+            await client.send(b"x")
+            with trio.fail_after(PATIENCE):
+                assert await client.recv(100) == b"body;more;trailer"
+            # And nothing else: the next datagram is the next request's reply.
+            await client.send(b"y")
+            with trio.fail_after(PATIENCE):
+                assert await client.recv(100) == b"body;more;trailer"
 
 
 async def test_a_handler_that_writes_nothing_sends_nothing() -> None:
@@ -231,15 +237,12 @@ async def test_a_handler_that_writes_nothing_sends_nothing() -> None:
                 await self.wfile.write(b"")  # an explicit empty reply is still a reply
 
     with UDPServer(("127.0.0.1", 0), Quiet) as server:
-        async with serving(server):
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as raw:
-                client = trio.socket.from_stdlib_socket(raw)
-                await client.connect(server.server_address)
-                await client.send(b"quiet")
-                await client.send(b"speak")
-                with trio.fail_after(PATIENCE):
-                    # The first datagram back is the empty reply to "speak".
-                    assert await client.recv(100) == b""
+        async with serving(server), udp_client(server) as client:
+            await client.send(b"quiet")
+            await client.send(b"speak")
+            with trio.fail_after(PATIENCE):
+                # The first datagram back is the empty reply to "speak".
+                assert await client.recv(100) == b""
 
 
 async def test_a_finish_override_without_super_still_sends_the_reply() -> None:
@@ -290,14 +293,11 @@ async def test_a_reply_too_long_for_a_datagram_goes_to_handle_error() -> None:
             errors.append(sys.exc_info()[1])
 
     with Server(("127.0.0.1", 0), Huge) as server:
-        async with serving(server):
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as raw:
-                client = trio.socket.from_stdlib_socket(raw)
-                await client.connect(server.server_address)
-                await client.send(b"huge")
-                await client.send(b"small")
-                with trio.fail_after(PATIENCE):
-                    assert await client.recv(100) == b"xxx"
+        async with serving(server), udp_client(server) as client:
+            await client.send(b"huge")
+            await client.send(b"small")
+            with trio.fail_after(PATIENCE):
+                assert await client.recv(100) == b"xxx"
     (error,) = errors
     assert isinstance(error, OSError)
     assert error.errno == errno.EMSGSIZE
@@ -420,30 +420,27 @@ async def test_at_the_limit_the_server_stops_receiving_until_a_slot_frees() -> N
             await self.wfile.write(b"done " + self.packet)
 
     with ThreadingUDPServer(("127.0.0.1", 0), Held, max_concurrent_datagrams=2) as server:
-        async with serving(server):
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as raw:
-                client = trio.socket.from_stdlib_socket(raw)
-                await client.connect(server.server_address)
-                for index in range(5):
-                    await client.send(b"%d" % index)
-                await trio.testing.wait_all_tasks_blocked()
-                # Two handlers run; the loop waits for a slot, and the other three
-                # datagrams wait in the kernel.
-                assert sorted(running) == [b"0", b"1"]
-                release.setdefault(b"0", trio.Event()).set()
-                with trio.fail_after(PATIENCE):
-                    assert await client.recv(100) == b"done 0"
-                await trio.testing.wait_all_tasks_blocked()
-                # One slot freed, one more datagram received.
-                assert sorted(running) == [b"0", b"1", b"2"]
-                for index in range(1, 5):
-                    release.setdefault(b"%d" % index, trio.Event()).set()
-                replies = set()
-                with trio.fail_after(PATIENCE):
-                    for _ in range(4):
-                        replies.add(await client.recv(100))
-                # Nothing was lost while the server was not receiving.
-                assert replies == {b"done 1", b"done 2", b"done 3", b"done 4"}
+        async with serving(server), udp_client(server) as client:
+            for index in range(5):
+                await client.send(b"%d" % index)
+            await trio.testing.wait_all_tasks_blocked()
+            # Two handlers run; the loop waits for a slot, and the other three
+            # datagrams wait in the kernel.
+            assert sorted(running) == [b"0", b"1"]
+            release.setdefault(b"0", trio.Event()).set()
+            with trio.fail_after(PATIENCE):
+                assert await client.recv(100) == b"done 0"
+            await trio.testing.wait_all_tasks_blocked()
+            # One slot freed, one more datagram received.
+            assert sorted(running) == [b"0", b"1", b"2"]
+            for index in range(1, 5):
+                release.setdefault(b"%d" % index, trio.Event()).set()
+            replies = set()
+            with trio.fail_after(PATIENCE):
+                for _ in range(4):
+                    replies.add(await client.recv(100))
+            # Nothing was lost while the server was not receiving.
+            assert replies == {b"done 1", b"done 2", b"done 3", b"done 4"}
 
 
 async def test_the_plain_server_handles_one_datagram_at_a_time() -> None:
@@ -459,14 +456,11 @@ async def test_the_plain_server_handles_one_datagram_at_a_time() -> None:
             await self.wfile.write(self.packet)
 
     with UDPServer(("127.0.0.1", 0), Slow) as server:
-        async with serving(server):
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as raw:
-                client = trio.socket.from_stdlib_socket(raw)
-                await client.connect(server.server_address)
-                for index in range(3):
-                    await client.send(b"%d" % index)
-                with trio.fail_after(PATIENCE):
-                    assert [await client.recv(10) for _ in range(3)] == [b"0", b"1", b"2"]
+        async with serving(server), udp_client(server) as client:
+            for index in range(3):
+                await client.send(b"%d" % index)
+            with trio.fail_after(PATIENCE):
+                assert [await client.recv(10) for _ in range(3)] == [b"0", b"1", b"2"]
     assert most == [1]
 
 
@@ -703,14 +697,11 @@ async def test_hooks_run_for_datagrams() -> None:
             calls.append("service")
 
     with Hooked(("127.0.0.1", 0), FileUpper) as server:
-        async with serving(server):
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as raw:
-                client = trio.socket.from_stdlib_socket(raw)
-                await client.connect(server.server_address)
-                await client.send(b"refused")
-                await client.send(b"accepted")
-                with trio.fail_after(PATIENCE):
-                    assert await client.recv(100) == b"ACCEPTED"
+        async with serving(server), udp_client(server) as client:
+            await client.send(b"refused")
+            await client.send(b"accepted")
+            with trio.fail_after(PATIENCE):
+                assert await client.recv(100) == b"ACCEPTED"
     assert calls[:4] == ["verify", "service", "verify", "service"]
 
 
@@ -812,14 +803,11 @@ async def test_a_sync_reply_too_long_for_a_datagram_goes_to_handle_error(
 
     # One at a time: "huge" is handled (and its error reported) before "small" is answered.
     with UDPServer(("127.0.0.1", 0), Huge) as server:
-        async with serving(server):
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as raw:
-                client = trio.socket.from_stdlib_socket(raw)
-                await client.connect(server.server_address)
-                await client.send(b"huge")
-                await client.send(b"small")
-                with trio.fail_after(PATIENCE):
-                    assert await client.recv(100) == b"xxx"
+        async with serving(server), udp_client(server) as client:
+            await client.send(b"huge")
+            await client.send(b"small")
+            with trio.fail_after(PATIENCE):
+                assert await client.recv(100) == b"xxx"
     (record,) = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert record.exc_info is not None
     assert isinstance(record.exc_info[1], OSError)

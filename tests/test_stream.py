@@ -17,7 +17,7 @@ from trioserve import StreamRequestHandler, TCPServer, ThreadingTCPServer
 from trioserve.testing import connect, serving
 
 from .conftest import needs_ipv6
-from .helpers import receive_exactly
+from .helpers import HoldHandler, receive_exactly
 
 pytestmark = pytest.mark.usefixtures("fd_leak_check")
 
@@ -100,30 +100,6 @@ async def test_plain_server_handles_one_connection_at_a_time() -> None:
             await first.aclose()
             assert await receive_exactly(second, 4) == b"TWO\n"
             await second.aclose()
-
-
-class HoldHandler(StreamRequestHandler):
-    """Holds its connection until cancelled; records what happened to it."""
-
-    started: trio.Event
-    cancelled: list[str]
-
-    async def handle(self) -> None:
-        type(self).started.set()
-        try:
-            await trio.sleep_forever()
-        except trio.Cancelled:
-            type(self).cancelled.append("cancelled")
-            raise
-
-
-@pytest.fixture
-def hold_handler() -> type[HoldHandler]:
-    class Handler(HoldHandler):
-        started = trio.Event()
-        cancelled: list[str] = []  # noqa: RUF012
-
-    return Handler
 
 
 async def test_cancelling_serve_forever_cancels_handlers_and_closes_connections(

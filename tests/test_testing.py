@@ -30,7 +30,7 @@ from trioserve.testing import (
 )
 
 from .conftest import needs_ipv6
-from .helpers import receive_exactly
+from .helpers import HoldHandler, receive_exactly
 
 pytestmark = pytest.mark.usefixtures("fd_leak_check")
 
@@ -54,30 +54,6 @@ class SyncRequestHandler(BaseRequestHandler):
 
     def handle(self) -> None:
         self.request.sendall(self.request.recv(1024).upper())
-
-
-class HoldHandler(StreamRequestHandler):
-    """Holds its connection until cancelled."""
-
-    started: ClassVar[trio.Event]
-    cancelled: ClassVar[list[str]]
-
-    async def handle(self) -> None:
-        type(self).started.set()
-        try:
-            await trio.sleep_forever()
-        except trio.Cancelled:
-            type(self).cancelled.append("cancelled")
-            raise
-
-
-@pytest.fixture
-def hold_handler() -> type[HoldHandler]:
-    class Handler(HoldHandler):
-        started = trio.Event()
-        cancelled: ClassVar[list[str]] = []
-
-    return Handler
 
 
 # -- serving() ----------------------------------------------------------------------------
