@@ -719,17 +719,17 @@ async def test_from_socket_serves_a_bound_udp_socket() -> None:
 
 
 class _FailingOnce:
-    """Stands in for the server's socket: ``recvmsg`` raises *error* once, then delegates."""
+    """Stands in for the server's socket: ``recvfrom`` raises *error* once, then delegates."""
 
     def __init__(self, sock: trio.socket.SocketType, error: OSError) -> None:
         self._sock = sock
         self._error: OSError | None = error
 
-    async def recvmsg(self, bufsize: int) -> Any:
+    async def recvfrom(self, bufsize: int) -> Any:
         if self._error is not None:
             error, self._error = self._error, None
             raise error
-        return await self._sock.recvmsg(bufsize)
+        return await self._sock.recvfrom(bufsize)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)

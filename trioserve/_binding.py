@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import trio
 
 from . import _options
+from ._direct import ServerSocket
 from ._server import BaseServer, HandlerClass
 
 if TYPE_CHECKING:
@@ -183,6 +184,8 @@ class SocketServer(BaseServer):
             self.server_address = check_address(self.address_family, server_address)
             self._raw_socket = socket.socket(self.address_family, self.socket_type)
         self.socket = trio.socket.from_stdlib_socket(self._raw_socket)
+        # accept/recvfrom on this socket, paced; used while self.socket is still this one.
+        self._paced = ServerSocket(self._raw_socket, self.socket)
         if bind_and_activate:
             try:
                 self.server_bind()

@@ -13,7 +13,7 @@ because they never knew what a request was.
 
 Receiving, and what can go wrong with it
 ----------------------------------------
-Errors from ``recvmsg`` are sorted here, in one place, as the stream servers sort
+Errors from ``recvfrom`` are sorted here, in one place, as the stream servers sort
 ``accept``'s:
 
 * errnos that report the fate of an earlier *send* (ECONNREFUSED from an ICMP "port
@@ -23,8 +23,14 @@ Errors from ``recvmsg`` are sorted here, in one place, as the stream servers sor
 * anything else is a real problem and propagates out of ``serve_forever``.
 
 A datagram longer than ``max_packet_size`` is truncated, as the kernel (and socketserver)
-truncates it: the rest is discarded. The server notices (``MSG_TRUNC``) and logs it at
-debug level; the handler sees the first ``max_packet_size`` bytes.
+truncates it: the rest is discarded. The server asks for one byte more than
+``max_packet_size``, so it notices, logs it at debug level and cuts that byte off; the
+handler sees the first ``max_packet_size`` bytes.
+
+The server's own socket is read with `trioserve._direct.ServerSocket`: under a flood it
+receives several queued datagrams before it yields to the handlers' tasks, rather than
+yielding once per datagram (see that module for the rule). A socket a subclass puts in
+place of ``self.socket`` is read with its own ``recvfrom``.
 
 Concurrency and backpressure
 ----------------------------
@@ -94,7 +100,7 @@ if TYPE_CHECKING:
 
 __all__ = ["DatagramRequestHandler", "UDPServer", "UnixDatagramServer"]
 
-#: Errnos from ``recvmsg`` that report an earlier send's failure: receive the next datagram.
+#: Errnos from ``recvfrom`` that report an earlier send's failure: receive the next datagram.
 _IGNORED_RECEIVE_ERRNOS = frozenset(
     getattr(errno, name)
     for name in (
@@ -188,19 +194,26 @@ class UDPServer(SocketServer):
           exhaustion pauses, anything else propagates.
         """
         complained = False
+        size = self.max_packet_size
+        paced = self._paced
         while True:
+            sock = self.socket
             try:
-                data, _, flags, client_address = await self.socket.recvmsg(self.max_packet_size)
+                # One byte more than the handler may get tells a truncated datagram.
+                if paced.owner is sock:
+                    data, client_address = await paced.recvfrom(size + 1)
+                else:  # a socket a subclass put in place of the server's own
+                    data, client_address = await sock.recvfrom(size + 1)
             except OSError as exc:
                 if exc.errno in _IGNORED_RECEIVE_ERRNOS:
-                    logger.debug("recvmsg() on %r: %s; ignored", self.server_address, exc)
+                    logger.debug("recvfrom() on %r: %s; ignored", self.server_address, exc)
                     continue
                 if exc.errno not in _CAPACITY_RECEIVE_ERRNOS:
                     raise
                 # Log the first failure of a run of them; then quietly keep trying.
                 log = logger.debug if complained else logger.error
                 log(
-                    "recvmsg() on %r failed: %s; pausing %.1f s before receiving again",
+                    "recvfrom() on %r failed: %s; pausing %.1f s before receiving again",
                     self.server_address,
                     exc,
                     RECEIVE_CAPACITY_PAUSE,
@@ -208,13 +221,14 @@ class UDPServer(SocketServer):
                 complained = True
                 await trio.sleep(RECEIVE_CAPACITY_PAUSE)
                 continue
-            if flags & socket.MSG_TRUNC:
+            if len(data) > size:
+                data = data[:size]
                 logger.debug(
                     "a datagram from %r was longer than max_packet_size; truncated to %d bytes",
                     client_address,
-                    len(data),
+                    size,
                 )
-            return (data, self.socket), client_address
+            return (data, sock), client_address
 
     async def finish_request(self, request: Any, client_address: Any) -> None:
         """Construct the handler and run its ``setup``, ``handle`` and ``finish``.

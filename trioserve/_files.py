@@ -29,6 +29,7 @@ from typing import final
 import trio
 
 from ._buffer import ReceiveBuffer
+from ._direct import DirectSocket, direct
 from ._exceptions import BrokenConnectionError, LineTooLongError, PeerTimeoutError
 
 __all__ = [
@@ -46,6 +47,10 @@ BytesLike = bytes | bytearray | memoryview
 DEFAULT_RECEIVE_SIZE = 65536
 #: The longest line ``readline()`` without a limit returns (asyncio's default too).
 DEFAULT_MAX_LINE_LENGTH = 65536
+
+
+_Receiver = DirectSocket | trio.abc.ReceiveStream
+_Sender = DirectSocket | trio.abc.SendStream
 
 
 def _timed_out(timeout: float) -> PeerTimeoutError:
@@ -92,7 +97,7 @@ class AsyncReader:
             raise ValueError(f"receive_size must be >= 1, not {receive_size}")
         if max_line_length is not None and max_line_length < 1:
             raise ValueError(f"max_line_length must be >= 1 or None, not {max_line_length}")
-        self._stream = stream
+        self._stream: _Receiver = direct(stream) or stream
         self._buffer = ReceiveBuffer()
         self._eof = False
         self._closed = False
@@ -296,7 +301,7 @@ class AsyncWriter:
     def __init__(
         self, stream: trio.abc.SendStream, *, bufsize: int = 0, timeout: float | None = None
     ) -> None:
-        self._stream = stream
+        self._stream: _Sender = direct(stream) or stream
         self._pending = bytearray()
         self._closed = False
         self.bufsize = io.DEFAULT_BUFFER_SIZE if bufsize < 0 else bufsize

@@ -174,6 +174,13 @@ async def run_handler(
         await run_sync_handler(handler_class, request, client_address, server)
         return
     assert issubclass(handler_class, BaseRequestHandler)
+    await run_async_handler(handler_class, request, client_address, server)
+
+
+async def run_async_handler(
+    handler_class: type[BaseRequestHandler], request: Any, client_address: Any, server: BaseServer
+) -> None:
+    """`run_handler` for a class known to be an async handler (`is_sync_handler` is false)."""
     handler = handler_class(request, client_address, server)
     # Each step is awaited here, not in a helper: one frame fewer under each checkpoint,
     # and the base classes' _DONE is recognised without asking whether it is awaitable.

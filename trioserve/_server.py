@@ -48,7 +48,7 @@ import trio
 
 from . import _options
 from ._exceptions import BrokenConnectionError, LineTooLongError, PeerTimeoutError
-from ._handlers import BaseRequestHandler, run_handler
+from ._handlers import BaseRequestHandler, is_sync_handler, run_async_handler, run_handler
 from ._policy import Concurrency, concurrency_of
 
 if TYPE_CHECKING:
@@ -63,6 +63,7 @@ __all__ = ["BaseServer", "HandlerClass", "logger"]
 logger = logging.getLogger("trioserve")
 
 HandlerClass = type[BaseRequestHandler] | type[socketserver.BaseRequestHandler]
+_HandlerRunner = Callable[[Any, Any, Any, "BaseServer"], Awaitable[None]]
 
 # How long closing a request may take once its handler is done or cancelled (a TLS
 # close_notify to a peer that never reads, a user's shutdown_request that blocks).
@@ -322,7 +323,7 @@ class BaseServer:
                     if handler_class is plan.direct_handler_class:
                         # What process_request and finish_request would do, two coroutine
                         # frames shallower: every checkpoint of the handler passes them.
-                        await run_handler(handler_class, request, client_address, self)
+                        await plan.run_handler(handler_class, request, client_address, self)
                         if not plan.noop_shutdown:
                             await call_hook(self.shutdown_request, request)
                     else:
@@ -538,6 +539,7 @@ class _RequestPlan:
         "plain_service_actions",
         "plain_verify",
         "prepares",
+        "run_handler",
     )
 
     def __init__(self, server: BaseServer) -> None:
@@ -555,6 +557,10 @@ class _RequestPlan:
         ) and server._runs_handler_directly(handler_class)
         #: The handler class `run_handler` may run with no process/finish_request call.
         self.direct_handler_class: HandlerClass | None = handler_class if direct else None
+        #: What runs it: for an async handler, without asking again how it runs.
+        self.run_handler: _HandlerRunner = run_handler
+        if direct and not is_sync_handler(handler_class):
+            self.run_handler = run_async_handler
 
 
 def _peer(client_address: Any) -> str:

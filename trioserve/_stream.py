@@ -1,7 +1,11 @@
 """Stream servers: `TCPServer` and `UnixStreamServer`, and their accept loop.
 
 Each accepted connection becomes a `trio.SocketStream` (which sets ``TCP_NODELAY``), the
-``request`` of one handler.
+``request`` of one handler. The server's own socket is accepted from with
+`trioserve._direct.ServerSocket`: a burst of connections is taken several at a time, not
+one per turn of the scheduler, which under load is a turn of every open connection; a
+socket a subclass puts in place of ``self.socket`` is accepted from with its own
+``accept``.
 
 Errors from ``accept()`` are sorted here, in one place, as Trio's own listeners sort them:
 
@@ -111,9 +115,14 @@ class TCPServer(SocketServer):
 
     async def get_request(self) -> tuple[trio.SocketStream, Any]:
         """Accept a connection: return its `trio.SocketStream` and the peer's address."""
+        paced = self._paced
         while True:
+            listener = self.socket
             try:
-                sock, client_address = await self.socket.accept()
+                if paced.owner is listener:
+                    sock, client_address = await paced.accept()
+                else:  # a socket a subclass put in place of the server's own
+                    sock, client_address = await listener.accept()
             except OSError as exc:
                 if exc.errno in _IGNORED_ACCEPT_ERRNOS:
                     continue

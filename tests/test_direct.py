@@ -1,0 +1,333 @@
+"""The paced socket paths (`trioserve._direct`): cancellation, fairness, errors, data."""
+
+from __future__ import annotations
+
+import array
+import socket
+import struct
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import ClassVar
+
+import pytest
+import trio
+import trio.testing
+
+from tests.helpers import receive_exactly
+from trioserve import (
+    AsyncReader,
+    AsyncWriter,
+    BrokenConnectionError,
+    StreamRequestHandler,
+    ThreadingTCPServer,
+)
+from trioserve._direct import DirectSocket, ServerSocket
+from trioserve.testing import serving
+
+
+def stream_pair() -> tuple[trio.SocketStream, trio.SocketStream]:
+    left, right = trio.socket.socketpair()
+    return trio.SocketStream(left), trio.SocketStream(right)
+
+
+def follows_pacing(turns: int, operations: int) -> bool:
+    """Whether *turns* for others during *operations* quick ones follow the pacing rule.
+
+    Every 8th operation yields (`YIELD_EVERY`); any rule from every 4th to every 16th
+    passes, Trio's own (every one) and never yielding do not.
+    """
+    return operations // 16 - 1 <= turns <= operations // 4 + 1
+
+
+async def turns_of_others_during(operation: Callable[[], Awaitable[object]], count: int) -> int:
+    """Run *operation* *count* times; return how often a busy task got to run meanwhile."""
+    turns = 0
+    done = False
+
+    async def other() -> None:
+        nonlocal turns
+        while not done:
+            turns += 1
+            await trio.lowlevel.checkpoint()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(other)
+        await trio.lowlevel.checkpoint()  # let `other` start
+        before = turns
+        for _ in range(count):
+            await operation()
+        during = turns - before
+        done = True
+    return during
+
+
+# -- DirectSocket ---------------------------------------------------------------------------
+
+
+async def test_reads_that_find_data_waiting_yield_only_every_few_times() -> None:
+    ours, peer = stream_pair()
+    async with ours, peer:
+        await peer.send_all(b"x" * 64)
+        direct = DirectSocket(ours)
+
+        async def read_one() -> None:
+            assert await direct.receive_some(1) == b"x"
+
+        turns = await turns_of_others_during(read_one, 64)
+    # Trio's own stream would have yielded 64 times; every other task still ran.
+    assert follows_pacing(turns, 64)
+
+
+async def test_sends_that_complete_at_once_yield_only_every_few_times() -> None:
+    ours, peer = stream_pair()
+    async with ours, peer:
+        direct = DirectSocket(ours)
+
+        async def send_one() -> None:
+            await direct.send_all(b"y")
+
+        turns = await turns_of_others_during(send_one, 64)
+        assert follows_pacing(turns, 64)
+        assert await receive_exactly(peer, 64) == b"y" * 64
+
+
+async def test_a_cancelled_read_raises_cancelled_and_leaves_the_data() -> None:
+    ours, peer = stream_pair()
+    async with ours, peer:
+        await peer.send_all(b"kept")
+        direct = DirectSocket(ours)
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await direct.receive_some(10)
+        assert scope.cancelled_caught
+        assert await direct.receive_some(10) == b"kept"
+
+
+async def test_a_cancelled_send_sends_nothing() -> None:
+    ours, peer = stream_pair()
+    async with ours, peer:
+        direct = DirectSocket(ours)
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await direct.send_all(b"never")
+        assert scope.cancelled_caught
+        await direct.send_all(b"only")
+        await ours.send_eof()
+        assert await receive_exactly(peer, 4) == b"only"
+        assert await peer.receive_some(10) == b""
+
+
+async def test_a_large_send_waits_for_the_peer_and_arrives_whole() -> None:
+    ours, peer = stream_pair()
+    data = bytes(range(256)) * 16384  # 4 MiB, far more than the socket buffers hold
+    async with ours, peer:
+        direct = DirectSocket(ours)
+        received = bytearray()
+
+        async def reader() -> None:
+            while len(received) < len(data):
+                received.extend(await peer.receive_some(65536))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader)
+            await direct.send_all(data)
+        assert received == data
+
+
+async def test_a_second_sender_while_the_first_waits_is_busy() -> None:
+    ours, peer = stream_pair()
+    async with ours, peer:
+        direct = DirectSocket(ours)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(direct.send_all, b"z" * (8 * 1024 * 1024))
+            await trio.testing.wait_all_tasks_blocked()  # the first is waiting for room
+            with pytest.raises(trio.BusyResourceError):
+                await direct.send_all(b"interleaved")
+            nursery.cancel_scope.cancel()
+
+
+async def test_any_bytes_like_is_sent_as_its_bytes() -> None:
+    ours, peer = stream_pair()
+    numbers = array.array("i", range(10))
+    async with ours, peer:
+        direct = DirectSocket(ours)
+        await direct.send_all(memoryview(numbers))
+        await direct.send_all(memoryview(bytearray(b"tail")))
+        expected = numbers.tobytes() + b"tail"
+        assert await receive_exactly(peer, len(expected)) == expected
+
+
+async def test_a_closed_stream_is_a_closed_resource_error() -> None:
+    ours, peer = stream_pair()
+    async with peer:
+        direct = DirectSocket(ours)
+        await ours.aclose()
+        with pytest.raises(trio.ClosedResourceError):
+            await direct.receive_some(10)
+        with pytest.raises(trio.ClosedResourceError):
+            await direct.send_all(b"x")
+
+
+async def test_closing_the_stream_wakes_a_waiting_reader() -> None:
+    ours, peer = stream_pair()
+    async with peer:
+        direct = DirectSocket(ours)
+        async with trio.open_nursery() as nursery:
+
+            async def close_when_waiting() -> None:
+                await trio.testing.wait_all_tasks_blocked()
+                await ours.aclose()
+
+            nursery.start_soon(close_when_waiting)
+            with pytest.raises(trio.ClosedResourceError):
+                await direct.receive_some(10)
+
+
+@pytest.fixture
+async def tcp_pair() -> AsyncIterator[tuple[trio.SocketStream, socket.socket]]:
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname())
+    accepted, _ = listener.accept()
+    listener.close()
+    stream = trio.SocketStream(trio.socket.from_stdlib_socket(accepted))
+    async with stream:
+        with client:
+            yield stream, client
+
+
+async def test_a_reset_from_the_peer_is_a_broken_connection_for_the_files(
+    tcp_pair: tuple[trio.SocketStream, socket.socket],
+) -> None:
+    stream, client = tcp_pair
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    client.close()  # an RST, not a FIN
+    reader = AsyncReader(stream)
+    with pytest.raises(BrokenConnectionError):
+        await reader.readline()
+    with pytest.raises(trio.BrokenResourceError):
+        await DirectSocket(stream).send_all(b"x")
+
+
+async def test_files_over_a_socket_stream_read_and_write_like_bytesio(
+    tcp_pair: tuple[trio.SocketStream, socket.socket],
+) -> None:
+    stream, client = tcp_pair
+    client.sendall(b"one\ntwo\r\nthree")
+    client.shutdown(socket.SHUT_WR)
+    reader, writer = AsyncReader(stream), AsyncWriter(stream)
+    assert [line async for line in reader] == [b"one\n", b"two\r\n", b"three"]
+    assert await writer.write(b"answer") == 6
+    await stream.send_eof()
+    assert client.recv(100) == b"answer"
+
+
+async def test_a_read_timeout_covers_a_real_socket(
+    tcp_pair: tuple[trio.SocketStream, socket.socket], autojump_clock: trio.testing.MockClock
+) -> None:
+    stream, client = tcp_pair
+    client.sendall(b"no line end")
+    reader = AsyncReader(stream, timeout=5)
+    with pytest.raises(TimeoutError):
+        await reader.readline()
+    assert trio.current_time() == pytest.approx(5)
+
+
+# -- ServerSocket ---------------------------------------------------------------------------
+
+
+async def test_a_burst_of_connections_is_accepted_several_per_turn() -> None:
+    listener = socket.create_server(("127.0.0.1", 0), backlog=64)
+    listener.setblocking(False)
+    owner = trio.socket.from_stdlib_socket(listener)
+    clients = [socket.create_connection(listener.getsockname()) for _ in range(32)]
+    accepted: list[trio.socket.SocketType] = []
+    try:
+        paced = ServerSocket(listener, owner)
+
+        async def accept_one() -> None:
+            sock, address = await paced.accept()
+            accepted.append(sock)
+            assert address[0] == "127.0.0.1"
+
+        turns = await turns_of_others_during(accept_one, 32)
+        assert follows_pacing(turns, 32)
+        assert {s.getpeername() for s in accepted} == {c.getsockname() for c in clients}
+    finally:
+        for sock in accepted:
+            sock.close()
+        for client in clients:
+            client.close()
+        owner.close()
+
+
+async def test_a_cancelled_accept_leaves_the_connection_for_the_next() -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.setblocking(False)
+    owner = trio.socket.from_stdlib_socket(listener)
+    with owner, socket.create_connection(listener.getsockname()) as client:
+        paced = ServerSocket(listener, owner)
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await paced.accept()
+        assert scope.cancelled_caught
+        sock, _ = await paced.accept()
+        with sock:
+            assert sock.getpeername() == client.getsockname()
+
+
+async def test_queued_datagrams_are_received_several_per_turn() -> None:
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind(("127.0.0.1", 0))
+    owner = trio.socket.from_stdlib_socket(server)
+    with owner, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        client.bind(("127.0.0.1", 0))
+        for number in range(32):
+            client.sendto(b"%d" % number, server.getsockname())
+        paced = ServerSocket(server, owner)
+        received: list[bytes] = []
+
+        async def receive_one() -> None:
+            data, address = await paced.recvfrom(100)
+            assert address == client.getsockname()
+            received.append(data)
+
+        turns = await turns_of_others_during(receive_one, 32)
+        assert follows_pacing(turns, 32)
+        assert received == [b"%d" % number for number in range(32)]
+
+
+# -- what a server's clients see --------------------------------------------------------------
+
+
+class KickingEcho(StreamRequestHandler):
+    """Echoes lines and logs them in the order handled; ``kick`` runs at a b"kick" line."""
+
+    log: ClassVar[list[bytes]] = []
+    kick: ClassVar[Callable[[], None]]
+
+    async def handle(self) -> None:
+        async for line in self.rfile:
+            if line == b"kick\n":
+                type(self).kick()
+            self.log.append(line)
+            await self.wfile.write(line)
+
+
+async def test_a_pipelining_client_does_not_hold_up_another() -> None:
+    """Another client is answered within a few of one client's 4,000 pipelined lines."""
+    lines = 4000
+    with ThreadingTCPServer(("127.0.0.1", 0), KickingEcho) as server:
+        async with serving(server):
+            busy = socket.create_connection(server.server_address)
+            other = socket.create_connection(server.server_address)
+            with busy, other:
+                await trio.testing.wait_all_tasks_blocked()  # both accepted and waiting
+                # Sent from inside the busy handler, while it works through the lines:
+                # the other handler can only see it if the busy one yields meanwhile.
+                KickingEcho.log = []
+                KickingEcho.kick = lambda: other.sendall(b"me too\n")
+                busy.sendall(b"kick\n" + b"line\n" * lines)
+                other_stream = trio.SocketStream(trio.socket.from_stdlib_socket(other.dup()))
+                async with other_stream:
+                    assert await receive_exactly(other_stream, 7) == b"me too\n"
+                handled_before = KickingEcho.log.index(b"me too\n")
+                assert handled_before <= 100  # not after all 4,000

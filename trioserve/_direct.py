@@ -1,0 +1,192 @@
+"""Socket I/O on the hot paths, with Trio's cancellation and fewer yields.
+
+Every successful operation on a `trio.SocketStream` or a `trio.socket` socket is a full
+Trio checkpoint: it checks for cancellation and then always yields to the scheduler, even
+when the system call completed at once. On the request/response paths of a server that
+second yield is pure cost: after a handler sends its answer, its next read finds nothing
+and waits (a yield of its own) anyway; a datagram server's receive loop yields once per
+datagram where a queue of them is waiting.
+
+The classes here make the same system calls on the same sockets under a cheaper rule
+(the pacing rule):
+
+* every operation first checks for cancellation (`trio.lowlevel.checkpoint_if_cancelled`),
+  so a cancelled task stops at its next read or write, as with Trio's own sockets;
+* an operation that has to wait for the peer waits in `trio.lowlevel.wait_readable` or
+  `trio.lowlevel.wait_writable`, which yields to other tasks;
+* an operation that completes at once yields only every `YIELD_EVERY`-th time in a row,
+  so a task that never has to wait (a peer that pipelines its requests, a fast reader of
+  a stream of writes, a flood of datagrams) still lets every other task run.
+
+The sockets stay owned by the Trio objects they came from: closing those closes them, and
+the operations here then raise `trio.ClosedResourceError`.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+from typing import Any, final
+
+import trio
+from trio.lowlevel import (
+    cancel_shielded_checkpoint,
+    checkpoint_if_cancelled,
+    wait_readable,
+    wait_writable,
+)
+
+__all__ = ["YIELD_EVERY", "DirectSocket", "ServerSocket", "direct"]
+
+#: Operations in a row that complete without waiting, after which one yields anyway.
+YIELD_EVERY = 8
+
+
+def _closed() -> trio.ClosedResourceError:
+    return trio.ClosedResourceError("the connection was closed")
+
+
+def _broken(exc: OSError) -> trio.ClosedResourceError | trio.BrokenResourceError:
+    # As trio.SocketStream translates them: EBADF means closed under our feet.
+    if exc.errno == errno.EBADF:
+        return _closed()
+    return trio.BrokenResourceError(f"socket connection broken: {exc}")
+
+
+@final
+class DirectSocket:
+    """``receive_some`` and ``send_all`` on a `trio.SocketStream`'s socket, paced.
+
+    Behaves as the stream's own methods do (same errors, `trio.BusyResourceError` for two
+    tasks sending at once), except that an operation that completes at once does not
+    always yield (see the module documentation). One instance serves one reader or one
+    writer; the stream stays the socket's owner.
+    """
+
+    __slots__ = ("_run", "_sending", "_socket")
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self._socket = stream.socket
+        self._run = 0  # operations in a row that completed without yielding
+        self._sending = False
+
+    async def receive_some(self, max_bytes: int) -> bytes:
+        """Receive up to *max_bytes* (at least 1); b"" at end of file."""
+        await checkpoint_if_cancelled()
+        while True:
+            fd = self._socket.fileno()
+            if fd < 0:
+                raise _closed()
+            try:
+                data = os.read(fd, max_bytes)
+            except BlockingIOError:
+                self._run = 0
+                await wait_readable(fd)
+                continue
+            except OSError as exc:
+                raise _broken(exc) from exc
+            self._run += 1
+            if self._run >= YIELD_EVERY:
+                self._run = 0
+                await cancel_shielded_checkpoint()
+            return data
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        """Send all of *data*, waiting while the peer's side is full."""
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending on this connection")
+        await checkpoint_if_cancelled()
+        view = data if type(data) is bytes else memoryview(data).cast("B")
+        while True:
+            fd = self._socket.fileno()
+            if fd < 0:
+                raise _closed()
+            try:
+                sent = os.write(fd, view)
+            except BlockingIOError:
+                sent = 0
+            except OSError as exc:
+                raise _broken(exc) from exc
+            if sent == len(view):
+                break
+            # A partial send: wait for room, and keep other senders out until done.
+            view = memoryview(view)[sent:]
+            self._run = 0
+            self._sending = True
+            try:
+                await wait_writable(fd)
+            finally:
+                self._sending = False
+        self._run += 1
+        if self._run >= YIELD_EVERY:
+            self._run = 0
+            await cancel_shielded_checkpoint()
+
+
+def direct(stream: object) -> DirectSocket | None:
+    """A `DirectSocket` for a plain `trio.SocketStream`; None for any other stream."""
+    if type(stream) is trio.SocketStream:
+        return DirectSocket(stream)
+    return None
+
+
+@final
+class ServerSocket:
+    """``accept`` and ``recvfrom`` on a server's own socket, paced.
+
+    *sock* is the `socket.socket` that *owner*, a `trio.socket` socket, wraps: the pair
+    the server created. Under a burst of connections or a flood of datagrams the server
+    takes several that are already waiting before it yields, rather than one per turn of
+    the scheduler, while every established connection takes a turn in between. `OSError`
+    propagates as the `socket.socket` method raises it.
+    """
+
+    __slots__ = ("_run", "_sock", "owner")
+
+    def __init__(self, sock: socket.socket, owner: trio.socket.SocketType) -> None:
+        self._sock = sock
+        self.owner = owner
+        self._run = 0
+
+    async def accept(self) -> tuple[trio.socket.SocketType, Any]:
+        """Accept a connection: a `trio.socket` socket for it, and the peer's address."""
+        await checkpoint_if_cancelled()
+        sock = self._sock
+        while True:
+            try:
+                connection, address = sock.accept()
+            except BlockingIOError:
+                self._run = 0
+                await wait_readable(sock)
+                continue
+            try:
+                if self._tick():
+                    await cancel_shielded_checkpoint()
+            except BaseException:  # pragma: no cover - the checkpoint is shielded
+                connection.close()
+                raise
+            return trio.socket.from_stdlib_socket(connection), address
+
+    async def recvfrom(self, size: int) -> tuple[bytes, Any]:
+        """Receive one datagram of at most *size* bytes, and its sender's address."""
+        await checkpoint_if_cancelled()
+        sock = self._sock
+        while True:
+            try:
+                result = sock.recvfrom(size)
+            except BlockingIOError:
+                self._run = 0
+                await wait_readable(sock)
+                continue
+            if self._tick():
+                await cancel_shielded_checkpoint()
+            return result
+
+    def _tick(self) -> bool:
+        """Count one operation that completed at once; True when it is time to yield."""
+        self._run += 1
+        if self._run < YIELD_EVERY:
+            return False
+        self._run = 0
+        return True
