@@ -88,6 +88,9 @@ async def test_readline_without_limit_stops_at_max_line_length_and_keeps_the_byt
     with pytest.raises(LineTooLongError, match="32 bytes") as info:
         await reader.readline()
     assert info.value.max_line_length == 32
+    assert str(info.value) == "no end of line within 32 bytes (max_line_length)"
+    copy = pickle.loads(pickle.dumps(info.value))
+    assert (str(copy), copy.max_line_length) == (str(info.value), 32)
     # Nothing was lost: the line can still be read in pieces, and the stream goes on.
     assert await reader.readline(64) == b"x" * 64
     assert await reader.readline(64) == b"x" * 36 + b"\n"
@@ -202,6 +205,10 @@ async def test_readuntil_stops_at_the_limit_and_keeps_the_bytes() -> None:
     with pytest.raises(LineTooLongError, match="32 bytes") as info:
         await reader.readuntil(b"\r\n\r\n")
     assert info.value.max_line_length == 32
+    assert info.value.separator == b"\r\n\r\n"
+    assert str(info.value) == r"no separator b'\r\n\r\n' within 32 bytes"
+    copy = pickle.loads(pickle.dumps(info.value))
+    assert (str(copy), copy.max_line_length, copy.separator) == (str(info.value), 32, b"\r\n\r\n")
     assert len(reader._buffer) == 32  # never buffered past the limit
     with pytest.raises(LineTooLongError, match="50 bytes"):
         await reader.readuntil(b"\r\n\r\n", 50)

@@ -718,8 +718,6 @@ def test_sync_reader_turns_a_reset_into_broken_connection_error(
     socket_pair: tuple[socket.socket, socket.socket],
 ) -> None:
     sock = socket_pair[1]
-    reader = SyncReader(sock)
-    writer = SyncWriter(sock)
 
     class Resetting:
         def recv(self, size: int) -> bytes:
@@ -728,7 +726,8 @@ def test_sync_reader_turns_a_reset_into_broken_connection_error(
         def sendall(self, data: Any) -> None:
             raise BrokenPipeError(32, "Broken pipe")
 
-    reader._sock = writer._sock = Resetting()  # type: ignore[assignment]
+    reader = SyncReader(Resetting())  # type: ignore[arg-type]
+    writer = SyncWriter(Resetting())  # type: ignore[arg-type]
     with pytest.raises(trioserve.BrokenConnectionError, match="reset"):
         reader.readline()
     with pytest.raises(ConnectionError, match="Broken pipe"):
@@ -785,7 +784,7 @@ def test_sync_reader_gives_each_readline_a_fresh_timeout(
     assert sock.gettimeout() == 5.0
 
 
-def test_sync_reader_never_buffers_more_than_max_line_length() -> None:
+def test_sync_reader_holds_at_most_max_line_length_and_one_small_buffer() -> None:
     sizes: list[int] = []
 
     class Flood:
@@ -796,8 +795,15 @@ def test_sync_reader_never_buffers_more_than_max_line_length() -> None:
     reader = SyncReader(Flood(), receive_size=65536, max_line_length=1000)  # type: ignore[arg-type]
     with pytest.raises(trioserve.LineTooLongError):
         reader.readline()
-    assert sum(sizes) == 1000
-    assert reader.read1() == b"x" * 1000  # buffered, nothing lost, nothing more
+    held = sum(sizes)
+    # One small buffer per connection, not receive_size: idle connections stay cheap.
+    assert max(sizes) <= io.DEFAULT_BUFFER_SIZE
+    assert 1000 <= held <= 1000 + io.DEFAULT_BUFFER_SIZE
+    with pytest.raises(trioserve.LineTooLongError):
+        reader.readline()  # the same bytes again: nothing more is received
+    assert sum(sizes) == held
+    assert reader.read(held) == b"x" * held  # nothing lost, nothing more
+    assert sum(sizes) == held
 
 
 def test_sync_files_raise_peer_timeout_error_on_the_socket_timeout(
@@ -1000,3 +1006,124 @@ async def test_sync_datagram_request_is_passed_through() -> None:
             request = (b"datagram", server_sock)
             await run_sync_handler(Upper, request, client_sock.getsockname(), server)
         assert client_sock.recv(100) == b"DATAGRAM"
+
+
+# -- SyncReader: errors a handler can catch lose nothing --------------------------------
+
+
+def test_sync_reader_keeps_a_too_long_line_readable_in_order(
+    socket_pair: tuple[socket.socket, socket.socket],
+) -> None:
+    peer, sock = socket_pair
+    reader = SyncReader(sock, max_line_length=100)
+    long = b"".join(b"%05d," % index for index in range(60))  # 360 bytes, no line end
+    peer.sendall(long + b"\nnext\n")  # what follows the long line is already here
+    with pytest.raises(trioserve.LineTooLongError) as info:
+        reader.readline()
+    assert info.value.max_line_length == 100
+    assert reader.read(len(long)) == long
+    assert reader.readline() == b"\n"
+    assert reader.readline() == b"next\n"
+
+    peer.sendall(long)
+    with pytest.raises(trioserve.LineTooLongError):
+        reader.readline()
+    peer.sendall(b"\nlater\n")  # arrives after the error
+    with pytest.raises(trioserve.LineTooLongError):
+        reader.readline()  # still too long, still nothing lost
+    assert reader.readline(10) == long[:10]
+    peer.shutdown(socket.SHUT_WR)
+    assert reader.read() == long[10:] + b"\nlater\n"
+
+
+class DrippingSocket:
+    """A real socket that receives at most 3 bytes at a time, and records ``settimeout``."""
+
+    def __init__(self, sock: socket.socket, *, reset_after: int | None = None) -> None:
+        self.sock = sock
+        self.timeouts: list[float | None] = []
+        self.receives = 0
+        self.reset_after = reset_after
+
+    def recv_into(self, buffer: Any, nbytes: int = 0) -> int:
+        if self.receives == self.reset_after:
+            raise ConnectionResetError(104, "Connection reset by peer")
+        self.receives += 1
+        return self.sock.recv_into(buffer, min(nbytes or len(buffer), 3))
+
+    def gettimeout(self) -> float | None:
+        return self.sock.gettimeout()
+
+    def settimeout(self, value: float | None) -> None:
+        self.timeouts.append(value)
+        self.sock.settimeout(value)
+
+
+def test_sync_reader_restores_the_timeout_a_readline_lowered(
+    socket_pair: tuple[socket.socket, socket.socket],
+) -> None:
+    peer, sock = socket_pair
+    sock.settimeout(5.0)
+    dripping = DrippingSocket(sock)
+    reader = SyncReader(dripping)  # type: ignore[arg-type]
+    peer.sendall(b"hello\n")
+    assert reader.readline() == b"hello\n"
+    assert dripping.receives == 2
+    # The second receive got what was left of the line's 5 s; then the 5 s came back.
+    assert len(dripping.timeouts) == 2
+    assert 0 < dripping.timeouts[0] < 5.0  # type: ignore[operator]
+    assert dripping.timeouts[1] == 5.0
+    assert sock.gettimeout() == 5.0
+
+
+def test_sync_reader_restores_the_timeout_when_a_readline_times_out(
+    socket_pair: tuple[socket.socket, socket.socket],
+) -> None:
+    peer, sock = socket_pair
+    sock.settimeout(0.2)  # real seconds: the second receive waits for it
+    dripping = DrippingSocket(sock)
+    reader = SyncReader(dripping)  # type: ignore[arg-type]
+    peer.sendall(b"abc")
+    with pytest.raises(trioserve.PeerTimeoutError) as info:
+        reader.readline()
+    assert info.value.timeout == 0.2  # the socket's timeout, not what was left of it
+    assert dripping.timeouts[-1] == 0.2
+    assert sock.gettimeout() == 0.2
+    peer.sendall(b"\n")
+    assert reader.readline() == b"abc\n"  # what had arrived is still there
+
+
+def test_sync_reader_restores_the_timeout_when_the_peer_resets_mid_line(
+    socket_pair: tuple[socket.socket, socket.socket],
+) -> None:
+    peer, sock = socket_pair
+    sock.settimeout(5.0)
+    dripping = DrippingSocket(sock, reset_after=2)
+    reader = SyncReader(dripping)  # type: ignore[arg-type]
+    peer.sendall(b"abcdef")
+    with pytest.raises(trioserve.BrokenConnectionError):
+        reader.readline()
+    assert dripping.timeouts[-1] == 5.0
+    assert sock.gettimeout() == 5.0
+
+
+def test_sync_reader_read_keeps_per_receive_timeouts_and_the_bytes(
+    socket_pair: tuple[socket.socket, socket.socket],
+) -> None:
+    peer, sock = socket_pair
+    sock.settimeout(0.1)
+    dripping = DrippingSocket(sock)
+    reader = SyncReader(dripping)  # type: ignore[arg-type]
+    peer.sendall(b"abcdefg")
+    with pytest.raises(trioserve.PeerTimeoutError, match=r"within 0\.1 seconds"):
+        reader.read(10)
+    assert dripping.timeouts == []  # each receive waited the socket's own timeout
+    peer.sendall(b"hij")
+    assert reader.read(10) == b"abcdefghij"
+    buffer = bytearray(5)
+    peer.sendall(b"kl")
+    with pytest.raises(trioserve.PeerTimeoutError):
+        reader.readinto(buffer)
+    peer.sendall(b"mno")
+    assert reader.readinto(buffer) == 5
+    assert buffer == b"klmno"

@@ -201,7 +201,7 @@ class ReceiveBuffer:
         self._until_separator = separator
         self._until = max(begin, stop - size + 1)
         if 0 <= limit <= len(data) - start:
-            raise LineTooLongError(limit)
+            raise LineTooLongError(limit, separator)
         return None
 
     def line_too_long(self, max_length: int) -> bool:

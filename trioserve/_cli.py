@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import enum
+import functools
 import importlib
 import logging
 import math
@@ -75,6 +76,9 @@ from ._datagram import DatagramRequestHandler
 from ._exceptions import WorkerStartupError
 from ._handlers import BaseRequestHandler, EchoHandler, _StreamHandlerBase, run_handler
 from ._server import BaseServer, HandlerClass, logger
+
+#: A handler class, as the command line names one (never a partial).
+_HandlerType = type[BaseRequestHandler] | type[socketserver.BaseRequestHandler]
 
 __all__ = ["DatagramEchoHandler", "main"]
 
@@ -129,11 +133,7 @@ class _HandlerTimeout(BaseServer):
         """Run the handler with ``timeout`` set to `handler_timeout`."""
         handler_class = self._timed_handler
         if handler_class is None:
-            base = self.RequestHandlerClass
-            handler_class = cast(
-                "HandlerClass",
-                type(base.__name__, (base,), {"timeout": self.handler_timeout}),
-            )
+            handler_class = _with_timeout(self.RequestHandlerClass, self.handler_timeout)
             self._timed_handler = handler_class
         await run_handler(handler_class, request, client_address, self)
 
@@ -298,7 +298,15 @@ def build_parser() -> argparse.ArgumentParser:
 # -- the handler ----------------------------------------------------------------------------
 
 
-def load_handler(spec: str) -> HandlerClass:
+def _with_timeout(handler: HandlerClass, timeout: float | None) -> HandlerClass:
+    """*handler* with its class's ``timeout`` set: a subclass (inside the partial, if any)."""
+    if isinstance(handler, functools.partial):
+        inner = _with_timeout(cast("HandlerClass", handler.func), timeout)
+        return functools.partial(inner, *handler.args, **handler.keywords)
+    return cast("HandlerClass", type(handler.__name__, (handler,), {"timeout": timeout}))
+
+
+def load_handler(spec: str) -> _HandlerType:
     """Import ``MODULE:HANDLER`` and check that it names a handler class.
 
     The current directory is put first on ``sys.path`` (as ``python -m`` does), so a
@@ -349,15 +357,15 @@ def _describe(value: object) -> str:
     return f"{type(value).__name__} {value!r}"[:120]
 
 
-def _is_stream_handler(handler_class: HandlerClass) -> bool:
+def _is_stream_handler(handler_class: _HandlerType) -> bool:
     return issubclass(handler_class, (_StreamHandlerBase, socketserver.StreamRequestHandler))
 
 
-def _is_datagram_handler(handler_class: HandlerClass) -> bool:
+def _is_datagram_handler(handler_class: _HandlerType) -> bool:
     return issubclass(handler_class, (DatagramRequestHandler, socketserver.DatagramRequestHandler))
 
 
-def _check_fit(handler_class: HandlerClass, transport: Transport, spec: str) -> None:
+def _check_fit(handler_class: _HandlerType, transport: Transport, spec: str) -> None:
     if transport.is_datagram and _is_stream_handler(handler_class):
         raise UsageError(
             f"{spec} is a stream handler; it cannot serve --{transport.value} "
@@ -390,7 +398,7 @@ def build_server(args: argparse.Namespace) -> tuple[SocketServer, str]:
     """
     transport, address = _transport_and_address(args)
     if args.handler is None:
-        handler_class: HandlerClass = DatagramEchoHandler if transport.is_datagram else EchoHandler
+        handler_class: _HandlerType = DatagramEchoHandler if transport.is_datagram else EchoHandler
         name = handler_class.__name__
     else:
         handler_class = load_handler(args.handler)

@@ -35,17 +35,27 @@ class BrokenConnectionError(trio.BrokenResourceError, ConnectionError):
 class LineTooLongError(ValueError):
     """``readline()`` found no line end within ``max_line_length`` bytes.
 
+    Also raised by ``readuntil()`` when its separator does not come within its limit.
     Nothing is lost: the bytes stay in the reader's buffer, where ``read(n)`` can still get
     them. A handler that does not catch it ends, and the server logs it through
     `~trioserve.BaseServer.handle_error` and keeps serving other clients.
 
     Attributes:
       max_line_length: the limit that was exceeded.
+      separator: what did not come within it (``b"\n"`` for a line).
     """
 
-    def __init__(self, max_line_length: int) -> None:
-        super().__init__(f"no end of line within {max_line_length} bytes (max_line_length)")
+    def __init__(self, max_line_length: int, separator: bytes = b"\n") -> None:
+        if separator == b"\n":
+            message = f"no end of line within {max_line_length} bytes (max_line_length)"
+        else:
+            message = f"no separator {separator!r} within {max_line_length} bytes"
+        super().__init__(message)
         self.max_line_length = max_line_length
+        self.separator = separator
+
+    def __reduce__(self) -> tuple[type[LineTooLongError], tuple[int, bytes]]:
+        return (type(self), (self.max_line_length, self.separator))
 
 
 class PeerTimeoutError(TimeoutError):

@@ -32,12 +32,13 @@ awaitable and each one testable on its own.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import io
 import socketserver
 import weakref
 from collections.abc import Generator
-from typing import TYPE_CHECKING, Any, final
+from typing import TYPE_CHECKING, Any, cast, final
 
 import trio
 
@@ -46,7 +47,7 @@ from ._files import DEFAULT_MAX_LINE_LENGTH, DEFAULT_RECEIVE_SIZE, AsyncReader, 
 from ._sync import SyncConnection, SyncReader, SyncWriter, run_sync_handler
 
 if TYPE_CHECKING:
-    from ._server import BaseServer
+    from ._server import BaseServer, HandlerClass
 
 __all__ = [
     "BaseRequestHandler",
@@ -134,12 +135,32 @@ def _check_handler_class(cls: type[BaseRequestHandler]) -> None:
                 )
 
 
-def is_sync_handler(cls: type[Any]) -> bool:
+def handler_type(handler_class: object) -> type[Any] | None:
+    """The handler class behind *handler_class*: itself, or what a `functools.partial` wraps.
+
+    None when it is neither a subclass of `BaseRequestHandler` or of socketserver's, nor
+    a (nested) `functools.partial` of one, so not something a server can run.
+    """
+    for _ in range(16):  # partial(partial(...)): a few levels, never a cycle
+        if not isinstance(handler_class, functools.partial):
+            break
+        handler_class = handler_class.func
+    if isinstance(handler_class, type) and issubclass(
+        handler_class, (BaseRequestHandler, socketserver.BaseRequestHandler)
+    ):
+        return handler_class
+    return None
+
+
+def is_sync_handler(cls: Any) -> bool:
     """Whether instances of *cls* run in a worker thread.
 
     True for a trioserve handler whose ``handle`` is a plain function, and for a handler
     class of the standard library's ``socketserver`` (which runs in its constructor).
+    *cls* may also be a `functools.partial` of such a class, as socketserver allows.
     """
+    if isinstance(cls, functools.partial):
+        cls = handler_type(cls)
     handle = getattr(cls, "handle", None)
     cached = _sync_handlers.get(cls)
     if cached is not None and cached[0] is handle:
@@ -160,7 +181,7 @@ _sync_handlers: weakref.WeakKeyDictionary[type[Any], tuple[object, bool]] = (
 
 
 async def run_handler(
-    handler_class: type[BaseRequestHandler] | type[socketserver.BaseRequestHandler],
+    handler_class: HandlerClass,
     request: Any,
     client_address: Any,
     server: BaseServer,
@@ -173,12 +194,20 @@ async def run_handler(
     if is_sync_handler(handler_class):
         await run_sync_handler(handler_class, request, client_address, server)
         return
-    assert issubclass(handler_class, BaseRequestHandler)
-    await run_async_handler(handler_class, request, client_address, server)
+    # Not sync, so a trioserve handler (socketserver's own always run in a thread).
+    await run_async_handler(
+        cast("type[BaseRequestHandler] | functools.partial[BaseRequestHandler]", handler_class),
+        request,
+        client_address,
+        server,
+    )
 
 
 async def run_async_handler(
-    handler_class: type[BaseRequestHandler], request: Any, client_address: Any, server: BaseServer
+    handler_class: type[BaseRequestHandler] | functools.partial[BaseRequestHandler],
+    request: Any,
+    client_address: Any,
+    server: BaseServer,
 ) -> None:
     """`run_handler` for a class known to be an async handler (`is_sync_handler` is false)."""
     handler = handler_class(request, client_address, server)

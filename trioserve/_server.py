@@ -34,6 +34,7 @@ own. A worker-process pool replaces ``serve_forever`` as a whole (`trioserve._wo
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import math
@@ -48,7 +49,13 @@ import trio
 
 from . import _options
 from ._exceptions import BrokenConnectionError, LineTooLongError, PeerTimeoutError
-from ._handlers import BaseRequestHandler, is_sync_handler, run_async_handler, run_handler
+from ._handlers import (
+    BaseRequestHandler,
+    handler_type,
+    is_sync_handler,
+    run_async_handler,
+    run_handler,
+)
 from ._policy import Concurrency, concurrency_of
 
 if TYPE_CHECKING:
@@ -62,7 +69,11 @@ __all__ = ["BaseServer", "HandlerClass", "logger"]
 #: Where every trioserve server logs.
 logger = logging.getLogger("trioserve")
 
-HandlerClass = type[BaseRequestHandler] | type[socketserver.BaseRequestHandler]
+#: What a server runs per request: a handler class, or a `functools.partial` of one.
+#: (`functools.partial` is invariant: ``partial[Any]`` lets a partial of a subclass in.)
+HandlerClass = (
+    type[BaseRequestHandler] | type[socketserver.BaseRequestHandler] | functools.partial[Any]
+)
 _HandlerRunner = Callable[[Any, Any, Any, "BaseServer"], Awaitable[None]]
 
 # How long closing a request may take once its handler is done or cancelled (a TLS
@@ -114,7 +125,8 @@ class BaseServer:
     Args:
       server_address: the address to serve on.
       RequestHandlerClass: the handler class to run for each request; a trioserve handler
-        (async or sync) or one of socketserver's own.
+        (async or sync) or one of socketserver's own, or a `functools.partial` of one to
+        pass it arguments.
       **options: any of the class's options (below, and each subclass's), overriding the
         class attribute of the same name for this server. An unknown or malformed option
         raises `TypeError` or `ValueError` naming it.
@@ -170,13 +182,11 @@ class BaseServer:
                     f"it takes: {', '.join(sorted(known))}"
                 )
             setattr(self, name, check(name, value))
-        handler_class: object = RequestHandlerClass
-        if not isinstance(handler_class, type) or not issubclass(
-            handler_class, (BaseRequestHandler, socketserver.BaseRequestHandler)
-        ):
+        if handler_type(RequestHandlerClass) is None:
             raise TypeError(
                 "RequestHandlerClass must be a subclass of trioserve.BaseRequestHandler or "
-                f"socketserver.BaseRequestHandler, not {RequestHandlerClass!r}"
+                "socketserver.BaseRequestHandler, or a functools.partial of one, "
+                f"not {RequestHandlerClass!r}"
             )
         self.server_address = server_address
         self.RequestHandlerClass = RequestHandlerClass

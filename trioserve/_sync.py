@@ -69,12 +69,11 @@ import threading
 import time
 import weakref
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar, final
+from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias, TypeVar, final
 
 import trio
 
 from . import _server
-from ._buffer import ReceiveBuffer
 from ._exceptions import BrokenConnectionError, LineTooLongError, PeerTimeoutError
 from ._files import DEFAULT_RECEIVE_SIZE
 
@@ -116,25 +115,171 @@ def _timed_out(sock: object) -> PeerTimeoutError:
 # -- blocking files ------------------------------------------------------------------------
 
 
+class _ConnectionRaw(io.RawIOBase):
+    """The unbuffered receive side of a connection, under a `SyncReader`'s buffer.
+
+    ``readinto`` receives once (``recv_into``, or ``recv`` on an object without it), at
+    most ``receive_size`` bytes, and sorts the errors as the async files do. Before the
+    connection, it serves the bytes the `SyncReader` gave back (``pending``). The receives
+    of one ``readline`` share one timeout. A timeout does not raise through the C reader,
+    which would drop what it had read so far: it is kept in ``error`` and reported as end
+    of file, and the `SyncReader` gives the bytes back and raises it. Not for use on its
+    own.
+    """
+
+    __slots__ = (
+        "_gettimeout",
+        "_recv_into",
+        "deadline",
+        "error",
+        "holding",
+        "line_state",
+        "line_timeout",
+        "pending",
+        "per_receive",
+        "receive_size",
+        "sock",
+    )
+
+    def __init__(self, sock: SyncConnection, receive_size: int) -> None:
+        super().__init__()
+        self.sock = sock
+        self.receive_size = receive_size
+        self._recv_into: Callable[[Buffer, int], int] = getattr(
+            sock, "recv_into", self._recv_into_with_recv
+        )
+        self._gettimeout: Callable[[], float | None] = getattr(
+            sock, "gettimeout", self._no_timeout
+        )
+        #: Bytes given back by the `SyncReader`, read before anything more is received.
+        self.pending = b""
+        #: While True, ``readinto`` returns None ("no data now"): the reader's buffer can be
+        #: drained without blocking.
+        self.holding = False
+        #: True while ``read``, ``read1`` or ``readinto`` runs: each receive gets the
+        #: socket's own timeout. Otherwise a ``readline`` runs, and its receives share one.
+        self.per_receive = False
+        #: Within a ``readline`` on a socket with a timeout: 0 before its first receive; 1
+        #: after it (the line must end by ``deadline``); 2 once a later receive lowered the
+        #: socket's timeout to what is left (`end_line` restores ``line_timeout``).
+        self.line_state = 0
+        self.deadline = 0.0
+        self.line_timeout = 0.0
+        #: The timeout that ended a receive, for the `SyncReader` to raise.
+        self.error: PeerTimeoutError | None = None
+
+    def readable(self) -> bool:
+        """Always True."""
+        return True
+
+    def readinto(self, buffer: Buffer) -> int | None:
+        """Receive once into *buffer*; return how many bytes came, 0 at end of file.
+
+        Returns 0 as well when the receive timed out (``error`` tells), and None while
+        ``holding``.
+        """
+        if self.holding or self.pending:
+            return self._give_pending(buffer)
+        size = len(buffer)  # type: ignore[arg-type]  # a memoryview or a bytearray
+        if size > self.receive_size:
+            size = self.receive_size
+        if not self.per_receive:
+            if self.line_state:
+                if not self._lower_timeout():
+                    return 0
+            else:
+                # The first receive of a line waits the socket's own timeout, unchanged.
+                timeout = self._gettimeout()
+                if timeout is not None:
+                    self.line_timeout = timeout
+                    self.deadline = time.monotonic() + timeout
+                    self.line_state = 1
+        try:
+            return self._recv_into(buffer, size)
+        except BrokenConnectionError:
+            raise
+        except (ConnectionResetError, ConnectionAbortedError, BrokenPipeError) as exc:
+            raise _broken(exc) from exc
+        except TimeoutError as exc:
+            if self.line_state == 2:
+                self.error = PeerTimeoutError(self.line_timeout)
+            elif isinstance(exc, PeerTimeoutError):
+                self.error = exc
+            else:
+                self.error = _timed_out(self.sock)
+            if not self.per_receive and not self.line_state:
+                self.line_state = 1  # so that the readline looks at error
+            return 0
+
+    def _recv_into_with_recv(self, buffer: Buffer, size: int) -> int:
+        data = self.sock.recv(size)
+        memoryview(buffer).cast("B")[: len(data)] = data
+        return len(data)
+
+    @staticmethod
+    def _no_timeout() -> None:
+        return None
+
+    def _give_pending(self, buffer: Buffer) -> int | None:
+        if self.holding:
+            return None
+        pending = self.pending
+        view = memoryview(buffer).cast("B")
+        size = min(len(view), len(pending))
+        view[:size] = pending[:size]
+        self.pending = pending[size:]
+        return size
+
+    def _lower_timeout(self) -> bool:
+        """Before a later receive of a line: let it wait only what is left of the timeout.
+
+        Returns False (with ``error`` set) if nothing is left.
+        """
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            self.error = PeerTimeoutError(self.line_timeout)
+            return False
+        self.sock.settimeout(remaining)
+        self.line_state = 2
+        return True
+
+    def end_line(self) -> None:
+        """After a ``readline`` that received: give the socket its own timeout back."""
+        if self.line_state == 2:
+            self.sock.settimeout(self.line_timeout)
+        self.line_state = 0
+
+
 class SyncReader(io.BufferedIOBase):
     """A buffered, blocking reader over a socket (a sync handler's ``rfile``).
 
     The methods of `io.BufferedReader` (``read``, ``read1``, ``readinto``,
-    ``readline(limit)``, ``readlines``, iteration), with the rules of the async
-    `~trioserve.AsyncReader`: a peer that resets the connection raises
-    `~trioserve.BrokenConnectionError` (a `ConnectionError`), the socket's timeout raises
-    `~trioserve.PeerTimeoutError` (a `TimeoutError`), and ``readline()`` without a limit
-    raises `~trioserve.LineTooLongError` when no line end comes within ``max_line_length``
-    bytes (the bytes stay buffered, never more than ``max_line_length`` of them).
-    ``readline()`` applies the socket's timeout to the whole line, not to each receive.
+    ``readline(limit)``, ``readlines``, iteration), at its speed: the buffering is an
+    `io.BufferedReader` over the connection, with a buffer of `io.DEFAULT_BUFFER_SIZE`
+    bytes at most. The rules are those of the async `~trioserve.AsyncReader`: a peer that
+    resets the connection raises `~trioserve.BrokenConnectionError` (a
+    `ConnectionError`), the socket's timeout raises `~trioserve.PeerTimeoutError` (a
+    `TimeoutError`), and ``readline()`` without a limit raises
+    `~trioserve.LineTooLongError` when no line end comes within ``max_line_length`` bytes.
+    ``readline()`` applies the socket's timeout to the whole line, not to each receive;
+    ``read``, ``read1`` and ``readinto`` apply it to each receive.
+
+    Nothing read is lost to an error a handler may catch and go on from: after a
+    `LineTooLongError` or a `PeerTimeoutError`, the bytes the call had read are still
+    there, in order, for the next call (for a too long line, about ``max_line_length``
+    plus one buffer of bytes are held). After a `BrokenConnectionError`, what the call had
+    read may be lost, as with the standard library's own ``rfile``.
 
     Args:
-      sock: a `socket.socket` or a `StreamSocket`; its ``recv`` is used, and its
-        ``gettimeout``/``settimeout`` (if it has them) to bound a whole line.
-      receive_size: the most bytes one ``recv`` asks for.
+      sock: a `socket.socket` or a `StreamSocket`; its ``recv_into`` (or ``recv``) is
+        used, and its ``gettimeout``/``settimeout`` (if it has them) to bound a whole line.
+      receive_size: the most bytes one receive asks for.
       max_line_length: the longest line ``readline()`` without a limit accepts; None for
         no limit.
     """
+
+    # Slots, not the instance dict, for what readline() touches on every call: faster.
+    __slots__ = ("_line_limit", "_max_line_length", "_raw", "_reader", "_readline")
 
     def __init__(
         self,
@@ -146,59 +291,102 @@ class SyncReader(io.BufferedIOBase):
         super().__init__()
         if receive_size < 1:
             raise ValueError(f"receive_size must be >= 1, not {receive_size}")
-        self._sock = sock
-        self._buffer = ReceiveBuffer()
-        self._eof = False
-        self.receive_size = receive_size
+        self._raw = _ConnectionRaw(sock, receive_size)
+        # Each open connection of a sync handler holds this buffer, idle or not, and the
+        # C reader allocates it up front: io.DEFAULT_BUFFER_SIZE at most, as
+        # socketserver's rfile has, not receive_size (64 KiB by default) per connection.
+        self._reader = io.BufferedReader(
+            self._raw, buffer_size=min(receive_size, io.DEFAULT_BUFFER_SIZE)
+        )
+        self._readline = self._reader.readline
         self.max_line_length = max_line_length
+
+    @property
+    def max_line_length(self) -> int | None:
+        """The longest line ``readline()`` without a limit accepts; None for no limit."""
+        return self._max_line_length
+
+    @max_line_length.setter
+    def max_line_length(self, value: int | None) -> None:
+        self._max_line_length = value
+        self._line_limit = value or -1
+
+    @property
+    def receive_size(self) -> int:
+        """The most bytes one receive asks for."""
+        return self._raw.receive_size
+
+    @receive_size.setter
+    def receive_size(self, value: int) -> None:
+        if value < 1:
+            raise ValueError(f"receive_size must be >= 1, not {value}")
+        self._raw.receive_size = value
 
     def readable(self) -> bool:
         """Always True."""
         return True
 
-    def _check_open(self) -> None:
-        if self.closed:
-            raise ValueError("I/O operation on closed file")
+    def close(self) -> None:
+        """Close the reader (not the socket); what it had buffered is dropped."""
+        if not self.closed:
+            super().close()
+            self._reader.close()
+            self._raw.pending = b""
 
-    def _fill(self, size: int = 0) -> bool:
-        """Receive once (up to *size* bytes, ``receive_size`` if 0) into the buffer.
-
-        Returns False at end of file.
-        """
-        if self._eof:
-            return False
+    def _give_back(self, data: bytes) -> None:
+        """Put *data*, read by a call that does not return it, back in front of the rest."""
+        raw = self._raw
+        raw.holding = True
         try:
-            data = self._sock.recv(size or self.receive_size)
-        except (BrokenConnectionError, PeerTimeoutError):
-            raise
-        except (ConnectionResetError, ConnectionAbortedError, BrokenPipeError) as exc:
-            raise _broken(exc) from exc
-        except TimeoutError:
-            raise _timed_out(self._sock) from None
-        if not data:
-            self._eof = True
-            return False
-        self._buffer.feed(data)
-        return True
+            rest = self._reader.read1(-1)  # all the reader still holds, without receiving
+        finally:
+            raw.holding = False
+        raw.pending = data + rest + raw.pending
+
+    def _raise_error(self, data: bytes) -> NoReturn:
+        """Give *data* back and raise the timeout that cut the last call short."""
+        raw = self._raw
+        error = raw.error
+        assert error is not None
+        raw.error = None
+        self._give_back(data)
+        raise error
 
     def read(self, size: int | None = -1) -> bytes:
         """Read *size* bytes, fewer only at end of file; all until end of file if negative."""
-        self._check_open()
-        buffer = self._buffer
-        if size is None or size < 0:
-            while self._fill():
-                pass
-            return buffer.take_all()
-        while len(buffer) < size and self._fill():
-            pass
-        return buffer.take(size)
+        raw = self._raw
+        raw.per_receive = True
+        try:
+            data = self._reader.read(size)
+        finally:
+            raw.per_receive = False
+        if raw.error is not None:
+            self._raise_error(data)
+        return data
 
     def read1(self, size: int = -1) -> bytes:
         """Read up to *size* bytes with at most one receive; b"" only at end of file."""
-        self._check_open()
-        if not self._buffer:
-            self._fill()
-        return self._buffer.take(len(self._buffer) if size < 0 else size)
+        raw = self._raw
+        raw.per_receive = True
+        try:
+            data = self._reader.read1(size)
+        finally:
+            raw.per_receive = False
+        if raw.error is not None:
+            self._raise_error(data)
+        return data
+
+    def readinto(self, buffer: Buffer) -> int:
+        """Read into *buffer* until it is full or end of file; return how many bytes came."""
+        raw = self._raw
+        raw.per_receive = True
+        try:
+            size = self._reader.readinto(buffer)
+        finally:
+            raw.per_receive = False
+        if raw.error is not None:
+            self._raise_error(memoryview(buffer).cast("B")[:size].tobytes())
+        return size
 
     def readline(self, size: int | None = -1) -> bytes:
         """Read one line, with its b"\\n"; the unterminated rest at end of file; b"" at EOF.
@@ -209,56 +397,33 @@ class SyncReader(io.BufferedIOBase):
 
         Raises:
           LineTooLongError: no limit was given and no line end came within
-            ``max_line_length`` bytes. The bytes stay buffered, and never more than
-            ``max_line_length`` of them: a receive for a line asks for no more than the
-            line may still take.
+            ``max_line_length`` bytes. The bytes stay readable, in order.
           PeerTimeoutError: the socket has a timeout and the whole line did not arrive
-            within it, however the peer dripped it (one timeout per call, not per receive).
+            within it, however the peer dripped it (one timeout per call, not per
+            receive). It carries the socket's timeout, which is the socket's again when
+            this returns or raises. What did arrive of the line stays readable.
         """
-        self._check_open()
-        limit = -1 if size is None else size
-        buffer = self._buffer
-        max_line_length = self.max_line_length
-        timeout: float | None = None
-        deadline = 0.0
-        received = adjusted = False
+        # The hot path of every line-based handler: one call into the C reader (which
+        # refuses a closed file), a look at the raw state, one length check. (The C
+        # readline is called through a local: a call through the attribute is slower.)
+        raw = self._raw
+        readline = self._readline
+        limit = self._line_limit if size == -1 or size is None or size < 0 else size
         try:
-            while True:
-                line = buffer.take_line(limit)
-                if line is not None:
-                    return line
-                receive_size = self.receive_size
-                if limit < 0 and max_line_length:
-                    if buffer.line_too_long(max_line_length):
-                        raise LineTooLongError(max_line_length)
-                    # No line end yet, and less than the limit buffered: receive no more
-                    # than the line may still take, so a too-long line never buffers more.
-                    receive_size = min(receive_size, max_line_length - len(buffer))
-                if self._eof:
-                    return buffer.take_all()
-                if not received:
-                    # The first receive waits the socket's own timeout, unchanged.
-                    received = True
-                    gettimeout = getattr(self._sock, "gettimeout", None)
-                    timeout = gettimeout() if gettimeout is not None else None
-                    if timeout is not None:
-                        deadline = time.monotonic() + timeout
-                elif timeout is not None:
-                    # Later receives get what is left: a slow drip does not renew it.
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        raise PeerTimeoutError(timeout)
-                    self._sock.settimeout(remaining)
-                    adjusted = True
-                if not self._fill(receive_size):
-                    return buffer.take_all()
-        except PeerTimeoutError as exc:
-            if timeout is not None and exc.timeout != timeout:
-                raise PeerTimeoutError(timeout) from None
+            line = readline(limit)
+        except BaseException:
+            if raw.line_state:
+                raw.end_line()
             raise
-        finally:
-            if adjusted:
-                self._sock.settimeout(timeout)
+        if raw.line_state:
+            # This line took receives under a timeout: restore it; did it run out?
+            raw.end_line()
+            if raw.error is not None:
+                self._raise_error(line)
+        if len(line) == limit and (size is None or size < 0) and line[-1] != 10:  # b"\n"
+            self._give_back(line)
+            raise LineTooLongError(limit)
+        return line
 
 
 class SyncWriter(io.BufferedIOBase):
@@ -669,11 +834,11 @@ def _release_blocking_socket(sock: socket.socket) -> None:
 
 
 def _run_handler(
-    handler_class: type[Any], request: Any, client_address: Any, server: BaseServer
+    handler_class: Callable[..., Any], request: Any, client_address: Any, server: BaseServer
 ) -> None:
     """In the worker thread: construct the handler and run it, as socketserver does."""
     handler = handler_class(request, client_address, server)
-    if issubclass(handler_class, socketserver.BaseRequestHandler):
+    if isinstance(handler, socketserver.BaseRequestHandler):
         return  # socketserver's handlers run setup, handle and finish in __init__
     handler.setup()
     try:
@@ -692,7 +857,7 @@ def _run_handler(
 
 
 async def run_sync_handler(
-    handler_class: type[Any], request: Any, client_address: Any, server: BaseServer
+    handler_class: Callable[..., Any], request: Any, client_address: Any, server: BaseServer
 ) -> None:
     """Run a sync handler (or a socketserver handler class) for one request, in a thread.
 

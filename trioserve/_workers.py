@@ -87,6 +87,7 @@ import trio
 
 from . import _options, _worker_main
 from ._exceptions import WorkerStartupError
+from ._handlers import handler_type
 from ._server import logger
 from ._worker_main import EXIT_MARGIN, FrameBuffer, FrameError, WorkerSpec, encode_frame
 
@@ -184,6 +185,11 @@ def _check_importable(server_class: type, module: str, example: object) -> None:
         )
 
 
+def _handler_name(handler: object) -> str:
+    found = handler_type(handler)
+    return found.__qualname__ if found is not None else repr(handler)
+
+
 def pack_spec(server: BaseServer) -> tuple[bytes, tuple[str, str] | None]:
     """Pickle what a worker needs to rebuild *server*; and where ``__main__`` is, if needed.
 
@@ -201,7 +207,7 @@ def pack_spec(server: BaseServer) -> tuple[bytes, tuple[str, str] | None]:
         if not name.startswith("_") and name not in _NOT_SENT and name not in option_names
     }
     parts: dict[str, object] = {
-        f"the handler class {server.RequestHandlerClass.__qualname__}": (
+        f"the handler class {_handler_name(server.RequestHandlerClass)}": (
             server.RequestHandlerClass
         ),
         f"the server class {server_class.__qualname__}": server_class,
