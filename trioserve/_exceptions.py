@@ -42,7 +42,7 @@ class LineTooLongError(ValueError):
 
     Attributes:
       max_line_length: the limit that was exceeded.
-      separator: what did not come within it (``b"\n"`` for a line).
+      separator: what did not come within it (``b"\\n"`` for a line).
     """
 
     def __init__(self, max_line_length: int, separator: bytes = b"\n") -> None:
