@@ -16,7 +16,7 @@ import threading
 import time
 import urllib.request
 import wsgiref.simple_server
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +24,12 @@ import pytest
 import trio
 import trio.testing
 import trustme
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import trioserve
 from trioserve import (
+    AsyncReader,
     BaseRequestHandler,
     StreamRequestHandler,
     SyncStreamRequestHandler,
@@ -736,17 +739,28 @@ def test_sync_reader_turns_a_reset_into_broken_connection_error(
         SyncReader(sock, receive_size=0)
 
 
-def test_sync_reader_times_out_a_slow_drip_per_line_not_per_receive(
+@pytest.mark.parametrize(
+    ("drop", "read", "end"),
+    [
+        (b"x", lambda reader: reader.readline(), b"\n"),
+        (b"x\r\n", lambda reader: reader.readuntil(b"\r\n\r\n"), b"\r\n"),
+    ],
+    ids=["readline", "readuntil"],
+)
+def test_sync_reader_times_out_a_slow_drip_per_call_not_per_receive(
     socket_pair: tuple[socket.socket, socket.socket],
+    drop: bytes,
+    read: Callable[[SyncReader], bytes],
+    end: bytes,
 ) -> None:
     peer, sock = socket_pair
-    sock.settimeout(0.5)  # real seconds: the drip below sends a byte every 0.05 s
+    sock.settimeout(0.5)  # real seconds: the drip below sends a drop every 0.05 s
     reader = SyncReader(sock, max_line_length=None)
     stop = threading.Event()
 
     def drip() -> None:
         for _ in range(200):  # bounded: 10 s at most
-            peer.sendall(b"x")
+            peer.sendall(drop)
             if stop.wait(0.05):
                 return
 
@@ -755,19 +769,20 @@ def test_sync_reader_times_out_a_slow_drip_per_line_not_per_receive(
     try:
         start = time.monotonic()
         with pytest.raises(trioserve.PeerTimeoutError, match=r"within 0\.5 seconds") as info:
-            reader.readline()
+            read(reader)
         elapsed = time.monotonic() - start
     finally:
         stop.set()
         dripper.join(10)
     assert 0.4 <= elapsed < 5  # about the timeout: not the whole drip
     assert isinstance(info.value, socket.timeout)
+    assert info.value.timeout == 0.5
     assert sock.gettimeout() == 0.5  # the socket's own timeout is given back
     # Nothing was lost: the dripped bytes are still there for the next call.
-    peer.sendall(b"\n")
-    line = reader.readline()
-    assert line.endswith(b"x\n")
-    assert set(line[:-1]) == {ord("x")}
+    peer.sendall(end)
+    piece = read(reader)
+    assert piece == drop * ((len(piece) - len(end)) // len(drop)) + end
+    assert len(piece) > len(drop) + len(end)
 
 
 def test_sync_reader_gives_each_readline_a_fresh_timeout(
@@ -1127,3 +1142,200 @@ def test_sync_reader_read_keeps_per_receive_timeouts_and_the_bytes(
     peer.sendall(b"mno")
     assert reader.readinto(buffer) == 5
     assert buffer == b"klmno"
+
+
+# -- SyncReader.readuntil: the contract of AsyncReader.readuntil -------------------------
+
+
+class ChunkedSocket:
+    """Hands out *data* in pieces of the given sizes (no more than asked), then end of file."""
+
+    def __init__(self, data: bytes, sizes: Sequence[int]) -> None:
+        self.data = data
+        self.sizes = list(sizes)
+        self.received = 0
+
+    def recv(self, size: int) -> bytes:
+        chunk = min(self.sizes.pop(0) if self.sizes else len(self.data), size)
+        piece, self.data = self.data[:chunk], self.data[chunk:]
+        self.received += len(piece)
+        return piece
+
+
+class ChunkedStream(trio.abc.ReceiveStream):
+    """The same for an `AsyncReader`."""
+
+    def __init__(self, data: bytes, sizes: Sequence[int]) -> None:
+        self.socket = ChunkedSocket(data, sizes)
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        await trio.lowlevel.checkpoint()
+        return self.socket.recv(max_bytes or 65536)
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    data=st.lists(st.sampled_from([b"\r\n", b"x", b"\n"]), max_size=80).map(b"".join),
+    sizes=st.lists(st.integers(1, 30), max_size=20),
+    separator=st.sampled_from([b"\n", b"\r\n\r\n", b"x\n", b"xx"]),
+    limit=st.none() | st.integers(-1, 40),
+    max_line_length=st.none() | st.integers(1, 40),
+    receive_size=st.integers(1, 64),
+)
+def test_sync_readuntil_returns_what_the_async_readuntil_returns(
+    data: bytes,
+    sizes: list[int],
+    separator: bytes,
+    limit: int | None,
+    max_line_length: int | None,
+    receive_size: int,
+) -> None:
+    # Each side reads pieces until end of file; after a piece too long, it reads 3 bytes.
+    def sync_reads() -> list[bytes | str]:
+        sock = ChunkedSocket(data, sizes)
+        reader = SyncReader(
+            sock,  # type: ignore[arg-type]
+            receive_size=receive_size,
+            max_line_length=max_line_length,
+        )
+        reads: list[bytes | str] = []
+        while True:
+            try:
+                piece = reader.readuntil(separator, limit)
+            except trioserve.LineTooLongError as exc:
+                reads.append(f"{exc} {exc.separator!r}")
+                piece = reader.read(3)
+            reads.append(piece)
+            if not piece:
+                return reads
+
+    async def async_reads() -> list[bytes | str]:
+        stream = ChunkedStream(data, sizes)
+        reader = AsyncReader(stream, receive_size=receive_size, max_line_length=max_line_length)
+        reads: list[bytes | str] = []
+        while True:
+            try:
+                piece = await reader.readuntil(separator, limit)
+            except trioserve.LineTooLongError as exc:
+                reads.append(f"{exc} {exc.separator!r}")
+                piece = await reader.read(3)
+            reads.append(piece)
+            if not piece:
+                return reads
+
+    reads = sync_reads()
+    assert reads == trio.run(async_reads)
+    assert b"".join(read for read in reads if isinstance(read, bytes)) == data  # in order
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 5, 7, 100])
+def test_sync_readuntil_cuts_at_each_separator_however_the_peer_chunks(chunk: int) -> None:
+    data = b"GET / HTTP/1.1\r\nHost: a\r\n\r\nbody\r\n\r\n\r\n\r\nrest"
+    reader = SyncReader(ChunkedSocket(data, [chunk] * 100))  # type: ignore[arg-type]
+    assert reader.readuntil(b"\r\n\r\n") == b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
+    assert reader.readuntil(b"\r\n\r\n") == b"body\r\n\r\n"
+    assert reader.readuntil(b"\r\n\r\n") == b"\r\n\r\n"
+    assert reader.readuntil(b"\r\n\r\n") == b"rest"  # the rest at end of file
+    assert reader.readuntil(b"\r\n\r\n") == b""
+    assert reader.readuntil() == b""
+
+
+def test_sync_readuntil_finds_a_separator_split_across_receives(
+    socket_pair: tuple[socket.socket, socket.socket],
+) -> None:
+    peer, sock = socket_pair
+    sock.settimeout(5.0)
+    dripping = DrippingSocket(sock)  # 3 bytes a receive: every separator is split
+    reader = SyncReader(dripping)  # type: ignore[arg-type]
+    peer.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nline\nrest")
+    assert reader.readuntil(b"\r\n\r\n") == b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
+    assert dripping.receives == 9
+    # The later receives got what was left of the call's 5 s; then the 5 s came back.
+    lowered = [timeout for timeout in dripping.timeouts if timeout is not None]
+    assert 0 < min(lowered) < 5.0
+    assert dripping.timeouts[-1] == 5.0
+    assert sock.gettimeout() == 5.0
+    assert reader.readline() == b"line\n"  # the other reads go on where it stopped
+    peer.shutdown(socket.SHUT_WR)
+    assert reader.readuntil(b"\r\n\r\n") == b"rest"
+    assert reader.read() == b""
+
+
+def test_sync_readuntil_stops_at_the_limit_and_keeps_the_bytes() -> None:
+    sock = ChunkedSocket(b"x" * 100 + b"\r\n\r\nrest\nmore", [7] * 30)
+    reader = SyncReader(sock, max_line_length=32, receive_size=1000)  # type: ignore[arg-type]
+    with pytest.raises(trioserve.LineTooLongError, match="32 bytes") as info:
+        reader.readuntil(b"\r\n\r\n")
+    assert info.value.max_line_length == 32
+    assert info.value.separator == b"\r\n\r\n"
+    assert str(info.value) == r"no separator b'\r\n\r\n' within 32 bytes"
+    assert sock.received == 32  # never received past the limit
+    with pytest.raises(trioserve.LineTooLongError, match="50 bytes"):
+        reader.readuntil(b"\r\n\r\n", 50)
+    assert sock.received == 50
+    with pytest.raises(trioserve.LineTooLongError, match="50 bytes"):
+        reader.readuntil(b"\r\n\r\n", 50)  # the same bytes again: nothing more received
+    assert sock.received == 50
+    assert reader.readuntil(b"\r\n\r\n", 104) == b"x" * 100 + b"\r\n\r\n"
+    with pytest.raises(trioserve.LineTooLongError) as info:
+        reader.readuntil(b"\n", 4)
+    assert str(info.value) == "no end of line within 4 bytes (max_line_length)"
+    assert info.value.separator == b"\n"
+    assert reader.read(2) == b"re"  # readable in order
+    assert reader.readuntil(b"\n", 3) == b"st\n"
+    assert reader.readuntil(b"\n", 5) == b"more"  # the rest at end of file, within the limit
+
+
+def test_sync_readuntil_limit_defaults_to_max_line_length() -> None:
+    big = b"y" * 100_000 + b"\r\n\r\n"
+    sock = ChunkedSocket(big + b"z" * 20 + b"\r\n\r\n" + b"z" * 20 + b"\r\n\r\n", [])
+    reader = SyncReader(sock, max_line_length=None)  # type: ignore[arg-type]
+    assert reader.readuntil(b"\r\n\r\n") == big  # no limit at all
+    reader.max_line_length = 10
+    for default in (None, -1, -5):
+        with pytest.raises(trioserve.LineTooLongError, match="within 10 bytes"):
+            reader.readuntil(b"\r\n\r\n", default)
+    assert reader.readuntil(b"\r\n\r\n", 24) == b"z" * 20 + b"\r\n\r\n"  # above the default
+    with pytest.raises(trioserve.LineTooLongError, match="within 23 bytes"):
+        reader.readuntil(b"\r\n\r\n", 23)  # one byte short of the separator
+    assert reader.read() == b"z" * 20 + b"\r\n\r\n"
+
+
+def test_sync_readuntil_restores_the_timeout_when_it_times_out(
+    socket_pair: tuple[socket.socket, socket.socket],
+) -> None:
+    peer, sock = socket_pair
+    sock.settimeout(0.2)  # real seconds: the fourth receive waits for it
+    dripping = DrippingSocket(sock)
+    reader = SyncReader(dripping)  # type: ignore[arg-type]
+    peer.sendall(b"abc\r\nde")
+    with pytest.raises(trioserve.PeerTimeoutError) as info:
+        reader.readuntil(b"\r\n\r\n")
+    assert info.value.timeout == 0.2  # the socket's timeout, not what was left of it
+    assert dripping.timeouts[-1] == 0.2
+    assert sock.gettimeout() == 0.2
+    peer.sendall(b"\r\n\r\n")
+    assert reader.readuntil(b"\r\n\r\n") == b"abc\r\nde\r\n\r\n"  # what had arrived is there
+
+
+def test_sync_readuntil_refuses_an_empty_separator_and_a_closed_file(
+    socket_pair: tuple[socket.socket, socket.socket],
+) -> None:
+    peer, sock = socket_pair
+    reader = SyncReader(sock)
+    peer.sendall(b"a\n")
+    with pytest.raises(ValueError, match="separator must not be empty"):
+        reader.readuntil(b"")
+    assert reader.readuntil() == b"a\n"
+    reader.close()
+    with pytest.raises(ValueError, match="closed file"):
+        reader.readuntil()
+
+
+@pytest.mark.parametrize("reader_class", [SyncReader, AsyncReader])
+def test_both_readers_refuse_a_max_line_length_below_one(reader_class: type[Any]) -> None:
+    with pytest.raises(ValueError, match="max_line_length must be >= 1"):
+        reader_class(object(), max_line_length=0)

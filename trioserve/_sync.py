@@ -254,15 +254,17 @@ class SyncReader(io.BufferedIOBase):
     """A buffered, blocking reader over a socket (a sync handler's ``rfile``).
 
     The methods of `io.BufferedReader` (``read``, ``read1``, ``readinto``,
-    ``readline(limit)``, ``readlines``, iteration), at its speed: the buffering is an
-    `io.BufferedReader` over the connection, with a buffer of `io.DEFAULT_BUFFER_SIZE`
-    bytes at most. The rules are those of the async `~trioserve.AsyncReader`: a peer that
-    resets the connection raises `~trioserve.BrokenConnectionError` (a
-    `ConnectionError`), the socket's timeout raises `~trioserve.PeerTimeoutError` (a
-    `TimeoutError`), and ``readline()`` without a limit raises
-    `~trioserve.LineTooLongError` when no line end comes within ``max_line_length`` bytes.
-    ``readline()`` applies the socket's timeout to the whole line, not to each receive;
-    ``read``, ``read1`` and ``readinto`` apply it to each receive.
+    ``readline(limit)``, ``readlines``, iteration), at its speed, and the async reader's
+    ``readuntil(separator, limit)``. The buffering is an `io.BufferedReader` over the
+    connection, with a buffer of `io.DEFAULT_BUFFER_SIZE` bytes at most. The rules are
+    those of the async `~trioserve.AsyncReader`: a peer that resets the connection raises
+    `~trioserve.BrokenConnectionError` (a `ConnectionError`), the socket's timeout raises
+    `~trioserve.PeerTimeoutError` (a `TimeoutError`), and ``readline()`` without a limit
+    raises `~trioserve.LineTooLongError` when no line end comes within
+    ``max_line_length`` bytes (``readuntil()`` when its separator does not come within
+    its limit). ``readline()`` and ``readuntil()`` apply the socket's timeout to the
+    whole call, not to each receive; ``read``, ``read1`` and ``readinto`` apply it to
+    each receive.
 
     Nothing read is lost to an error a handler may catch and go on from: after a
     `LineTooLongError` or a `PeerTimeoutError`, the bytes the call had read are still
@@ -308,6 +310,8 @@ class SyncReader(io.BufferedIOBase):
 
     @max_line_length.setter
     def max_line_length(self, value: int | None) -> None:
+        if value is not None and value < 1:
+            raise ValueError(f"max_line_length must be >= 1 or None, not {value}")
         self._max_line_length = value
         self._line_limit = value or -1
 
@@ -352,29 +356,25 @@ class SyncReader(io.BufferedIOBase):
         self._give_back(data)
         raise error
 
-    def read(self, size: int | None = -1) -> bytes:
-        """Read *size* bytes, fewer only at end of file; all until end of file if negative."""
+    def _read_per_receive(self, read: Callable[[int], bytes], size: int) -> bytes:
+        """``read(size)`` on the C reader, each receive with the socket's own timeout."""
         raw = self._raw
         raw.per_receive = True
         try:
-            data = self._reader.read(size)
+            data = read(size)
         finally:
             raw.per_receive = False
         if raw.error is not None:
             self._raise_error(data)
         return data
 
+    def read(self, size: int | None = -1) -> bytes:
+        """Read *size* bytes, fewer only at end of file; all until end of file if negative."""
+        return self._read_per_receive(self._reader.read, -1 if size is None else size)
+
     def read1(self, size: int = -1) -> bytes:
         """Read up to *size* bytes with at most one receive; b"" only at end of file."""
-        raw = self._raw
-        raw.per_receive = True
-        try:
-            data = self._reader.read1(size)
-        finally:
-            raw.per_receive = False
-        if raw.error is not None:
-            self._raise_error(data)
-        return data
+        return self._read_per_receive(self._reader.read1, size)
 
     def readinto(self, buffer: Buffer) -> int:
         """Read into *buffer* until it is full or end of file; return how many bytes came."""
@@ -424,6 +424,92 @@ class SyncReader(io.BufferedIOBase):
             self._give_back(line)
             raise LineTooLongError(limit)
         return line
+
+    def readuntil(self, separator: bytes = b"\n", limit: int | None = -1) -> bytes:
+        """Read up to and including *separator*; the unterminated rest at end of file.
+
+        As the async `~trioserve.AsyncReader.readuntil`, for framing such as an HTTP head
+        (``rfile.readuntil(b"\\r\\n\\r\\n")``): at end of file the bytes left come back
+        without the separator (b"" when none are left), and a piece that is too long
+        raises `LineTooLongError`.
+
+        Args:
+          separator: the non-empty byte string that ends the piece.
+          limit: with ``limit >= 0``, the most bytes the piece, separator included, may
+            hold; None or negative uses ``max_line_length`` (no limit if that is None).
+
+        Returns:
+          The bytes up to and including the first *separator*, or the rest at end of file.
+
+        Raises:
+          LineTooLongError: no separator came within the limit. The bytes stay readable,
+            in order, and the call never holds more than the limit of them: a receive asks
+            for no more than the piece may still take.
+          PeerTimeoutError: the socket has a timeout and the whole piece did not arrive
+            within it, however the peer dripped it (one timeout per call, not per
+            receive). It carries the socket's timeout, which is the socket's again when
+            this returns or raises. What did arrive stays readable.
+          ValueError: *separator* is empty, or the file is closed.
+        """
+        if self.closed:
+            raise ValueError("I/O operation on closed file")
+        if not separator:
+            raise ValueError("separator must not be empty")
+        if limit is None or limit < 0:
+            limit = self._line_limit
+        raw = self._raw
+        receive_size = raw.receive_size
+        try:
+            return self._read_until(separator, limit, receive_size)
+        finally:
+            raw.receive_size = receive_size
+            if raw.line_state:
+                raw.end_line()  # the receives shared one timeout: give the socket its own
+
+    def _read_until(self, separator: bytes, limit: int, receive_size: int) -> bytes:
+        """`readuntil` once its arguments are checked; *limit* negative for none.
+
+        Looks at what the C reader holds (``peek``, which receives once when it holds
+        nothing) and takes from it (``read1``) only what the piece needs. The receives run
+        in ``readline``'s mode, under one timeout for the call.
+        """
+        reader = self._reader
+        raw = self._raw
+        size = len(separator)
+        data = bytearray()  # taken from the reader so far: no separator within it yet
+        begin = 0  # where the next search in data starts: earlier bytes were searched
+        while True:
+            held = len(data)
+            if limit >= 0:
+                if held >= limit:
+                    self._give_back(bytes(data))
+                    raise LineTooLongError(limit, separator)
+                if limit - held < receive_size:
+                    raw.receive_size = limit - held  # no receive past the limit
+            buffered = reader.peek()
+            if not buffered:  # end of file, or the call's timeout ran out
+                if raw.error is not None:
+                    self._raise_error(bytes(data))
+                return bytes(data)
+            room = len(buffered)
+            if 0 <= limit < held + room:
+                room = limit - held
+            if not held:  # the usual case: the whole piece is already buffered
+                end = buffered.find(separator, 0, room)
+                if end >= 0:
+                    return reader.read1(end + size)
+                data += reader.read1(room)
+            else:
+                data += memoryview(buffered)[:room]
+                end = data.find(separator, begin)
+                if end >= 0:
+                    cut = end + size
+                    reader.read1(cut - held)  # take only what the piece holds
+                    del data[cut:]
+                    return bytes(data)
+                reader.read1(room)
+            # A separator split across two receives starts in the last size - 1 bytes.
+            begin = max(0, len(data) - size + 1)
 
 
 class SyncWriter(io.BufferedIOBase):
