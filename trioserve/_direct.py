@@ -58,9 +58,10 @@ def _broken(exc: OSError) -> trio.ClosedResourceError | trio.BrokenResourceError
 class DirectSocket:
     """``receive_some`` and ``send_all`` on a `trio.SocketStream`'s socket, paced.
 
-    Behaves as the stream's own methods do (same errors, `trio.BusyResourceError` for two
-    tasks sending at once), except that an operation that completes at once does not
-    always yield (see the module documentation). One instance serves one reader or one
+    Behaves as the stream's own methods do (same errors; `trio.BusyResourceError` for a
+    task that sends while another's send waits for room, so bytes never interleave),
+    except that an operation that completes at once does not always yield (see the module
+    documentation). One instance serves one reader or one
     writer; the stream stays the socket's owner.
     """
 
@@ -160,12 +161,8 @@ class ServerSocket:
                 self._run = 0
                 await wait_readable(sock)
                 continue
-            try:
-                if self._tick():
-                    await cancel_shielded_checkpoint()
-            except BaseException:  # pragma: no cover - the checkpoint is shielded
-                connection.close()
-                raise
+            if self._tick():
+                await cancel_shielded_checkpoint()  # shielded: cannot be cancelled
             return trio.socket.from_stdlib_socket(connection), address
 
     async def recvfrom(self, size: int) -> tuple[bytes, Any]:
