@@ -134,8 +134,8 @@ async def test_a_partial_reaches_pool_workers() -> None:
 
 @pytest.mark.parametrize(
     "handler",
-    [functools.partial(print), functools.partial(functools.partial(object)), lambda *a: None],
+    [functools.partial(print), functools.partial(functools.partial(object)), object, 42],
 )
-def test_anything_else_callable_is_refused_at_construction(handler: Any) -> None:
+def test_anything_else_is_refused_at_construction(handler: Any) -> None:
     with pytest.raises(TypeError, match=r"or a functools\.partial of one"):
         TCPServer(("127.0.0.1", 0), handler)

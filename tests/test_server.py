@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import socket
 import socketserver
 import threading
@@ -61,7 +62,7 @@ def test_bad_options_fail_at_construction_naming_the_option(
 
 def test_handler_class_is_checked() -> None:
     with pytest.raises(TypeError, match="RequestHandlerClass must be a subclass"):
-        TCPServer(("127.0.0.1", 0), object)  # type: ignore[arg-type]
+        TCPServer(("127.0.0.1", 0), object)
 
 
 def test_mixin_order_does_not_matter() -> None:
@@ -147,14 +148,18 @@ async def test_hooks_run_in_socketservers_order() -> None:
     with Server(("127.0.0.1", 0), EchoLine) as server:
         assert calls == ["server_bind", "server_activate"]
         async with trio.open_nursery() as nursery:
-            await nursery.start(server.serve_forever)
+            # A long poll_interval: service_actions only after requests, not on the timer.
+            await nursery.start(functools.partial(server.serve_forever, poll_interval=3600))
             assert await talk(server, b"hooks\n") == b"hooks\n"
+            await trio.testing.wait_all_tasks_blocked()
+            assert await talk(server, b"again\n") == b"again\n"
             await trio.testing.wait_all_tasks_blocked()
             nursery.cancel_scope.cancel()
     # The accept loop and the connection's task interleave; each keeps its own order.
     loop = [c for c in calls[2:] if c in ("get_request", "service_actions")]
     path = [c for c in calls[2:] if c not in ("get_request", "service_actions")]
     assert loop[:3] == ["get_request", "service_actions", "get_request"]
+    path = path[: len(path) // 2]  # the first request's
     assert path == [
         "verify_request",
         "process_request",
@@ -294,3 +299,135 @@ def test_ctrl_c_reaches_the_caller_of_trio_run_as_keyboard_interrupt() -> None:
         with pytest.raises(KeyboardInterrupt):
             trio.run(server.serve_forever)
         client.join(10)
+
+
+# -- the lifecycle, written once -----------------------------------------------------------
+
+
+async def test_a_handler_that_shuts_down_from_a_thread_stops_the_server() -> None:
+    """shutdown() from a thread an async handler waits for returns at once (no deadlock)."""
+    stopping = trio.Event()
+
+    class Stopper(StreamRequestHandler):
+        async def handle(self) -> None:
+            await trio.to_thread.run_sync(self.server.shutdown)
+            stopping.set()
+            await self.wfile.write(b"bye\n")
+
+    with ThreadingTCPServer(("127.0.0.1", 0), Stopper) as server:
+        with trio.fail_after(10):  # a hang is the bug this guards against
+            async with trio.open_nursery() as nursery:
+                await nursery.start(server.serve_forever)
+                assert await talk(server, b"stop\n") == b"bye\n"
+        assert stopping.is_set()
+        assert not server.draining
+
+
+async def test_shutdown_from_a_thread_outside_the_server_still_waits_for_it() -> None:
+    finished: list[str] = []
+
+    class Slow(StreamRequestHandler):
+        async def handle(self) -> None:
+            await self.rfile.readline()
+            await trio.sleep(0.05)
+            finished.append("handler")
+
+    with ThreadingTCPServer(("127.0.0.1", 0), Slow) as server:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve_forever)
+            async with await trio.open_tcp_stream(*server.server_address) as client:
+                await client.send_all(b"go\n")
+                await trio.testing.wait_all_tasks_blocked()
+                await trio.to_thread.run_sync(server.shutdown)
+                # socketserver's promise: shutdown() returned after serve_forever did.
+                assert finished == ["handler"]
+
+
+async def test_service_actions_runs_every_poll_interval_while_idle(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    ticks: list[float] = []
+
+    class Ticking(ThreadingTCPServer):
+        def service_actions(self) -> None:
+            ticks.append(trio.current_time())
+
+    with Ticking(("127.0.0.1", 0), EchoLine) as server:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(functools.partial(server.serve_forever, poll_interval=2.0))
+            start = trio.current_time()
+            await trio.sleep(7.0)
+            nursery.cancel_scope.cancel()
+    assert [round(t - start) for t in ticks] == [2, 4, 6]
+
+
+async def test_service_actions_not_overridden_costs_no_timer(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with ThreadingTCPServer(("127.0.0.1", 0), EchoLine) as server:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(functools.partial(server.serve_forever, poll_interval=0.01))
+            await trio.testing.wait_all_tasks_blocked()
+            # Nothing is scheduled: the clock has no deadline to jump to but the test's.
+            assert trio.lowlevel.current_root_task() is not None
+            assert nursery.cancel_scope.deadline == float("inf")
+            with trio.move_on_after(100):
+                await trio.sleep_forever()
+            nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("when", ["before", "during"])
+async def test_a_hook_replaced_on_the_instance_is_called_before_or_during_serving(
+    when: str,
+) -> None:
+    refused: list[Any] = []
+
+    def refuse(request: Any, client_address: Any) -> bool:
+        refused.append(client_address)
+        return False
+
+    with ThreadingTCPServer(("127.0.0.1", 0), EchoLine) as server:
+        if when == "before":
+            server.verify_request = refuse  # type: ignore[method-assign]
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve_forever)
+            if when == "during":
+                assert await talk(server, b"first\n") == b"first\n"
+                server.verify_request = refuse  # type: ignore[method-assign]
+            assert await talk(server, b"refused\n") == b""
+            nursery.cancel_scope.cancel()
+    assert len(refused) == 1
+
+
+def test_internal_names_do_not_collide_with_stdlib_classes_mixed_in() -> None:
+    import http.server
+    import logging.handlers  # noqa: F401
+    import wsgiref.simple_server
+    import xmlrpc.server
+
+    stdlib = [
+        xmlrpc.server.SimpleXMLRPCDispatcher,
+        xmlrpc.server.SimpleXMLRPCRequestHandler,
+        http.server.BaseHTTPRequestHandler,
+        http.server.SimpleHTTPRequestHandler,
+        wsgiref.simple_server.WSGIServer,
+        wsgiref.simple_server.WSGIRequestHandler,
+        socketserver.BaseServer,
+        socketserver.StreamRequestHandler,
+    ]
+    theirs = {name for cls in stdlib for klass in cls.__mro__ for name in vars(klass)}
+    ours: set[str] = set()
+    for cls in (
+        trioserve.ThreadingTCPServer,
+        trioserve.ForkingUDPServer,
+        trioserve.ThreadingHTTPServer,
+        trioserve.StreamRequestHandler,
+        trioserve.DatagramRequestHandler,
+    ):
+        for klass in cls.__mro__:
+            if klass.__module__.startswith("trioserve"):
+                ours.update(n for n in vars(klass) if n.startswith("_") and not n.startswith("__"))
+    with ThreadingTCPServer(("127.0.0.1", 0), EchoLine) as server:
+        ours.update(n for n in vars(server) if n.startswith("_"))
+    assert ours & theirs == set()
+    assert all(n.startswith("_trioserve") for n in ours), sorted(ours)

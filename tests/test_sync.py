@@ -32,17 +32,15 @@ from trioserve import (
     AsyncReader,
     BaseRequestHandler,
     StreamRequestHandler,
+    StreamSocket,
+    SyncReader,
     SyncStreamRequestHandler,
+    SyncWriter,
     TCPServer,
     ThreadingTCPServer,
 )
-from trioserve._sync import (
-    StreamSocket,
-    SyncReader,
-    SyncWriter,
-    run_sync_handler,
-    running_handler_threads,
-)
+from trioserve._sync import run_sync_handler
+from trioserve._threads import running_handler_threads
 
 from .helpers import receive_exactly
 
@@ -522,7 +520,7 @@ async def test_cancellation_and_shutdown_reach_a_handler_blocked_on_its_connecti
 async def test_a_thread_stuck_elsewhere_is_abandoned_after_a_deadline(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(trioserve._sync, "ABANDON_AFTER", 0.2)
+    monkeypatch.setattr(trioserve._threads, "ABANDON_AFTER", 0.2)
     started = threading.Event()
     release = threading.Event()
     ended = threading.Event()

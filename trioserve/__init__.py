@@ -16,9 +16,9 @@ from ._compat import ThreadingTCPServer as ThreadingTCPServer
 from ._compat import ThreadingUDPServer as ThreadingUDPServer
 from ._compat import ThreadingUnixDatagramServer as ThreadingUnixDatagramServer
 from ._compat import ThreadingUnixStreamServer as ThreadingUnixStreamServer
-from ._datagram import DatagramRequestHandler as DatagramRequestHandler
 from ._datagram import UDPServer as UDPServer
 from ._datagram import UnixDatagramServer as UnixDatagramServer
+from ._datagram_handler import DatagramRequestHandler as DatagramRequestHandler
 from ._exceptions import BrokenConnectionError as BrokenConnectionError
 from ._exceptions import LineTooLongError as LineTooLongError
 from ._exceptions import PeerTimeoutError as PeerTimeoutError
@@ -39,9 +39,9 @@ from ._policy import ThreadingMixIn as ThreadingMixIn
 from ._server import BaseServer as BaseServer
 from ._stream import TCPServer as TCPServer
 from ._stream import UnixStreamServer as UnixStreamServer
-from ._sync import StreamSocket as StreamSocket
-from ._sync import SyncReader as SyncReader
-from ._sync import SyncWriter as SyncWriter
+from ._streamsocket import StreamSocket as StreamSocket
+from ._syncfiles import SyncReader as SyncReader
+from ._syncfiles import SyncWriter as SyncWriter
 
 __version__ = "0.1.0.dev0"
 

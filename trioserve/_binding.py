@@ -51,7 +51,8 @@ import trio
 
 from . import _options
 from ._direct import ServerSocket
-from ._server import BaseServer, HandlerClass
+from ._handlers import HandlerClass
+from ._server import BaseServer
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -128,6 +129,10 @@ def _remove_stale_unix_socket(path: str | bytes, socket_type: int) -> None:
         probe.close()
 
 
+def _is_path(address: str | bytes) -> bool:
+    return address[:1] not in ("\0", b"\0")
+
+
 class SocketServer(BaseServer):
     """A server that owns a socket: binds it in the constructor, closes it on close.
 
@@ -144,7 +149,9 @@ class SocketServer(BaseServer):
       allow_reuse_address: set ``SO_REUSEADDR`` (stream servers: True).
       allow_reuse_port: set ``SO_REUSEPORT``, to share a port between processes.
       ipv6_only: on IPv6 sockets, set ``IPV6_V6ONLY`` (default True).
-      unix_socket_mode: a file mode for a Unix socket file, such as ``0o660``.
+      unix_socket_mode: a file mode for a Unix socket file, such as ``0o660``. The file
+        is created with it (never, even briefly, with a wider one); the umask can only
+        narrow it while binding, and it is then widened to exactly this mode.
 
     Attributes:
       socket: the server's `trio.socket.SocketType`.
@@ -158,7 +165,7 @@ class SocketServer(BaseServer):
     ipv6_only: bool = True
     unix_socket_mode: int | None = None
 
-    _options: ClassVar[Mapping[str, _options.Check]] = {
+    _trioserve_options: ClassVar[Mapping[str, _options.Check]] = {
         "allow_reuse_address": _options.boolean,
         "allow_reuse_port": _options.boolean,
         "ipv6_only": _options.boolean,
@@ -175,17 +182,17 @@ class SocketServer(BaseServer):
         adopting = _adopting.get(None)
         adopted = adopting.pop() if adopting else None
         super().__init__(server_address, RequestHandlerClass, **options)
-        self._unix_path_inode: tuple[str | bytes, int] | None = None
+        self._trioserve_unix_path: tuple[str | bytes, int] | None = None
         if adopted is not None:
             self.address_family = adopted.family
-            self._raw_socket = adopted
+            self._trioserve_raw_socket = adopted
         else:
             self.address_family = family_for(self.address_family, server_address)
             self.server_address = check_address(self.address_family, server_address)
-            self._raw_socket = socket.socket(self.address_family, self.socket_type)
-        self.socket = trio.socket.from_stdlib_socket(self._raw_socket)
+            self._trioserve_raw_socket = socket.socket(self.address_family, self.socket_type)
+        self.socket = trio.socket.from_stdlib_socket(self._trioserve_raw_socket)
         # accept/recvfrom on this socket, paced; used while self.socket is still this one.
-        self._paced = ServerSocket(self._raw_socket, self.socket)
+        self._trioserve_paced = ServerSocket(self._trioserve_raw_socket, self.socket)
         if bind_and_activate:
             try:
                 self.server_bind()
@@ -285,7 +292,7 @@ class SocketServer(BaseServer):
 
     def server_bind(self) -> None:
         """Set the socket options and bind to `server_address`; then record the real one."""
-        sock = self._raw_socket
+        sock = self._trioserve_raw_socket
         family = self.address_family
         if self.allow_reuse_address and family != socket.AF_UNIX:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -296,8 +303,13 @@ class SocketServer(BaseServer):
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(self.ipv6_only))
         address = self.server_address
+        mode = self.unix_socket_mode if family == socket.AF_UNIX else None
         if family == socket.AF_UNIX:
             _remove_stale_unix_socket(address, self.socket_type)
+            if mode is not None:
+                # Linux creates the socket file with the socket's own mode (less the
+                # umask): set it before bind, so the file never exists with a wider one.
+                os.fchmod(sock.fileno(), mode)
         try:
             sock.bind(address)
         except socket.gaierror as exc:
@@ -308,15 +320,11 @@ class SocketServer(BaseServer):
             raise ValueError(f"cannot bind to {address!r}: {exc}") from None
         except OSError as exc:
             raise _rephrase(exc, address) from None
-        if family == socket.AF_UNIX and self._is_path(address):
-            if self.unix_socket_mode is not None:
-                os.chmod(address, self.unix_socket_mode)
-            self._unix_path_inode = (address, os.stat(address).st_ino)
+        if family == socket.AF_UNIX and _is_path(address):
+            if mode is not None and stat.S_IMODE(os.stat(address).st_mode) != mode:
+                os.chmod(address, mode)  # only widens what the umask narrowed
+            self._trioserve_unix_path = (address, os.stat(address).st_ino)
         self.server_address = sock.getsockname()
-
-    @staticmethod
-    def _is_path(address: str | bytes) -> bool:
-        return address[:1] not in ("\0", b"\0")
 
     def server_close(self) -> None:
         """Close the socket, and remove the Unix socket file this server created.
@@ -326,10 +334,10 @@ class SocketServer(BaseServer):
         if trio.lowlevel.in_trio_run():
             self.socket.close()  # also wakes any task still waiting on the socket
         else:
-            self._raw_socket.close()
-        own = self._unix_path_inode
+            self._trioserve_raw_socket.close()
+        own = self._trioserve_unix_path
         if own is not None:
-            self._unix_path_inode = None
+            self._trioserve_unix_path = None
             path, inode = own
             try:
                 if os.stat(path).st_ino == inode:

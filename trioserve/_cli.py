@@ -35,18 +35,15 @@ once, and the command exits with status 130, the shell's code for "interrupted".
 process pool, the parent does this, and the workers (in their own session, out of reach
 of the terminal's Ctrl-C) are stopped by it with the same grace.
 
-``--timeout`` is the handler's ``timeout`` (each read and write on the connection), which
-is a class attribute of the handler. Rather than change the user's class, the server
-takes it as an option and runs each request with a subclass of the handler that sets it,
-made where the handler runs: in a worker process the option arrives with the server's
-other options, and the subclass is made there.
+``--timeout`` is the server's ``handler_timeout`` option: the ``timeout`` of every handler
+whose class leaves it None (each read and write on the connection). In a worker process
+the option arrives with the server's other options.
 """
 
 from __future__ import annotations
 
 import argparse
 import enum
-import functools
 import importlib
 import logging
 import math
@@ -55,12 +52,11 @@ import signal
 import socket
 import socketserver
 import sys
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ClassVar, NoReturn, cast
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
 
 import trio
 
-from . import _options
 from ._binding import SocketServer
 from ._compat import (
     ForkingTCPServer,
@@ -72,10 +68,11 @@ from ._compat import (
     ThreadingUnixDatagramServer,
     ThreadingUnixStreamServer,
 )
-from ._datagram import DatagramRequestHandler
+from ._datagram_handler import DatagramRequestHandler
 from ._exceptions import WorkerStartupError
-from ._handlers import BaseRequestHandler, EchoHandler, _StreamHandlerBase, run_handler
-from ._server import BaseServer, HandlerClass, logger
+from ._handlers import BaseRequestHandler, EchoHandler, _StreamHandlerBase
+
+logger = logging.getLogger("trioserve")
 
 #: A handler class, as the command line names one (never a partial).
 _HandlerType = type[BaseRequestHandler] | type[socketserver.BaseRequestHandler]
@@ -117,57 +114,16 @@ class Transport(enum.Enum):
         return self in (Transport.UDP, Transport.UNIX_DGRAM)
 
 
-# -- --timeout: the handler's timeout, set where the handler runs ---------------------------
-
-
-class _HandlerTimeout(BaseServer):
-    """Runs each request with a subclass of the handler whose ``timeout`` is the option."""
-
-    handler_timeout: float | None = None
-    _options: ClassVar[Mapping[str, _options.Check]] = {
-        "handler_timeout": _options.seconds_or_none,
-    }
-    _timed_handler: HandlerClass | None = None
-
-    async def finish_request(self, request: Any, client_address: Any) -> None:
-        """Run the handler with ``timeout`` set to `handler_timeout`."""
-        handler_class = self._timed_handler
-        if handler_class is None:
-            handler_class = _with_timeout(self.RequestHandlerClass, self.handler_timeout)
-            self._timed_handler = handler_class
-        await run_handler(handler_class, request, client_address, self)
-
-
-class _TimedTCPServer(_HandlerTimeout, ThreadingTCPServer):
-    """`ThreadingTCPServer` with ``--timeout``."""
-
-
-class _TimedUnixStreamServer(_HandlerTimeout, ThreadingUnixStreamServer):
-    """`ThreadingUnixStreamServer` with ``--timeout``."""
-
-
-class _TimedForkingTCPServer(_HandlerTimeout, ForkingTCPServer):
-    """`ForkingTCPServer` with ``--timeout``."""
-
-
-class _TimedForkingUnixStreamServer(_HandlerTimeout, ForkingUnixStreamServer):
-    """`ForkingUnixStreamServer` with ``--timeout``."""
-
-
-# (transport, workers?, timeout?) -> server class
-_SERVER_CLASSES: dict[tuple[Transport, bool, bool], type[SocketServer]] = {
-    (Transport.TCP, False, False): ThreadingTCPServer,
-    (Transport.TCP, False, True): _TimedTCPServer,
-    (Transport.TCP, True, False): ForkingTCPServer,
-    (Transport.TCP, True, True): _TimedForkingTCPServer,
-    (Transport.UNIX, False, False): ThreadingUnixStreamServer,
-    (Transport.UNIX, False, True): _TimedUnixStreamServer,
-    (Transport.UNIX, True, False): ForkingUnixStreamServer,
-    (Transport.UNIX, True, True): _TimedForkingUnixStreamServer,
-    (Transport.UDP, False, False): ThreadingUDPServer,
-    (Transport.UDP, True, False): ForkingUDPServer,
-    (Transport.UNIX_DGRAM, False, False): ThreadingUnixDatagramServer,
-    (Transport.UNIX_DGRAM, True, False): ForkingUnixDatagramServer,
+# (transport, process pool?) -> server class
+_SERVER_CLASSES: dict[tuple[Transport, bool], type[SocketServer]] = {
+    (Transport.TCP, False): ThreadingTCPServer,
+    (Transport.TCP, True): ForkingTCPServer,
+    (Transport.UNIX, False): ThreadingUnixStreamServer,
+    (Transport.UNIX, True): ForkingUnixStreamServer,
+    (Transport.UDP, False): ThreadingUDPServer,
+    (Transport.UDP, True): ForkingUDPServer,
+    (Transport.UNIX_DGRAM, False): ThreadingUnixDatagramServer,
+    (Transport.UNIX_DGRAM, True): ForkingUnixDatagramServer,
 }
 
 
@@ -298,14 +254,6 @@ def build_parser() -> argparse.ArgumentParser:
 # -- the handler ----------------------------------------------------------------------------
 
 
-def _with_timeout(handler: HandlerClass, timeout: float | None) -> HandlerClass:
-    """*handler* with its class's ``timeout`` set: a subclass (inside the partial, if any)."""
-    if isinstance(handler, functools.partial):
-        inner = _with_timeout(cast("HandlerClass", handler.func), timeout)
-        return functools.partial(inner, *handler.args, **handler.keywords)
-    return cast("HandlerClass", type(handler.__name__, (handler,), {"timeout": timeout}))
-
-
 def load_handler(spec: str) -> _HandlerType:
     """Import ``MODULE:HANDLER`` and check that it names a handler class.
 
@@ -418,7 +366,7 @@ def build_server(args: argparse.Namespace) -> tuple[SocketServer, str]:
         options["max_children"] = args.workers
     if args.timeout is not None:
         options["handler_timeout"] = args.timeout
-    server_class = _SERVER_CLASSES[(transport, args.workers is not None, args.timeout is not None)]
+    server_class = _SERVER_CLASSES[(transport, args.workers is not None)]
     try:
         server = server_class(address, handler_class, **options)
     except (OSError, ValueError, TypeError) as exc:

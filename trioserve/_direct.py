@@ -24,7 +24,6 @@ the operations here then raise `trio.ClosedResourceError`.
 
 from __future__ import annotations
 
-import errno
 import os
 import socket
 from typing import Any, final
@@ -37,21 +36,12 @@ from trio.lowlevel import (
     wait_writable,
 )
 
+from ._errors import closed, from_socket_error
+
 __all__ = ["YIELD_EVERY", "DirectSocket", "ServerSocket", "direct"]
 
 #: Operations in a row that complete without waiting, after which one yields anyway.
 YIELD_EVERY = 8
-
-
-def _closed() -> trio.ClosedResourceError:
-    return trio.ClosedResourceError("the connection was closed")
-
-
-def _broken(exc: OSError) -> trio.ClosedResourceError | trio.BrokenResourceError:
-    # As trio.SocketStream translates them: EBADF means closed under our feet.
-    if exc.errno == errno.EBADF:
-        return _closed()
-    return trio.BrokenResourceError(f"socket connection broken: {exc}")
 
 
 @final
@@ -78,15 +68,17 @@ class DirectSocket:
         while True:
             fd = self._socket.fileno()
             if fd < 0:
-                raise _closed()
+                raise closed()
             try:
                 data = os.read(fd, max_bytes)
             except BlockingIOError:
+                data = None  # wait outside the except block: no context for what follows
+            except OSError as exc:
+                raise from_socket_error(exc) from exc
+            if data is None:
                 self._run = 0
                 await wait_readable(fd)
                 continue
-            except OSError as exc:
-                raise _broken(exc) from exc
             self._run += 1
             if self._run >= YIELD_EVERY:
                 self._run = 0
@@ -102,13 +94,13 @@ class DirectSocket:
         while True:
             fd = self._socket.fileno()
             if fd < 0:
-                raise _closed()
+                raise closed()
             try:
                 sent = os.write(fd, view)
             except BlockingIOError:
                 sent = 0
             except OSError as exc:
-                raise _broken(exc) from exc
+                raise from_socket_error(exc) from exc
             if sent == len(view):
                 break
             # A partial send: wait for room, and keep other senders out until done.
@@ -158,6 +150,8 @@ class ServerSocket:
             try:
                 connection, address = sock.accept()
             except BlockingIOError:
+                connection = None  # wait outside the except block: no context for what follows
+            if connection is None:
                 self._run = 0
                 await wait_readable(sock)
                 continue
@@ -173,6 +167,8 @@ class ServerSocket:
             try:
                 result = sock.recvfrom(size)
             except BlockingIOError:
+                result = None  # wait outside the except block: no context for what follows
+            if result is None:
                 self._run = 0
                 await wait_readable(sock)
                 continue

@@ -36,7 +36,8 @@ import trio
 
 from ._buffer import ReceiveBuffer
 from ._direct import DirectSocket, direct
-from ._exceptions import BrokenConnectionError, LineTooLongError, PeerTimeoutError
+from ._errors import broken, peer_timeout
+from ._exceptions import BrokenConnectionError, LineTooLongError
 
 __all__ = [
     "DEFAULT_MAX_LINE_LENGTH",
@@ -57,15 +58,6 @@ DEFAULT_MAX_LINE_LENGTH = 65536
 
 _Receiver = DirectSocket | trio.abc.ReceiveStream
 _Sender = DirectSocket | trio.abc.SendStream
-
-
-def _timed_out(timeout: float) -> PeerTimeoutError:
-    return PeerTimeoutError(timeout)
-
-
-def _broken(exc: BaseException) -> BrokenConnectionError:
-    cause = exc.__cause__ if exc.__cause__ is not None else exc
-    return BrokenConnectionError(f"connection broken by the peer: {cause}")
 
 
 @final
@@ -147,11 +139,11 @@ class AsyncReader:
                 with trio.fail_at(deadline):
                     data = await self._stream.receive_some(size or self.receive_size)
         except trio.TooSlowError:
-            raise _timed_out(self.timeout or 0.0) from None
+            raise peer_timeout(self.timeout) from None
         except trio.BrokenResourceError as exc:
             if isinstance(exc, BrokenConnectionError):
                 raise
-            raise _broken(exc) from exc
+            raise broken(exc) from exc
         if not data:
             self._eof = True
             return False
@@ -224,7 +216,7 @@ class AsyncReader:
             except trio.BrokenResourceError as exc:
                 if isinstance(exc, BrokenConnectionError):
                     raise
-                raise _broken(exc) from exc
+                raise broken(exc) from exc
             if not data:
                 self._eof = True
                 return buffer.take_all()
@@ -344,11 +336,11 @@ class AsyncWriter:
                 with trio.fail_after(self.timeout):
                     await self._stream.send_all(data)
         except trio.TooSlowError:
-            raise _timed_out(self.timeout or 0.0) from None
+            raise peer_timeout(self.timeout) from None
         except trio.BrokenResourceError as exc:
             if isinstance(exc, BrokenConnectionError):
                 raise
-            raise _broken(exc) from exc
+            raise broken(exc) from exc
 
     async def write(self, data: BytesLike) -> int:
         """Write *data*; return how many bytes it holds. Unbuffered writes are sent now."""
@@ -365,7 +357,7 @@ class AsyncWriter:
             except trio.BrokenResourceError as exc:
                 if isinstance(exc, BrokenConnectionError):
                     raise
-                raise _broken(exc) from exc
+                raise broken(exc) from exc
             return size
         self._pending += data
         if len(self._pending) >= self.bufsize:

@@ -37,24 +37,33 @@ import inspect
 import io
 import socketserver
 import weakref
-from collections.abc import Generator
-from typing import TYPE_CHECKING, Any, cast, final
+from collections.abc import Callable, Generator
+from typing import TYPE_CHECKING, Any, TypeAlias, final
 
 import trio
 
 from ._exceptions import BrokenConnectionError
 from ._files import DEFAULT_MAX_LINE_LENGTH, DEFAULT_RECEIVE_SIZE, AsyncReader, AsyncWriter
-from ._sync import SyncConnection, SyncReader, SyncWriter, run_sync_handler
+from ._streamsocket import SyncConnection
+from ._syncfiles import SyncReader, SyncWriter
 
 if TYPE_CHECKING:
-    from ._server import BaseServer, HandlerClass
+    from ._server import BaseServer
 
 __all__ = [
+    "DONE",
     "BaseRequestHandler",
     "EchoHandler",
+    "HandlerClass",
     "StreamRequestHandler",
     "SyncStreamRequestHandler",
-    "run_handler",
+    "handler_steps",
+    "handler_type",
+    "is_handler",
+    "is_sync_handler",
+    "run_async_handler",
+    "run_steps",
+    "run_steps_sync",
 ]
 
 
@@ -73,6 +82,8 @@ class _Done:
 
 
 _DONE = _Done()
+#: The complete awaitable the base hooks return (for the other modules of the package).
+DONE = _DONE
 
 
 class BaseRequestHandler:
@@ -108,12 +119,15 @@ class BaseRequestHandler:
         """Clean up after `handle`, even when it raised. ``await super().finish()`` works."""
         return _DONE
 
-    async def _after_finish(self) -> None:
-        """A step for base classes, run by `run_handler` after ``finish()`` (not for users).
+    def _trioserve_end(self) -> Any:
+        """The base classes' last step, after ``finish()`` (not for users to call).
 
-        `trioserve.DatagramRequestHandler` sends its reply here, so the reply goes out once,
-        after any ``finish()`` override, whether or not it called ``super().finish()``.
+        Stream handlers flush and close their files here, in case a ``finish()`` override
+        did not call ``super().finish()``; `trioserve.DatagramRequestHandler` sends its
+        reply, so it goes out once, after any ``finish()`` override. Returns an awaitable,
+        as the hooks do. (Prefixed so it cannot collide with a name of a class mixed in.)
         """
+        return _DONE
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -152,15 +166,36 @@ def handler_type(handler_class: object) -> type[Any] | None:
     return None
 
 
+def is_handler(handler: object) -> bool:
+    """Whether a server can run *handler* as its ``RequestHandlerClass``.
+
+    A handler class (trioserve's or socketserver's), a `functools.partial` of one, or a
+    callable that is not a class (a function, as socketserver allows). A class that is
+    not a handler class, or a partial of one, is a mistake and is refused.
+    """
+    inner = handler
+    for _ in range(16):
+        if not isinstance(inner, functools.partial):
+            break
+        inner = inner.func
+    if isinstance(inner, type):
+        return handler_type(handler) is not None
+    return callable(inner) and not isinstance(handler, functools.partial)
+
+
 def is_sync_handler(cls: Any) -> bool:
     """Whether instances of *cls* run in a worker thread.
 
-    True for a trioserve handler whose ``handle`` is a plain function, and for a handler
-    class of the standard library's ``socketserver`` (which runs in its constructor).
-    *cls* may also be a `functools.partial` of such a class, as socketserver allows.
+    True for a trioserve handler whose ``handle`` is a plain function, for a handler class
+    of the standard library's ``socketserver`` (which runs in its constructor), and for
+    any other callable a server is given as its ``RequestHandlerClass`` (socketserver
+    calls whatever it is given, and so, in a worker thread, does trioserve). *cls* may
+    also be a `functools.partial` of such a class, as socketserver allows.
     """
     if isinstance(cls, functools.partial):
         cls = handler_type(cls)
+    if not isinstance(cls, type):
+        return True
     handle = getattr(cls, "handle", None)
     cached = _sync_handlers.get(cls)
     if cached is not None and cached[0] is handle:
@@ -173,6 +208,14 @@ def is_sync_handler(cls: Any) -> bool:
     return sync
 
 
+#: What a server runs per request: a handler class, a `functools.partial` of one, or (as
+#: socketserver allows) any callable taking ``(request, client_address, server)``.
+#: (`functools.partial` is invariant: ``partial[Any]`` lets a partial of a subclass in.)
+HandlerClass: TypeAlias = (
+    "type[BaseRequestHandler] | type[socketserver.BaseRequestHandler] "
+    "| functools.partial[Any] | Callable[..., Any]"
+)
+
 # is_sync_handler's answers, per class, with the ``handle`` each was worked out from (a
 # class whose ``handle`` is replaced later is asked again). Weak: classes may come and go.
 _sync_handlers: weakref.WeakKeyDictionary[type[Any], tuple[object, bool]] = (
@@ -180,62 +223,79 @@ _sync_handlers: weakref.WeakKeyDictionary[type[Any], tuple[object, bool]] = (
 )
 
 
-async def run_handler(
-    handler_class: HandlerClass,
-    request: Any,
-    client_address: Any,
-    server: BaseServer,
-) -> None:
-    """Run one handler for one request: ``setup``, ``handle``, then ``finish`` always.
+def handler_steps(
+    handler_class: HandlerClass, request: Any, client_address: Any, server: Any
+) -> Generator[object, None, None]:
+    """The life of one handler, as steps: the one driver of both kinds of handler.
 
-    Sync handlers and socketserver's own handler classes go to a worker thread
-    (`trioserve._sync`); async handlers run in the calling task.
+    Constructs the handler, then yields what ``setup()``, ``handle()``, ``finish()`` (run
+    even when ``handle()`` raised) and the base classes' closing step return. An async
+    runner (`run_steps`) awaits each awaitable step and throws what it raised back in, so
+    ``finish()`` runs after a failed ``handle()``; a sync runner (`run_steps_sync`, in a
+    worker thread) finds each step already done. socketserver's own handler classes run
+    everything in their constructor and yield nothing.
+
+    The server's ``handler_timeout`` (if set) becomes the handler's ``timeout`` when the
+    handler class leaves that None.
     """
-    if is_sync_handler(handler_class):
-        await run_sync_handler(handler_class, request, client_address, server)
-        return
-    # Not sync, so a trioserve handler (socketserver's own always run in a thread).
-    await run_async_handler(
-        cast("type[BaseRequestHandler] | functools.partial[BaseRequestHandler]", handler_class),
-        request,
-        client_address,
-        server,
-    )
+    handler = handler_class(request, client_address, server)
+    if not isinstance(handler, BaseRequestHandler):
+        return  # socketserver's handlers (or any callable) do their work when called
+    timeout = getattr(server, "handler_timeout", None)
+    if timeout is not None and getattr(handler, "timeout", 0) is None:
+        handler.timeout = timeout  # type: ignore[attr-defined]
+    yield handler.setup()
+    try:
+        yield handler.handle()
+    finally:
+        yield handler.finish()
+        yield handler._trioserve_end()
+
+
+async def run_steps(steps: Generator[object, None, None]) -> None:
+    """Drive `handler_steps` in the calling task, awaiting each step that is awaitable."""
+    # Each step is awaited here, not in a helper: one frame fewer under each checkpoint,
+    # and the base classes' _DONE is recognised without asking whether it is awaitable.
+    error: BaseException | None = None
+    while True:
+        try:
+            step = next(steps) if error is None else steps.throw(error)
+        except StopIteration:
+            return
+        error = None
+        if step is not _DONE and inspect.isawaitable(step):
+            try:
+                await step
+            except BaseException as exc:
+                error = exc
+    # (the loop ends only by returning, or by the generator raising)
+
+
+def run_steps_sync(steps: Generator[object, None, None]) -> None:
+    """Drive `handler_steps` of a sync handler: each step is done when it is yielded."""
+    for step in steps:
+        if inspect.iscoroutine(step):
+            step.close()
+            raise TypeError(
+                "a sync handler's step returned a coroutine: setup, handle and finish of a "
+                "handler must be all async def or all def"
+            )
 
 
 async def run_async_handler(
-    handler_class: type[BaseRequestHandler] | functools.partial[BaseRequestHandler],
-    request: Any,
-    client_address: Any,
-    server: BaseServer,
+    handler_class: HandlerClass, request: Any, client_address: Any, server: Any
 ) -> None:
-    """`run_handler` for a class known to be an async handler (`is_sync_handler` is false)."""
-    handler = handler_class(request, client_address, server)
-    # Each step is awaited here, not in a helper: one frame fewer under each checkpoint,
-    # and the base classes' _DONE is recognised without asking whether it is awaitable.
-    step = handler.setup()
-    if step is not _DONE and inspect.isawaitable(step):
-        await step
-    try:
-        step = handler.handle()
-        if step is not _DONE and inspect.isawaitable(step):
-            await step
-    finally:
-        step = handler.finish()
-        if step is not _DONE and inspect.isawaitable(step):
-            await step
-        if isinstance(handler, _StreamHandlerBase) and hasattr(handler, "wfile"):
-            await handler._flush_and_close()
-        if type(handler)._after_finish is not BaseRequestHandler._after_finish:
-            await handler._after_finish()
+    """Run an async handler for one request in the calling task (`is_sync_handler` false)."""
+    await run_steps(handler_steps(handler_class, request, client_address, server))
 
 
 class _StreamHandlerBase(BaseRequestHandler):
     """What the async and the sync stream handler share: the options, setup and finish.
 
-    ``setup()`` and ``finish()`` look at how the handler runs (`is_sync_handler`): an
-    async handler gets `AsyncReader`/`AsyncWriter` over the Trio stream, a sync one
-    `SyncReader`/`SyncWriter` over its blocking socket.
+    ``setup()`` looks at what it was given, not at how the handler is written: over a
+    `trio.abc.Stream` (an async handler's request) it makes `AsyncReader`/`AsyncWriter`,
+    over a blocking socket (what the sync adapter hands a sync handler) `SyncReader` and
+    `SyncWriter`.
     """
 
     rbufsize: int = -1
@@ -253,52 +313,57 @@ class _StreamHandlerBase(BaseRequestHandler):
     def setup(self) -> Any:
         """Create ``self.connection``, ``self.rfile`` and ``self.wfile``."""
         receive_size = self.rbufsize if self.rbufsize > 0 else DEFAULT_RECEIVE_SIZE
-        self.connection = self.request
-        if is_sync_handler(type(self)):
-            if self.timeout is not None:
-                self.request.settimeout(self.timeout)
-            self.rfile = SyncReader(
-                self.request, receive_size=receive_size, max_line_length=self.max_line_length
+        request = self.connection = self.request
+        if isinstance(request, trio.abc.Stream):
+            self.rfile = AsyncReader(
+                request,
+                receive_size=receive_size,
+                timeout=self.timeout,
+                max_line_length=self.max_line_length,
             )
-            self.wfile = SyncWriter(self.request, bufsize=self.wbufsize)
+            self.wfile = AsyncWriter(request, bufsize=self.wbufsize, timeout=self.timeout)
             return _DONE
-        self.rfile = AsyncReader(
-            self.request,
-            receive_size=receive_size,
-            timeout=self.timeout,
-            max_line_length=self.max_line_length,
+        if self.timeout is not None:
+            request.settimeout(self.timeout)
+        self.rfile = SyncReader(
+            request, receive_size=receive_size, max_line_length=self.max_line_length
         )
-        self.wfile = AsyncWriter(self.request, bufsize=self.wbufsize, timeout=self.timeout)
+        self.wfile = SyncWriter(request, bufsize=self.wbufsize)
         return _DONE
 
     def finish(self) -> Any:
         """Flush and close ``wfile``, close ``rfile``. Returns an awaitable to await."""
-        wfile, rfile = self.wfile, self.rfile
-        if not isinstance(wfile, AsyncWriter):
-            if not wfile.closed:
-                try:
-                    wfile.flush()
-                except OSError:
-                    pass  # as socketserver does: the peer is gone, there is no one to tell
-                wfile.close()
-            rfile.close()
-            return _DONE
-        if wfile.bufsize:
-            return self._flush_and_close()
-        wfile.close()
-        rfile.close()
-        return _DONE
-
-    async def _flush_and_close(self) -> None:
         wfile = self.wfile
-        if not isinstance(wfile, AsyncWriter):
-            return
-        if not wfile.closed:
+        if isinstance(wfile, AsyncWriter) and wfile.bufsize and not wfile.closed:
+            return self._trioserve_flush_and_close(wfile)
+        return self._trioserve_end()
+
+    def _trioserve_end(self) -> Any:
+        # Also the safety net for a finish() override that forgot super().finish().
+        wfile = getattr(self, "wfile", None)
+        if wfile is None:
+            return _DONE  # setup() never ran to the end
+        if isinstance(wfile, AsyncWriter):
+            if wfile.closed:
+                return _DONE
+            if wfile.bufsize:
+                return self._trioserve_flush_and_close(wfile)
+            wfile.close()
+        elif not wfile.closed:
             try:
-                await wfile.flush()
-            except (BrokenConnectionError, trio.ClosedResourceError):
+                wfile.flush()
+            except OSError:
                 pass  # as socketserver does: the peer is gone, there is no one to tell
             wfile.close()
+        self.rfile.close()
+        return _DONE
+
+    async def _trioserve_flush_and_close(self, wfile: AsyncWriter) -> None:
+        try:
+            await wfile.flush()
+        except (BrokenConnectionError, trio.ClosedResourceError):
+            pass  # as socketserver does: the peer is gone, there is no one to tell
+        wfile.close()
         self.rfile.close()
 
 

@@ -6,7 +6,7 @@ checked here so that a wrong value fails at construction with a message that nam
 
     TCPServer(("127.0.0.1", 0), Handler, max_connections=100, timeout=5)
 
-A class declares its options in ``_options``, a mapping from name to a check; the options
+A class declares its options in ``_trioserve_options``, a mapping from name to a check; the options
 of a class are those of every class in its MRO, so mix-ins add theirs whatever the order
 of the bases.
 """
@@ -71,5 +71,5 @@ def collect_options(cls: type) -> Mapping[str, Check]:
     """The options *cls* takes: those declared by every class in its MRO."""
     options: dict[str, Check] = {}
     for klass in reversed(cls.__mro__):
-        options.update(klass.__dict__.get("_options", {}))
+        options.update(klass.__dict__.get("_trioserve_options", {}))
     return options

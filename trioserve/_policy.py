@@ -1,50 +1,248 @@
 """Concurrency policies, and the mix-ins that select them.
 
-A server handles requests in one of three ways:
+A policy decides where each request's path (`trioserve._request.RequestPath`) runs, and
+nothing else. It is an object with one coroutine, `ConcurrencyPolicy.serve`:
 
-* `Concurrency.SEQUENTIAL`: one request at a time, in the serving task (socketserver's
-  plain servers);
-* `Concurrency.NURSERY`: each request in its own task of a nursery that `serve_forever`
-  owns, bounded by ``max_connections`` (what ``ThreadingMixIn`` did with threads);
-* `Concurrency.PROCESS_POOL`: a pool of worker processes, each serving concurrently (what
-  ``ForkingMixIn`` did with a fork per request).
+* `Sequential`: one request at a time, in the serving task (socketserver's plain
+  servers);
+* `Nursery`: each request in its own task of a nursery, at most ``limit`` at once (what
+  ``ThreadingMixIn`` did with threads);
+* `ProcessPool`: a pool of worker processes, each serving with `Nursery` (what
+  ``ForkingMixIn`` did with a fork per request). It is the only thing that imports the
+  pool (`trioserve._pool`).
 
-The mix-ins only *select* a policy (and declare its options): they carry no methods, so
-the order of the bases does not matter (``class S(TCPServer, ThreadingMixIn)`` works,
-unlike with socketserver), and the server asks `concurrency_of` which one applies.
+The lifecycle around a policy (`trioserve._server.serve`) is written once: begin the run,
+``policy.serve``, end the run. The mix-ins only *select* a policy (and declare its
+options): they carry no behaviour, so the order of the bases does not matter (``class
+S(TCPServer, ThreadingMixIn)`` works, unlike with socketserver), and `policy_for` asks
+which one applies.
+
+The request loop
+----------------
+`Sequential` and `Nursery` share one loop: take a slot (a nursery's limit), wait for a
+request (``get_request``), dispatch it, call ``service_actions``. A server that overrides
+``service_actions`` gets it called after each request *and* every ``poll_interval``
+seconds while no request comes, as socketserver calls it: the loop then waits for the
+server's socket to become readable under a deadline before calling ``get_request``, so a
+request is never cut in half by the timer. A server that does not override it pays for
+no timer at all.
 """
 
 from __future__ import annotations
 
+import abc
 import enum
+import os
 from collections.abc import Mapping
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, final
+
+import trio
 
 from . import _options
+from ._request import RequestPath, call_hook
+
+if TYPE_CHECKING:
+    from ._serving import Serving
 
 __all__ = [
     "Concurrency",
+    "ConcurrencyPolicy",
     "ForkingMixIn",
+    "Nursery",
     "NurseryMixIn",
+    "ProcessPool",
     "ProcessPoolMixIn",
+    "Sequential",
     "ThreadingMixIn",
-    "concurrency_of",
+    "concurrency_limit",
+    "policy_for",
+    "request_path",
 ]
 
 
 class Concurrency(enum.Enum):
-    """How a server runs its requests."""
+    """How a server runs its requests: the name of its policy."""
 
     SEQUENTIAL = "sequential"
     NURSERY = "nursery"
     PROCESS_POOL = "process pool"
 
 
+def request_path(server: Any) -> RequestPath:
+    """*server*'s request path, worked out when first needed (and again after a hook changed)."""
+    state = server._trioserve
+    path: RequestPath | None = state.path
+    if path is None:
+        path = state.path = RequestPath(server)
+    return path
+
+
+class ConcurrencyPolicy(abc.ABC):
+    """How a server runs its requests: one coroutine, `serve`."""
+
+    #: What `~trioserve.BaseServer.concurrency` reports for this policy.
+    concurrency: ClassVar[Concurrency]
+
+    @abc.abstractmethod
+    async def serve(
+        self,
+        server: Any,
+        serving: Serving,
+        poll_interval: float,
+        task_status: trio.TaskStatus[None],
+    ) -> None:
+        """Serve *server* until *serving*'s accept scope is cancelled.
+
+        Called inside *serving*'s handler scope; reports ``task_status.started()`` once
+        requests are taken. Returns when every request it started is done.
+        """
+
+
+@final
+class Sequential(ConcurrencyPolicy):
+    """One request at a time, in the serving task."""
+
+    concurrency = Concurrency.SEQUENTIAL
+
+    async def serve(
+        self,
+        server: Any,
+        serving: Serving,
+        poll_interval: float,
+        task_status: trio.TaskStatus[None],
+    ) -> None:
+        # A nursery with no tasks: so that an error leaves serve_forever the same way
+        # whatever the policy, in an exception group (Trio's strict groups).
+        async with trio.open_nursery():
+            with serving.accept_scope:
+                task_status.started()
+                await _request_loop(server, None, None, poll_interval)
+
+    def __repr__(self) -> str:
+        return "Sequential()"
+
+
+@final
+class Nursery(ConcurrencyPolicy):
+    """Each request in its own task, at most *limit* at once (None: no limit).
+
+    At the limit the loop stops taking requests until a handler finishes, so the rest
+    wait in the kernel's queue.
+    """
+
+    concurrency = Concurrency.NURSERY
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+
+    async def serve(
+        self,
+        server: Any,
+        serving: Serving,
+        poll_interval: float,
+        task_status: trio.TaskStatus[None],
+    ) -> None:
+        slots = trio.Semaphore(self.limit) if self.limit is not None else None
+        async with trio.open_nursery() as nursery:
+            with serving.accept_scope:
+                task_status.started()
+                await _request_loop(server, nursery, slots, poll_interval)
+
+    def __repr__(self) -> str:
+        return f"Nursery(limit={self.limit!r})"
+
+
+@final
+class ProcessPool(ConcurrencyPolicy):
+    """A pool of *size* worker processes, each serving with `Nursery` (see `trioserve._pool`)."""
+
+    concurrency = Concurrency.PROCESS_POOL
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        #: The pids of the workers serving now, sorted.
+        self.worker_pids: tuple[int, ...] = ()
+
+    async def serve(
+        self,
+        server: Any,
+        serving: Serving,
+        poll_interval: float,
+        task_status: trio.TaskStatus[None],
+    ) -> None:
+        from ._pool import serve_pool  # the one import of the pool: only when it serves
+
+        await serve_pool(server, serving, self.size, self._set_pids, task_status)
+
+    def _set_pids(self, pids: tuple[int, ...]) -> None:
+        self.worker_pids = pids
+
+    def __repr__(self) -> str:
+        return f"ProcessPool(size={self.size!r})"
+
+
+async def _request_loop(
+    server: Any, nursery: trio.Nursery | None, slots: trio.Semaphore | None, poll_interval: float
+) -> None:
+    """Take requests and dispatch them, until cancelled (the accept scope)."""
+    get_request = server.get_request
+    while True:
+        if slots is not None:
+            # A free slot is taken without a checkpoint of its own: get_request has one,
+            # and one yield per connection accepts twice as fast under load.
+            try:
+                slots.acquire_nowait()
+            except trio.WouldBlock:
+                await slots.acquire()
+        try:
+            path = server._trioserve.path or request_path(server)
+            if path.service_actions is not None:
+                await _wait_for_request(server, path, poll_interval)
+            request, client_address = await get_request()
+        except BaseException:
+            if slots is not None:
+                slots.release()
+            raise
+        # The path as it is now: a hook replaced while get_request waited applies.
+        path = server._trioserve.path or request_path(server)
+        if nursery is None:
+            await path.dispatch(request, client_address)
+        else:
+            # Named as Trio would name it, without Trio working the name out each time.
+            nursery.start_soon(path.dispatch, request, client_address, slots, name=_TASK_NAME)
+        if path.service_actions is not None:
+            await call_hook(path.service_actions)
+
+
+async def _wait_for_request(server: Any, path: RequestPath, poll_interval: float) -> None:
+    """Wait until the server's socket is readable, calling ``service_actions`` meanwhile.
+
+    Every *poll_interval* seconds with no request, ``service_actions`` is called, as
+    socketserver's ``serve_forever`` calls it. A server without a socket to wait on (a
+    ``get_request`` of the user's own) gets no timer.
+    """
+    sock: Any = getattr(server, "socket", None)
+    if getattr(sock, "fileno", None) is None or sock.fileno() < 0:
+        return
+    while path.service_actions is not None:
+        with trio.move_on_after(poll_interval):
+            await trio.lowlevel.wait_readable(sock)
+            return
+        await call_hook(path.service_actions)
+
+
+_TASK_NAME = f"{RequestPath.dispatch.__module__}.{RequestPath.dispatch.__qualname__}"
+
+
+# -- the mix-ins ---------------------------------------------------------------------------
+
+
 class NurseryMixIn:
     """Handle each request in its own Trio task (the replacement for ``ThreadingMixIn``).
 
-    Concurrency is bounded by the server's ``max_connections``: at the limit the server
-    stops accepting until a handler finishes. Sync handlers still run in worker threads.
+    Concurrency is bounded by the server's ``max_connections`` (``max_concurrent_datagrams``
+    for datagram servers): at the limit the server stops accepting until a handler
+    finishes. Sync handlers still run in worker threads.
 
     Attributes:
       daemon_threads: accepted for compatibility; it changes nothing, as no task or thread
@@ -77,28 +275,41 @@ class ProcessPoolMixIn:
     Options and class attributes:
       max_children: the number of worker processes; None (the default) means
         ``os.cpu_count()``.
-
-    Attributes:
-      worker_pids: the pids of the workers serving now, sorted (read only; empty when the
-        server is not serving).
     """
 
     max_children: int | None = None
-    worker_pids: tuple[int, ...] = ()
 
-    _options: ClassVar[Mapping[str, _options.Check]] = {
+    _trioserve_options: ClassVar[Mapping[str, _options.Check]] = {
         "max_children": _options.positive_int_or_none,
     }
+
+    @property
+    def worker_pids(self) -> tuple[int, ...]:
+        """The pids of the workers serving now, sorted (empty when not serving)."""
+        serving = self._trioserve.serving  # type: ignore[attr-defined]
+        policy = getattr(serving, "policy", None)
+        return policy.worker_pids if isinstance(policy, ProcessPool) else ()
 
 
 #: socketserver's name for `ProcessPoolMixIn`.
 ForkingMixIn = ProcessPoolMixIn
 
 
-def concurrency_of(server_class: type) -> Concurrency:
-    """The policy selected by *server_class*'s mix-ins, whatever their order."""
-    if issubclass(server_class, ProcessPoolMixIn):
-        return Concurrency.PROCESS_POOL
-    if issubclass(server_class, NurseryMixIn):
-        return Concurrency.NURSERY
-    return Concurrency.SEQUENTIAL
+def concurrency_limit(server: Any) -> int | None:
+    """How many requests *server* handles at once when concurrent (None: no limit).
+
+    The option that says so is a fact of the transport: ``max_connections`` for stream
+    servers, ``max_concurrent_datagrams`` for datagram servers.
+    """
+    limit: int | None = getattr(server, server._trioserve_limit_option)
+    return limit
+
+
+def policy_for(server: Any) -> ConcurrencyPolicy:
+    """The policy *server*'s class selects with its mix-ins, whatever their order."""
+    if isinstance(server, ProcessPoolMixIn):
+        size = server.max_children or os.cpu_count() or 1
+        return ProcessPool(size)
+    if isinstance(server, NurseryMixIn):
+        return Nursery(concurrency_limit(server))
+    return Sequential()

@@ -1,62 +1,55 @@
-"""`BaseServer`: the lifecycle every trioserve server shares.
+"""`BaseServer`: the lifecycle every trioserve server shares, written once.
 
-How serving works
------------------
-`BaseServer.serve_forever` owns everything a server starts while it serves::
+``serve_forever`` is three steps (`serve`): begin the run (`trioserve._serving`), let the
+server's concurrency policy serve (`trioserve._policy`), end the run. The policy decides
+where each request's path runs (`trioserve._request`); the transport (`SocketServer` and
+its subclasses) provides ``get_request`` and the socket. A worker process of the pool
+serves its copy of the server through the very same `serve`, with the nursery policy.
 
-    handler scope (deadline = the drain deadline)
-    └── nursery: one task per request, for concurrent servers
-        └── accept scope: the loop  get_request -> dispatch -> service_actions
+Inside and outside Trio
+-----------------------
+``serve_forever()`` and ``handle_request()`` work where socketserver's do. Called inside a
+Trio run they return a coroutine: ``await server.serve_forever()``,
+``nursery.start(server.serve_forever)`` and ``trio.run(server.serve_forever)`` all work.
+Called where no Trio run is active (a plain script, another thread) they block, each in a
+``trio.run`` of its own, exactly like socketserver's, and ``shutdown()`` from another
+thread stops them; they then return an already complete awaitable, so the call needs no
+``await`` and leaves no "never awaited" warning.
 
-Stopping is cancellation; nothing polls a flag. `shutdown` cancels the accept scope, so
-no new request is taken, and sets the handler scope's deadline ``grace`` seconds ahead:
-handlers still running then are cancelled. Cancelling the scope around ``serve_forever``
-cancels both at once. Either way the nursery does not exit before every handler task
-(and the worker thread of every sync handler) is done, and every connection is closed in
-a ``finally`` as its task ends, so when ``serve_forever`` returns nothing it opened is
-left. The one exception is a sync handler's thread stuck outside socket I/O (in
-``time.sleep``, on a lock): shutting its connection down cannot wake it, so after
-``trioserve._sync.ABANDON_AFTER`` seconds it is abandoned, with an error logged, rather
-than holding ``serve_forever`` forever (see the sync handlers page).
-
+Stopping
+--------
 `shutdown` may be called from any task or thread. From the thread of the serving run it
-only asks the loop to stop and returns. From another thread it also waits, as
-socketserver's does, until ``serve_forever`` has returned, except from the worker thread
-of one of this server's own sync handlers, where waiting would deadlock (the server
-waits for that handler): there it returns at once.
-
-The request path mirrors socketserver's, hook for hook: ``get_request`` ->
-``verify_request`` -> ``process_request`` (``finish_request`` then ``shutdown_request``),
-with ``handle_error`` then ``shutdown_request`` when processing raised. The concurrency
-policy decides only where that path runs: inline in the serving task, or in a task of its
-own. A worker-process pool replaces ``serve_forever`` as a whole (`trioserve._workers`).
+only asks the run to stop and returns. From another thread it also waits, as
+socketserver's does, until ``serve_forever`` has returned, except from a thread that works
+for the run itself (a sync handler's, or one an async handler started with
+`trio.to_thread.run_sync`), where waiting would deadlock: there it returns at once
+(`trioserve._serving.Serving.may_wait_here`, the one place that is decided). When
+``serve_forever`` returns, every handler task and worker thread it started is finished and
+every connection it accepted is closed; a sync handler's thread stuck outside socket I/O
+is the one exception, abandoned after ``trioserve._threads.ABANDON_AFTER`` seconds, with
+an error logged, rather than holding ``serve_forever`` forever.
 """
 
 from __future__ import annotations
 
-import functools
 import inspect
 import logging
 import math
 import socketserver
 import sys
-import threading
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Generator, Mapping
 from types import EllipsisType, TracebackType
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, final
 
 import trio
 
 from . import _options
-from ._exceptions import BrokenConnectionError, LineTooLongError, PeerTimeoutError
-from ._handlers import (
-    BaseRequestHandler,
-    handler_type,
-    is_sync_handler,
-    run_async_handler,
-    run_handler,
-)
-from ._policy import Concurrency, concurrency_of
+from ._errors import is_vanished_peer
+from ._exceptions import LineTooLongError, PeerTimeoutError
+from ._handlers import HandlerClass, is_handler
+from ._policy import Concurrency, ConcurrencyPolicy, policy_for, request_path
+from ._request import HOOK_NAMES, call_hook, standard, trivial
+from ._serving import ServerState, Serving
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -64,56 +57,71 @@ if TYPE_CHECKING:
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup  # type: ignore[import-not-found, unused-ignore]
 
-__all__ = ["BaseServer", "HandlerClass", "logger"]
+__all__ = ["BaseServer", "HandlerClass", "serve"]
 
-#: Where every trioserve server logs.
 logger = logging.getLogger("trioserve")
 
-#: What a server runs per request: a handler class, or a `functools.partial` of one.
-#: (`functools.partial` is invariant: ``partial[Any]`` lets a partial of a subclass in.)
-HandlerClass = (
-    type[BaseRequestHandler] | type[socketserver.BaseRequestHandler] | functools.partial[Any]
-)
-_HandlerRunner = Callable[[Any, Any, Any, "BaseServer"], Awaitable[None]]
 
-# How long closing a request may take once its handler is done or cancelled (a TLS
-# close_notify to a peer that never reads, a user's shutdown_request that blocks).
-_CLOSE_TIMEOUT = 1.0
+async def serve(
+    server: BaseServer,
+    policy: ConcurrencyPolicy,
+    *,
+    poll_interval: float = 0.5,
+    task_status: Any = trio.TASK_STATUS_IGNORED,
+    on_stop: Callable[[float | None], object] | None = None,
+) -> None:
+    """Serve *server* with *policy* until it is stopped: ``serve_forever``'s one body.
 
-_thread_local = threading.local()
+    Args:
+      server: the server.
+      policy: where its requests run.
+      poll_interval: how often ``service_actions`` is called while idle, if overridden.
+      task_status: told ``started()`` once requests are taken.
+      on_stop: called with the grace, in the Trio thread, when stopping begins.
 
-
-def mark_handler_thread(server: BaseServer | None) -> None:
-    """Record that this worker thread runs a sync handler of *server* (None: no longer)."""
-    _thread_local.server = server
-
-
-async def call_hook(hook: Callable[..., object], *args: Any) -> Any:
-    """Call *hook* and await what it returns if that is awaitable.
-
-    So a hook may be overridden with ``def`` (as socketserver code does) or ``async def``.
+    Resource handling:
+      When this returns, every handler task and worker thread it started is finished and
+      every connection it accepted is closed. The listening socket stays open until
+      ``server_close``.
     """
-    result = hook(*args)
-    if inspect.isawaitable(result):
-        return await result
-    return result
+    state = server._trioserve
+    serving = state.begin(policy)
+    if on_stop is not None:
+        serving.on_stop.append(on_stop)
+    try:
+        with serving.handler_scope:
+            await policy.serve(server, serving, poll_interval, task_status)
+    except BaseExceptionGroup as group:
+        # Ctrl-C arrives in the serving task, inside the policy's nursery, which wraps it in
+        # a group: raise it alone, so ``except KeyboardInterrupt`` around trio.run works
+        # and the traceback is the interrupt's, not a group's.
+        interrupt, rest = group.split(KeyboardInterrupt)
+        if interrupt is not None and rest is None:
+            raise _first_leaf(interrupt) from None
+        raise
+    finally:
+        state.end(serving)
 
 
-class _Serving:
-    """The state of one running `serve_forever`, shared with `shutdown` callers."""
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    leaf: BaseException = group
+    while isinstance(leaf, BaseExceptionGroup):
+        leaf = leaf.exceptions[0]
+    return leaf
 
-    def __init__(self) -> None:
-        self.token = trio.lowlevel.current_trio_token()
-        self.accept_scope = trio.CancelScope()
-        self.handler_scope = trio.CancelScope()
-        self.stopped = threading.Event()
 
-    def stop(self, grace: float | None) -> None:
-        """Stop accepting; cancel the handlers after *grace* seconds. In the Trio thread."""
-        self.accept_scope.cancel()
-        if grace is not None:
-            deadline = trio.current_time() + grace
-            self.handler_scope.deadline = min(self.handler_scope.deadline, deadline)
+@final
+class _Complete:
+    """What a blocking call returns outside Trio: an awaitable that is complete already."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return
+        yield  # pragma: no cover - makes this a generator function
+
+
+_COMPLETE = _Complete()
 
 
 class BaseServer:
@@ -126,7 +134,8 @@ class BaseServer:
       server_address: the address to serve on.
       RequestHandlerClass: the handler class to run for each request; a trioserve handler
         (async or sync) or one of socketserver's own, or a `functools.partial` of one to
-        pass it arguments.
+        pass it arguments, or (as socketserver allows) any callable taking ``(request,
+        client_address, server)``, which is called in a worker thread.
       **options: any of the class's options (below, and each subclass's), overriding the
         class attribute of the same name for this server. An unknown or malformed option
         raises `TypeError` or `ValueError` naming it.
@@ -143,6 +152,14 @@ class BaseServer:
         default grace 0 (handlers are cancelled at once).
       max_handler_threads: how many sync handlers run at once, each in a worker thread;
         a request past the limit waits for a free thread. None for no limit. Default 256.
+      handler_timeout: the ``timeout`` of every handler whose class leaves it None
+        (seconds each read or write on the connection may wait for the peer); None (the
+        default) leaves the handlers' own. The command line's ``--timeout``.
+
+    Names:
+      Everything trioserve keeps on a server of its own is named ``_trioserve`` or
+      ``_trioserve_*``, so no class mixed in beside it (``xmlrpc.server``'s dispatcher,
+      ``http.server``, ``wsgiref``) can collide with it, nor it with them.
     """
 
     timeout: float | None = None
@@ -150,14 +167,23 @@ class BaseServer:
     shutdown_grace: float | None = 5.0
     block_on_close: bool = True
     max_handler_threads: int | None = 256
+    handler_timeout: float | None = None
 
-    _options: ClassVar[Mapping[str, _options.Check]] = {
+    _trioserve_options: ClassVar[Mapping[str, _options.Check]] = {
         "timeout": _options.seconds_or_none,
         "max_connections": _options.positive_int_or_none,
         "shutdown_grace": _options.seconds_or_none,
         "block_on_close": _options.boolean,
         "max_handler_threads": _options.positive_int_or_none,
+        "handler_timeout": _options.seconds_or_none,
     }
+
+    #: The option that bounds how many requests a concurrent server handles at once: a
+    #: fact of the transport (datagram servers: ``max_concurrent_datagrams``).
+    _trioserve_limit_option: ClassVar[str] = "max_connections"
+    #: How to release whatever a request holds, whatever the hooks did (None: nothing).
+    _trioserve_discard: ClassVar[Callable[[Any], Awaitable[None]] | None] = None
+    _trioserve: ServerState
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -169,10 +195,18 @@ class BaseServer:
                     f"{cls.__qualname__} mixes socketserver.{name} into a trioserve server; "
                     f"use trioserve.{name} instead"
                 )
+        get_request = cls.__dict__.get("get_request")
+        if get_request is not None and not _is_async(get_request):
+            raise TypeError(
+                f"{cls.__qualname__}.get_request is a plain def: in trioserve it waits in "
+                "Trio, so it must be `async def get_request(self)`, awaiting the socket "
+                "(`return await self.socket.accept()` on a stream server)"
+            )
 
     def __init__(
         self, server_address: Any, RequestHandlerClass: HandlerClass, **options: Any
     ) -> None:
+        object.__setattr__(self, "_trioserve", ServerState())
         known = _options.collect_options(type(self))
         for name, value in options.items():
             check = known.get(name)
@@ -182,210 +216,112 @@ class BaseServer:
                     f"it takes: {', '.join(sorted(known))}"
                 )
             setattr(self, name, check(name, value))
-        if handler_type(RequestHandlerClass) is None:
+        if not is_handler(RequestHandlerClass):
             raise TypeError(
                 "RequestHandlerClass must be a subclass of trioserve.BaseRequestHandler or "
-                "socketserver.BaseRequestHandler, or a functools.partial of one, "
+                "socketserver.BaseRequestHandler, or a functools.partial of one, or (as "
+                "socketserver allows) a function taking (request, client_address, server), "
                 f"not {RequestHandlerClass!r}"
             )
         self.server_address = server_address
         self.RequestHandlerClass = RequestHandlerClass
-        self._serving_lock = threading.Lock()
-        self._serving: _Serving | None = None
-        self._shutdown_pending = False
+
+    if not TYPE_CHECKING:  # (a type checker keeps checking attribute names)
+
+        def __setattr__(self, name: str, value: Any) -> None:
+            object.__setattr__(self, name, value)
+            if name in HOOK_NAMES:
+                state = self.__dict__.get("_trioserve")
+                if state is not None:
+                    state.path = None  # work the request path out again, with the new hook
+
+        def __delattr__(self, name: str) -> None:
+            object.__delattr__(self, name)
+            if name in HOOK_NAMES:
+                self._trioserve.path = None
 
     @property
     def concurrency(self) -> Concurrency:
         """How this server runs its requests, as its mix-ins select."""
-        return concurrency_of(type(self))
+        return policy_for(self).concurrency
+
+    @property
+    def draining(self) -> bool:
+        """True from the moment `shutdown` begins (or the server is cancelled) until it stops.
+
+        Handlers that serve several requests on one connection can look at it between
+        requests and end early; `wait_draining` waits for it.
+        """
+        serving = self._trioserve.serving
+        return serving is not None and serving.draining.is_set()
+
+    async def wait_draining(self) -> None:
+        """Wait until the server begins to stop (returns at once if it is stopping).
+
+        For handlers that wait on something else too (a long poll, a keep-alive
+        connection's next request), in a nursery or with ``trio.open_nursery`` racing
+        both. Returns at once when the server is not serving.
+        """
+        serving = self._trioserve.serving
+        if serving is None:
+            await trio.lowlevel.checkpoint()
+            return
+        await serving.draining.wait()
 
     # -- serving -----------------------------------------------------------------------
 
-    async def serve_forever(
+    def serve_forever(
         self,
         poll_interval: float = 0.5,
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
+    ) -> Awaitable[None]:
         """Serve requests until `shutdown` is called or the surrounding scope is cancelled.
 
+        Inside a Trio run, returns a coroutine to await: ``await server.serve_forever()``;
         ``await nursery.start(server.serve_forever)`` returns once the server accepts
-        requests; ``trio.run(server.serve_forever)`` serves from a plain script.
+        requests; ``trio.run(server.serve_forever)`` serves from a plain script. Outside a
+        Trio run, serves right away and blocks until stopped, as socketserver's does (each
+        call in a ``trio.run`` of its own); `shutdown` from another thread stops it.
 
         Args:
-          poll_interval: accepted for compatibility and ignored: nothing polls.
+          poll_interval: seconds between calls of `service_actions` while no request
+            comes, if `service_actions` is overridden (as in socketserver).
 
         Resource handling:
-          When this returns, every handler task and worker thread it started is finished
+          When serving ends, every handler task and worker thread it started is finished
           and every connection it accepted is closed. The listening socket stays open
           until `server_close`.
         """
-        del poll_interval
-        if self.concurrency is Concurrency.PROCESS_POOL:
-            from ._workers import serve_process_pool
-
-            await serve_process_pool(self, task_status=task_status)
-            return
-        serving = self._start_serving()
-        try:
-            with serving.handler_scope:
-                async with trio.open_nursery() as nursery:
-                    with serving.accept_scope:
-                        task_status.started()
-                        await self._serve_loop(
-                            nursery if self.concurrency is Concurrency.NURSERY else None
-                        )
-        except BaseExceptionGroup as group:
-            # Ctrl-C arrives in the serving task, inside the nursery, which wraps it in a
-            # group: unwrap it, so ``except KeyboardInterrupt`` around trio.run works.
-            interrupt, rest = group.split(KeyboardInterrupt)
-            if interrupt is not None and rest is None:
-                raise KeyboardInterrupt from group
-            raise
-        finally:
-            self._stop_serving(serving)
-
-    def _start_serving(self) -> _Serving:
-        serving = _Serving()
-        with self._serving_lock:
-            if self._serving is not None:
-                raise RuntimeError(f"{self!r} is already serving")
-            self._serving = serving
-            if self._shutdown_pending:
-                self._shutdown_pending = False
-                serving.accept_scope.cancel()
-        return serving
-
-    def _stop_serving(self, serving: _Serving) -> None:
-        with self._serving_lock:
-            self._serving = None
-        serving.stopped.set()
-
-    def _concurrency_limit(self) -> int | None:
-        """How many requests a concurrent server handles at once (None: no limit)."""
-        return self.max_connections
-
-    async def _serve_loop(self, nursery: trio.Nursery | None) -> None:
-        limit = self._concurrency_limit() if nursery is not None else None
-        slots = trio.Semaphore(limit) if limit is not None else None
-        plan = self._plan()
-        # The hooks that are BaseServer's own no-ops are looked up once, not per request.
-        service_actions = None if plan.plain_service_actions else self.service_actions
-        get_request = self.get_request
-        dispatch = self._dispatch
-        while True:
-            if slots is not None:
-                # A free slot is taken without a checkpoint of its own: get_request has
-                # one, and one yield per connection accepts twice as fast under load.
-                try:
-                    slots.acquire_nowait()
-                except trio.WouldBlock:
-                    await slots.acquire()
-            try:
-                request, client_address = await get_request()
-            except BaseException:
-                if slots is not None:
-                    slots.release()
-                raise
-            if nursery is None:
-                await dispatch(request, client_address, None, plan)
-            else:
-                # Named as Trio would name it, without Trio working the name out each time.
-                nursery.start_soon(
-                    dispatch, request, client_address, slots, plan, name=_DISPATCH_TASK_NAME
-                )
-            if service_actions is not None:
-                await call_hook(service_actions)
-
-    def _plan(self) -> _RequestPlan:
-        """Which hooks of the request path are BaseServer's own, and so may be skipped."""
-        return _RequestPlan(self)
-
-    def _runs_handler_directly(self, handler_class: HandlerClass) -> bool:
-        """Whether ``finish_request`` only runs *handler_class* (`run_handler`)."""
-        return _method_is(self, "finish_request", BaseServer.finish_request)
-
-    def _shutdown_is_noop(self) -> bool:
-        """Whether ``shutdown_request`` does nothing at all (BaseServer's own)."""
-        return _method_is(self, "shutdown_request", BaseServer.shutdown_request) and _method_is(
-            self, "close_request", BaseServer.close_request
+        coroutine = serve(
+            self, policy_for(self), poll_interval=poll_interval, task_status=task_status
         )
+        if trio.lowlevel.in_trio_run():
+            return coroutine
+        trio.run(_awaiting, coroutine)
+        return _COMPLETE
 
-    async def _dispatch(
-        self,
-        request: Any,
-        client_address: Any,
-        slots: trio.Semaphore | None = None,
-        plan: _RequestPlan | None = None,
-    ) -> None:
-        """The life of one request, from ``verify_request`` to the closing of it."""
-        if plan is None:
-            plan = self._plan()
-        try:
-            if plan.plain_verify or await call_hook(self.verify_request, request, client_address):
-                if plan.prepares:
-                    prepared = await self._prepare_request(request, client_address)
-                    if prepared is None:
-                        return  # refused by the transport (a failed TLS handshake): just close
-                    request = prepared
-                try:
-                    handler_class = self.RequestHandlerClass
-                    if handler_class is plan.direct_handler_class:
-                        # What process_request and finish_request would do, two coroutine
-                        # frames shallower: every checkpoint of the handler passes them.
-                        await plan.run_handler(handler_class, request, client_address, self)
-                        if not plan.noop_shutdown:
-                            await call_hook(self.shutdown_request, request)
-                    else:
-                        await self.process_request(request, client_address)
-                except Exception:
-                    await call_hook(self.handle_error, request, client_address)
-                    if not plan.noop_shutdown:
-                        await self._finally_shutdown_request(request)
-                except BaseException:
-                    if not plan.noop_shutdown:
-                        await self._finally_shutdown_request(request)
-                    raise
-            elif not plan.noop_shutdown:
-                await self._finally_shutdown_request(request)
-        finally:
-            if plan.discards:
-                with trio.CancelScope(shield=True):
-                    await self._discard_request(request)
-            if slots is not None:
-                slots.release()
-
-    async def _prepare_request(self, request: Any, client_address: Any) -> Any:
-        """Make a verified *request* ready for its handler, in the request's own task.
-
-        Returns what the handler gets as ``request``, or None to close the request with
-        no further hook called. Runs after ``verify_request`` (so a refused client costs
-        nothing more) and may take time without holding up the accept loop of a
-        concurrent server: stream servers do their TLS handshake here
-        (`trioserve._tls`). Whatever it returns is closed when the request ends.
-        """
-        return request
-
-    async def _finally_shutdown_request(self, request: Any) -> None:
-        with trio.move_on_after(_CLOSE_TIMEOUT, shield=True):
-            await call_hook(self.shutdown_request, request)
-
-    async def _discard_request(self, request: Any) -> None:
-        """Release whatever *request* holds, whatever the hooks did. Must not block."""
-
-    async def handle_request(self) -> None:
+    def handle_request(self) -> Awaitable[None]:
         """Wait for one request and handle it, honouring `timeout`.
 
         If no request comes within `timeout` seconds, call `handle_timeout` and return.
-        The request is handled in the calling task, for every kind of server.
+        The request is handled in the calling task, for every kind of server. Inside a
+        Trio run, returns a coroutine to await; outside one, blocks, as socketserver's.
         """
+        coroutine = self._trioserve_handle_request()
+        if trio.lowlevel.in_trio_run():
+            return coroutine
+        trio.run(_awaiting, coroutine)
+        return _COMPLETE
+
+    async def _trioserve_handle_request(self) -> None:
         timeout = math.inf if self.timeout is None else self.timeout
         with trio.move_on_after(timeout) as scope:
             request, client_address = await self.get_request()
         if scope.cancelled_caught:
             await call_hook(self.handle_timeout)
             return
-        await self._dispatch(request, client_address)
+        await request_path(self).dispatch(request, client_address)
 
     def shutdown(self, grace: float | EllipsisType | None = ...) -> None:
         """Stop `serve_forever`: from any task or any thread.
@@ -394,9 +330,10 @@ class BaseServer:
         seconds to finish, then are cancelled. Called from the serving run, this returns
         at once and ``serve_forever`` returns soon after. Called from another thread, it
         waits until ``serve_forever`` has returned (socketserver's semantics), except from
-        a sync handler of this server, where it returns at once. Called when the server is
-        not serving, it returns at once and the next ``serve_forever`` stops as soon as it
-        starts.
+        a thread that works for the serving run (a sync handler's, or one an async
+        handler started with `trio.to_thread.run_sync`), where it returns at once. Called
+        when the server is not serving, it returns at once and the next
+        ``serve_forever`` stops as soon as it starts.
 
         Args:
           grace: seconds handlers may take to finish; None waits for them. The default is
@@ -406,21 +343,31 @@ class BaseServer:
             grace = self.shutdown_grace if self.block_on_close else 0.0
         else:
             grace = _options.seconds_or_none("grace", grace)
-        with self._serving_lock:
-            serving = self._serving
+        state = self._trioserve
+        with state.lock:
+            serving = state.serving
             if serving is None:
-                self._shutdown_pending = True
+                state.shutdown_pending = True
                 return
-        if trio.lowlevel.in_trio_run() and trio.lowlevel.current_trio_token() is serving.token:
+        if _in_run_of(serving):
             serving.stop(grace)
             return
         try:
             serving.token.run_sync_soon(serving.stop, grace)
         except trio.RunFinishedError:
             return
-        if getattr(_thread_local, "server", None) is self:
-            return
-        serving.stopped.wait()
+        if serving.may_wait_here():
+            serving.stopped.wait()
+
+    def _trioserve_preparer(self) -> Callable[[Any, Any], Awaitable[Any]] | None:
+        """The transport's step between ``verify_request`` and the handler, if it has one.
+
+        Returns an async callable taking ``(request, client_address)`` and returning what
+        the handler gets as ``request``, or None to close the request with no further hook
+        called; it runs in the request's own task (a TLS handshake). None (the default)
+        when this server needs no such step. Asked once per serve.
+        """
+        return None
 
     # -- hooks, as socketserver names them -----------------------------------------------
 
@@ -434,10 +381,11 @@ class BaseServer:
         """The file descriptor of the server's socket."""
         raise NotImplementedError
 
-    async def get_request(self) -> tuple[Any, Any]:
+    async def get_request(self) -> Any:
         """Wait for a request; return ``(request, client_address)``. Provided by subclasses."""
         raise NotImplementedError
 
+    @trivial(True)
     def verify_request(self, request: Any, client_address: Any) -> bool | Awaitable[bool]:
         """Return False to refuse the request: it is closed and no handler runs.
 
@@ -445,22 +393,29 @@ class BaseServer:
         """
         return True
 
+    @standard
     async def process_request(self, request: Any, client_address: Any) -> None:
         """Run the handler (`finish_request`), then `shutdown_request`.
 
-        Concurrent servers call this in a task of its own for each request.
+        Concurrent servers call this in a task of its own for each request. May be
+        overridden with ``def`` or ``async def``.
         """
-        await self.finish_request(request, client_address)
+        await call_hook(self.finish_request, request, client_address)
         await call_hook(self.shutdown_request, request)
 
+    @standard
     async def finish_request(self, request: Any, client_address: Any) -> None:
-        """Construct the handler and run its ``setup``, ``handle`` and ``finish``."""
-        await run_handler(self.RequestHandlerClass, request, client_address, self)
+        """Construct the handler and run its ``setup``, ``handle`` and ``finish``.
+
+        Sync handlers run in a worker thread, async ones in the calling task.
+        """
+        await request_path(self).finish_request(request, client_address)
 
     def shutdown_request(self, request: Any) -> Any:
         """Shut down and close one request. May be overridden with def or async def."""
         return self.close_request(request)
 
+    @trivial(None)
     def close_request(self, request: Any) -> Any:
         """Close one request. May be overridden with def or async def."""
         return None
@@ -469,14 +424,16 @@ class BaseServer:
         """Report an exception raised while handling a request; the server keeps serving.
 
         Call it from an ``except`` block, as the server does. The default logs to the
-        ``"trioserve"`` logger: a peer that disconnected at debug level, a peer too slow
+        ``"trioserve"`` logger: a peer that disconnected (a `BrokenConnectionError`, a
+        plain `ConnectionResetError` or `BrokenPipeError` from the handler's own socket
+        calls, or an exception group of only such errors) at debug level, a peer too slow
         for the handler's ``timeout`` (`~trioserve.PeerTimeoutError`) at info level, and
         a line longer than ``max_line_length`` at warning level, all three in one line;
         anything else (a `TimeoutError` of the handler's own too) at error level with its
         traceback.
         """
         exc = sys.exc_info()[1]
-        if isinstance(exc, (BrokenConnectionError, trio.BrokenResourceError)):
+        if is_vanished_peer(exc):
             logger.debug("%s disconnected: %s", _peer(client_address), exc)
         elif isinstance(exc, PeerTimeoutError):
             logger.info("%s timed out: %s", _peer(client_address), exc)
@@ -488,12 +445,17 @@ class BaseServer:
             )
         return None
 
+    @trivial(None)
     def handle_timeout(self) -> Awaitable[None] | None:
         """Called when `handle_request` waited `timeout` seconds for nothing."""
         return None
 
+    @trivial(None)
     def service_actions(self) -> Awaitable[None] | None:
-        """Called by `serve_forever` after each request is dispatched (never on a timer)."""
+        """Called by `serve_forever` after each request, and every ``poll_interval`` s idle.
+
+        As socketserver calls it. Only a server that overrides it pays for the timer.
+        """
         return None
 
     # -- context managers ----------------------------------------------------------------
@@ -524,53 +486,16 @@ class BaseServer:
         return f"<{type(self).__name__} {self.server_address!r}>"
 
 
-def _method_is(server: BaseServer, name: str, function: Callable[..., Any]) -> bool:
-    """Whether *server*'s method *name* is *function* (not overridden, nor set on *server*)."""
-    return getattr(getattr(server, name), "__func__", None) is function
+async def _awaiting(awaitable: Awaitable[None]) -> None:
+    await awaitable
 
 
-_DISPATCH_TASK_NAME = f"{BaseServer._dispatch.__module__}.{BaseServer._dispatch.__qualname__}"
+def _in_run_of(serving: Serving) -> bool:
+    return trio.lowlevel.in_trio_run() and trio.lowlevel.current_trio_token() is serving.token
 
 
-class _RequestPlan:
-    """Which steps of a server's request path can be skipped, worked out once per serve.
-
-    A hook that is still BaseServer's own does nothing that calling it would show
-    (``verify_request`` returns True, ``service_actions`` and a plain ``shutdown_request``
-    return None without a checkpoint), so `BaseServer._dispatch` leaves it out rather than
-    pay for a call and an ``await`` on every request. Overriding any of them, on the class
-    or on the instance before serving starts, brings the call back.
-    """
-
-    __slots__ = (
-        "direct_handler_class",
-        "discards",
-        "noop_shutdown",
-        "plain_service_actions",
-        "plain_verify",
-        "prepares",
-        "run_handler",
-    )
-
-    def __init__(self, server: BaseServer) -> None:
-        cls = type(server)
-        self.plain_verify = _method_is(server, "verify_request", BaseServer.verify_request)
-        self.plain_service_actions = _method_is(
-            server, "service_actions", BaseServer.service_actions
-        )
-        self.prepares = cls._prepare_request is not BaseServer._prepare_request
-        self.discards = cls._discard_request is not BaseServer._discard_request
-        self.noop_shutdown = server._shutdown_is_noop()
-        handler_class = server.RequestHandlerClass
-        direct = _method_is(
-            server, "process_request", BaseServer.process_request
-        ) and server._runs_handler_directly(handler_class)
-        #: The handler class `run_handler` may run with no process/finish_request call.
-        self.direct_handler_class: HandlerClass | None = handler_class if direct else None
-        #: What runs it: for an async handler, without asking again how it runs.
-        self.run_handler: _HandlerRunner = run_handler
-        if direct and not is_sync_handler(handler_class):
-            self.run_handler = run_async_handler
+def _is_async(function: object) -> bool:
+    return inspect.iscoroutinefunction(function)
 
 
 def _peer(client_address: Any) -> str:

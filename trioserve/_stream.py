@@ -7,7 +7,8 @@ one per turn of the scheduler, which under load is a turn of every open connecti
 socket a subclass puts in place of ``self.socket`` is accepted from with its own
 ``accept``.
 
-Errors from ``accept()`` are sorted here, in one place, as Trio's own listeners sort them:
+Errors from ``accept()`` are sorted here, in one place, as Trio's own listeners sort them
+(the errno sets are Trio's, in `trioserve._errors`):
 
 * errnos that mean "that one connection failed" (ECONNABORTED, EPROTO, ...) are ignored
   and the loop accepts the next;
@@ -29,40 +30,26 @@ must not keep its connection, and its slot under ``max_connections``, for ever.
 
 from __future__ import annotations
 
-import errno
 import logging
 import socket
 import ssl
 import time
-from collections.abc import Mapping
-from typing import Any, ClassVar
+from collections.abc import Awaitable, Callable, Generator, Mapping
+from typing import Any, ClassVar, final
 
 import trio
 
 from . import _options
 from ._binding import SocketServer
-from ._server import logger
+from ._errors import CAPACITY_ERRNOS, IGNORED_ACCEPT_ERRNOS
+from ._handlers import DONE
+from ._request import call_hook
 from ._tls import DEFAULT_SSL_HANDSHAKE_TIMEOUT, check_ssl_context, tls_handshake
 
 __all__ = ["TCPServer", "UnixStreamServer"]
 
-_IGNORED_ACCEPT_ERRNOS = frozenset(
-    getattr(errno, name)
-    for name in (
-        "ECONNABORTED",
-        "EPROTO",
-        "ENETDOWN",
-        "ENOPROTOOPT",
-        "EHOSTDOWN",
-        "ENONET",
-        "EHOSTUNREACH",
-        "EOPNOTSUPP",
-        "ENETUNREACH",
-        "EPERM",
-    )
-    if hasattr(errno, name)
-)
-_CAPACITY_ACCEPT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+logger = logging.getLogger("trioserve")
+
 #: How long the accept loop pauses when the process is out of file descriptors or memory.
 ACCEPT_CAPACITY_PAUSE = 0.1
 #: After logging an out-of-resources ``accept()`` error, further ones in this many seconds
@@ -100,9 +87,13 @@ class TCPServer(SocketServer):
     ssl_handshake_timeout: float | None = DEFAULT_SSL_HANDSHAKE_TIMEOUT
     ssl_https_compatible: bool = False
     # When an out-of-resources accept() error was last logged as an error (time.monotonic).
-    _capacity_complaint: float | None = None
+    _trioserve_capacity_complaint: float | None = None
+    # Whatever the hooks did, a connection is closed at the end of its request.
+    _trioserve_discard: ClassVar[Callable[[Any], Awaitable[None]] | None] = staticmethod(
+        trio.aclose_forcefully
+    )
 
-    _options: ClassVar[Mapping[str, _options.Check]] = {
+    _trioserve_options: ClassVar[Mapping[str, _options.Check]] = {
         "request_queue_size": _options.positive_int,
         "ssl_context": check_ssl_context,
         "ssl_handshake_timeout": _options.seconds_or_none,
@@ -115,7 +106,7 @@ class TCPServer(SocketServer):
 
     async def get_request(self) -> tuple[trio.SocketStream, Any]:
         """Accept a connection: return its `trio.SocketStream` and the peer's address."""
-        paced = self._paced
+        paced = self._trioserve_paced
         while True:
             listener = self.socket
             try:
@@ -124,23 +115,23 @@ class TCPServer(SocketServer):
                 else:  # a socket a subclass put in place of the server's own
                     sock, client_address = await listener.accept()
             except OSError as exc:
-                if exc.errno in _IGNORED_ACCEPT_ERRNOS:
+                if exc.errno in IGNORED_ACCEPT_ERRNOS:
                     continue
-                if exc.errno not in _CAPACITY_ACCEPT_ERRNOS:
+                if exc.errno not in CAPACITY_ERRNOS:
                     raise
-                self._out_of_capacity(exc)
+                self._trioserve_out_of_capacity(exc)
                 await trio.sleep(ACCEPT_CAPACITY_PAUSE)
                 continue
             return trio.SocketStream(sock), client_address
 
-    def _out_of_capacity(self, exc: OSError) -> None:
+    def _trioserve_out_of_capacity(self, exc: OSError) -> None:
         # An error the first time, then at debug level for ACCEPT_COMPLAINT_INTERVAL: a
         # server at its file limit, or a client cycling connections to keep it there,
         # must not flood the log with a line every pause.
         now = time.monotonic()
-        last = self._capacity_complaint
+        last = self._trioserve_capacity_complaint
         if last is None or now - last >= ACCEPT_COMPLAINT_INTERVAL:
-            self._capacity_complaint = now
+            self._trioserve_capacity_complaint = now
             level = logging.ERROR
         else:
             level = logging.DEBUG
@@ -152,10 +143,14 @@ class TCPServer(SocketServer):
             ACCEPT_CAPACITY_PAUSE,
         )
 
-    async def _prepare_request(self, request: trio.abc.Stream, client_address: Any) -> Any:
+    def _trioserve_preparer(self) -> Callable[[Any, Any], Awaitable[Any]] | None:
+        if self.ssl_context is None:
+            return None
+        return self._trioserve_handshake
+
+    async def _trioserve_handshake(self, request: trio.abc.Stream, client_address: Any) -> Any:
         context = self.ssl_context
-        if context is None:
-            return request
+        assert context is not None
         return await tls_handshake(
             request,
             client_address,
@@ -164,22 +159,63 @@ class TCPServer(SocketServer):
             https_compatible=self.ssl_https_compatible,
         )
 
-    async def shutdown_request(self, request: trio.abc.Stream) -> None:
-        """Send end-of-file to the peer, then `close_request`."""
+    def shutdown_request(self, request: trio.abc.Stream) -> Awaitable[None]:
+        """Send end-of-file to the peer, then `close_request`.
+
+        May be overridden with ``def`` or ``async def``, and ``super().shutdown_request``
+        called either way: for a plain TCP or Unix connection the work is done when this
+        returns (what it returns is complete already); over TLS it is done when what it
+        returns is awaited.
+        """
+        if type(request) is trio.SocketStream:
+            try:
+                request.socket.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass  # the peer is gone or the socket is closed: nothing to say
+            return self.close_request(request)
+        return _Later(self._trioserve_shutdown_stream, request)
+
+    def close_request(self, request: trio.abc.Stream) -> Awaitable[None]:
+        """Close the connection (abruptly if a clean close takes over `CLOSE_TIMEOUT` s).
+
+        As `shutdown_request`: done on return for a plain connection, when awaited over
+        TLS.
+        """
+        if type(request) is trio.SocketStream:
+            request.socket.close()
+            return DONE
+        return _Later(self._trioserve_close_stream, request)
+
+    async def _trioserve_shutdown_stream(self, request: trio.abc.Stream) -> None:
         if isinstance(request, trio.abc.HalfCloseableStream):
             try:
                 await request.send_eof()
             except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
                 pass  # the peer is gone or the stream is closed: nothing to say
-        await self.close_request(request)
+        await call_hook(self.close_request, request)
 
-    async def close_request(self, request: trio.abc.Stream) -> None:
-        """Close the connection, abruptly if a clean close takes over `CLOSE_TIMEOUT` s."""
+    async def _trioserve_close_stream(self, request: trio.abc.Stream) -> None:
         with trio.move_on_after(CLOSE_TIMEOUT):
             await request.aclose()  # a cancelled aclose still closes (Trio's rule)
 
-    async def _discard_request(self, request: trio.abc.Stream) -> None:
-        await trio.aclose_forcefully(request)
+
+@final
+class _Later:
+    """An awaitable that runs ``function(*args)`` when awaited, and nothing if it is not.
+
+    What a hook returns when its work needs Trio: an override written with ``def`` that
+    calls ``super()`` and drops the result leaves no "never awaited" coroutine behind (the
+    request is still closed, forcefully, at its end).
+    """
+
+    __slots__ = ("_args", "_function")
+
+    def __init__(self, function: Callable[..., Awaitable[None]], *args: Any) -> None:
+        self._function = function
+        self._args = args
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return self._function(*self._args).__await__()
 
 
 class UnixStreamServer(TCPServer):

@@ -35,13 +35,15 @@ buffer; a peer that stops reading can leave none. The stream servers bound that 
 
 from __future__ import annotations
 
+import logging
 import math
 import ssl
 from typing import Any
 
 import trio
 
-from ._server import logger
+logger = logging.getLogger("trioserve")
+
 
 __all__ = ["DEFAULT_SSL_HANDSHAKE_TIMEOUT", "check_ssl_context", "tls_handshake"]
 

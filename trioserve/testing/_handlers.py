@@ -10,13 +10,13 @@ calling task, with no nursery and no chance of a deadlock.
 
 A datagram handler's request is ``(data, socket)``, and it replies with
 ``socket.sendto(reply, client_address)``, or whatever else the socket API allows. So
-`run_datagram_handler` hands it a real UDP socket on the IPv4 loopback (a Trio socket for
-an async handler, a standard one for a sync handler), and a real client socket, whose
-address is the handler's ``client_address``, collects the replies: on
+`run_datagram_handler` hands it a real UDP socket on the IPv4 loopback (a Trio socket, as
+a server does; a sync handler gets a blocking socket on it, as from a server), and a real
+client socket, whose address is the handler's ``client_address``, collects the replies: on
 loopback a datagram is queued for its receiver before ``sendto`` returns, so every reply
 is there once the handler has finished.
 
-Both run the handler as a server does, through `trioserve._handlers.run_handler`: an
+Both run the handler as a server does, through `trioserve._request.run_handler`: an
 async handler in the calling task, a sync one (or one of socketserver's own classes) in a
 worker thread. Unlike a server, they let the handler's exception propagate, so a test sees
 it.
@@ -31,8 +31,8 @@ from typing import Any
 import trio
 import trio.testing
 
-from .._handlers import BaseRequestHandler, is_sync_handler
-from .._handlers import run_handler as _run_handler
+from .._handlers import BaseRequestHandler
+from .._request import run_handler as _run_handler
 from .._server import BaseServer
 
 __all__ = ["run_datagram_handler", "run_handler"]
@@ -126,9 +126,7 @@ async def run_datagram_handler(
         client.setblocking(False)
         if server is None:
             server = BaseServer(raw.getsockname(), handler_class)
-        # As a datagram server does: a Trio socket for an async handler, the standard
-        # library's for a sync one, which calls its methods from a worker thread.
-        sock = raw if is_sync_handler(handler_class) else trio.socket.from_stdlib_socket(raw)
+        sock = trio.socket.from_stdlib_socket(raw)
         await _run_handler(handler_class, (data, sock), client.getsockname(), server)
         replies: list[bytes] = []
         while True:

@@ -1,6 +1,6 @@
 """The worker side of the process pool: what runs inside each worker process.
 
-A worker is a fresh Python interpreter started by the pool (`trioserve._workers`) with
+A worker is a fresh Python interpreter started by the pool (`trioserve._pool`) with
 two file descriptors of its parent's: the server's listening socket, and one end of a
 *control* socket pair whose other end the parent keeps. Nothing else is inherited, so a
 worker holds no copy of its siblings' control sockets, and nothing of the parent's Trio
@@ -46,108 +46,34 @@ with the worker's pid.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import pickle
 import runpy
 import signal
 import socket
-import struct
 import sys
 import threading
 import time
 import traceback
 import types
-from collections.abc import Iterator, Mapping
-from typing import Any, NamedTuple
+from collections.abc import Mapping
+from typing import Any
 
 import trio
 
-from ._server import BaseServer, HandlerClass, logger
+from . import _frames
+from ._frames import EXIT_MARGIN, HEADER, FrameError, WorkerSpec, check_size, encode_frame
+from ._policy import Nursery, concurrency_limit
+from ._server import BaseServer, serve
 
-__all__ = [
-    "EXIT_MARGIN",
-    "FrameBuffer",
-    "FrameError",
-    "WorkerSpec",
-    "encode_frame",
-    "main",
-]
+__all__ = ["WorkerRun", "main"]
 
-#: Frames are a 4-byte big-endian length, then a pickle of a tuple ``(kind, *args)``.
-_HEADER = struct.Struct("!I")
-#: The largest frame either side accepts (a spec with big attributes, a long traceback).
-MAX_FRAME_SIZE = 256 * 1024 * 1024
-#: How long, after its grace period, a worker may take to finish stopping.
-EXIT_MARGIN = 5.0
+logger = logging.getLogger("trioserve")
+
 #: The longest grace period an orphaned worker (its parent is gone) gives its handlers.
 ORPHAN_GRACE = 10.0
 
-#: True while a worker imports the parent's ``__main__``: no server may start then.
-importing_main = False
-
 _STDERR_FORMAT = "trioserve worker %(process)d: %(levelname)s %(name)s: %(message)s"
-
-
-class FrameError(Exception):
-    """The other side of a control socket sent something that is not a frame."""
-
-
-class WorkerSpec(NamedTuple):
-    """What a worker needs to rebuild the server. Pickled by the parent.
-
-    Attributes:
-      server_class: the server's class, rebuilt with its ``from_socket``.
-      handler_class: the server's ``RequestHandlerClass``.
-      options: every constructor option of the server class, with the parent's values.
-      attributes: the parent server's other public instance attributes.
-    """
-
-    server_class: type[BaseServer]
-    handler_class: HandlerClass
-    options: Mapping[str, Any]
-    attributes: Mapping[str, Any]
-
-
-def encode_frame(message: tuple[Any, ...]) -> bytes:
-    """One frame holding *message*."""
-    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    return _HEADER.pack(len(data)) + data
-
-
-class FrameBuffer:
-    """Cuts a byte stream into frames. No I/O: feed it what was received."""
-
-    def __init__(self) -> None:
-        self._buffer = bytearray()
-
-    def feed(self, data: bytes) -> Iterator[tuple[Any, ...]]:
-        """Add *data*; yield every message now complete.
-
-        Raises:
-          FrameError: a length beyond `MAX_FRAME_SIZE`, or a payload that is not a tuple.
-        """
-        self._buffer += data
-        while len(self._buffer) >= _HEADER.size:
-            (size,) = _HEADER.unpack_from(self._buffer)
-            if size > MAX_FRAME_SIZE:
-                raise FrameError(f"a frame of {size} bytes is too large")
-            end = _HEADER.size + size
-            if len(self._buffer) < end:
-                return
-            payload = bytes(self._buffer[_HEADER.size : end])
-            del self._buffer[:end]
-            yield _decode(payload)
-
-
-def _decode(payload: bytes) -> tuple[Any, ...]:
-    try:
-        message = pickle.loads(payload)
-    except Exception as exc:
-        raise FrameError(f"a frame could not be read: {exc!r}") from exc
-    if not isinstance(message, tuple) or not message or not isinstance(message[0], str):
-        raise FrameError(f"a frame holds {type(message).__name__}, not a message")
-    return message
 
 
 class _Channel:
@@ -167,18 +93,17 @@ class _Channel:
     def receive(self) -> tuple[Any, ...] | None:
         """The next message, or None at end-of-file (the parent is gone)."""
         try:
-            header = self._rfile.read(_HEADER.size)
-            if len(header) < _HEADER.size:
+            header = self._rfile.read(HEADER.size)
+            if len(header) < HEADER.size:
                 return None
-            (size,) = _HEADER.unpack(header)
-            if size > MAX_FRAME_SIZE:
-                raise FrameError(f"a frame of {size} bytes is too large")
+            (size,) = HEADER.unpack(header)
+            check_size(size)
             payload = self._rfile.read(size)
         except OSError:
             return None
         if len(payload) < size:
             return None
-        return _decode(payload)
+        return _frames.decode_payload(payload)
 
 
 # -- logging -------------------------------------------------------------------------------
@@ -243,20 +168,19 @@ def _prepare_main(main: tuple[str, str] | None) -> None:
     So a handler class defined in the script the parent runs can be unpickled here. The
     script's ``if __name__ == "__main__":`` block does not run again.
     """
-    global importing_main
     if main is None:
         return
     kind, where = main
     module = types.ModuleType("__mp_main__")
     sys.modules["__mp_main__"] = module
-    importing_main = True
+    _frames.importing_main = True
     try:
         if kind == "name":
             namespace = runpy.run_module(where, run_name="__mp_main__", alter_sys=True)
         else:
             namespace = runpy.run_path(where, run_name="__mp_main__")
     finally:
-        importing_main = False
+        _frames.importing_main = False
     module.__dict__.update(namespace)
     sys.modules["__main__"] = module
 
@@ -275,8 +199,8 @@ def _load_spec(setup: Mapping[str, Any], message: tuple[Any, ...] | None) -> Wor
 # -- serving -------------------------------------------------------------------------------
 
 
-class _Worker:
-    """The state of this worker process's run, shared with the control thread."""
+class WorkerRun:
+    """This worker process's run, as the worker sees it; shared with the control thread."""
 
     def __init__(self, server: BaseServer, channel: _Channel) -> None:
         self.server = server
@@ -300,23 +224,17 @@ class _Worker:
         logger.warning("the parent process is gone; this worker stops")
         self.stop(self.orphan_grace)
 
+    def _stopping(self, grace: float | None) -> None:
+        if not self.stopped_from_outside:
+            # A handler called self.server.shutdown(): the whole pool stops.
+            self.channel.send("shutdown", grace)
+
     async def serve(self) -> None:
-        """Serve until stopped: `BaseServer.serve_forever`, with the nursery policy."""
+        """Serve until stopped: the server's own lifecycle, with the nursery policy."""
         server = self.server
-        serving = server._start_serving()
-        try:
-            with serving.handler_scope:
-                async with trio.open_nursery() as nursery:
-                    with serving.accept_scope:
-                        self.channel.send("ready")
-                        await server._serve_loop(nursery)
-                    if not self.stopped_from_outside:
-                        # A handler called self.server.shutdown(): stop the whole pool.
-                        deadline = serving.handler_scope.deadline
-                        grace = None if deadline == math.inf else deadline - trio.current_time()
-                        self.channel.send("shutdown", None if grace is None else max(grace, 0.0))
-        finally:
-            server._stop_serving(serving)
+        policy = Nursery(concurrency_limit(server))
+        ready = _ReadyReporter(self.channel)
+        await serve(server, policy, task_status=ready, on_stop=self._stopping)
 
     async def stop_on_signals(self) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -324,7 +242,17 @@ class _Worker:
                 self.stop(0.0)
 
 
-def _listen_to_parent(worker: _Worker, token: trio.lowlevel.TrioToken) -> None:
+class _ReadyReporter:
+    """A task status that tells the parent the worker accepts requests."""
+
+    def __init__(self, channel: _Channel) -> None:
+        self._channel = channel
+
+    def started(self, value: None = None) -> None:
+        self._channel.send("ready")
+
+
+def _listen_to_parent(worker: WorkerRun, token: trio.lowlevel.TrioToken) -> None:
     """The control thread: deliver the parent's commands; notice when it is gone."""
     while True:
         try:
@@ -346,7 +274,7 @@ def _listen_to_parent(worker: _Worker, token: trio.lowlevel.TrioToken) -> None:
     os._exit(1)  # the run did not end in time: a handler blocks it
 
 
-async def _run(worker: _Worker) -> None:
+async def _run(worker: WorkerRun) -> None:
     token = trio.lowlevel.current_trio_token()
     thread = threading.Thread(
         target=_listen_to_parent, args=(worker, token), name="trioserve-control", daemon=True
@@ -381,7 +309,7 @@ def _serve(channel: _Channel, listen_fd: int, slot: int) -> int:
         return 1
     with server:
         try:
-            trio.run(_run, _Worker(server, channel))
+            trio.run(_run, WorkerRun(server, channel))
         except BaseException:
             logger.critical("worker stopped by an error", exc_info=True)
             return 1

@@ -1,12 +1,15 @@
 """The process pool: start worker processes, supervise them, stop them.
 
-A `ProcessPoolMixIn` server's ``serve_forever`` runs `serve_process_pool` in place of the
-in-process serve loop. The parent has bound and activated the socket in the constructor,
-as for any server; ``serve_forever`` then starts ``max_children`` worker processes, each
-a fresh interpreter running `trioserve._worker_main`, hands each the listening socket, and
+The `~trioserve._policy.ProcessPool` policy serves with `serve_pool`: nothing else
+imports this module. The parent has bound and activated the socket in the constructor,
+as for any server; `serve_pool` then starts ``max_children`` worker processes, each a
+fresh interpreter running `trioserve._worker`, hands each the listening socket, and
 supervises them until it is stopped. Each worker rebuilds the server around that socket
-and serves with the nursery policy, so one worker serves many requests at once, with async
-and sync handlers alike.
+and serves it with the nursery policy, so one worker serves many requests at once, with
+async and sync handlers alike. The two sides talk in frames (`trioserve._frames`).
+
+Names: a `WorkerProcess` is a worker as the parent sees it (its process, its control
+stream, its state); the worker's own side is `trioserve._worker.WorkerRun`.
 
 Why these choices
 -----------------
@@ -35,7 +38,7 @@ whichever worker reads it first.
 
 What is sent
 ------------
-A worker gets a `~trioserve._worker_main.WorkerSpec`: the server class, the handler class,
+A worker gets a `~trioserve._frames.WorkerSpec`: the server class, the handler class,
 the value of every constructor option, and the server's other public instance attributes
 (names without a leading underscore), all pickled. Classes are pickled by reference, so
 they must be importable in a fresh interpreter: that is checked here before any worker
@@ -85,16 +88,17 @@ from typing import TYPE_CHECKING, Any, final
 
 import trio
 
-from . import _options, _worker_main
+from . import _frames, _options
 from ._exceptions import WorkerStartupError
+from ._frames import EXIT_MARGIN, FrameBuffer, FrameError, WorkerSpec, encode_frame
 from ._handlers import handler_type
-from ._server import logger
-from ._worker_main import EXIT_MARGIN, FrameBuffer, FrameError, WorkerSpec, encode_frame
 
 if TYPE_CHECKING:
-    from ._server import BaseServer, _Serving
+    from ._serving import Serving
 
-__all__ = ["serve_process_pool"]
+__all__ = ["WorkerProcess", "serve_pool"]
+
+logger = logging.getLogger("trioserve")
 
 #: How long a worker may take to report that it serves.
 START_TIMEOUT = 60.0
@@ -119,7 +123,7 @@ _NOT_SENT = frozenset(
 # A worker imports trioserve from where the parent did, before it gets the parent's sys.path.
 _BOOTSTRAP = (
     f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r}); "
-    "from trioserve._worker_main import main; main()"
+    "from trioserve._worker import main; main()"
 )
 
 
@@ -190,7 +194,7 @@ def _handler_name(handler: object) -> str:
     return found.__qualname__ if found is not None else repr(handler)
 
 
-def pack_spec(server: BaseServer) -> tuple[bytes, tuple[str, str] | None]:
+def pack_spec(server: Any) -> tuple[bytes, tuple[str, str] | None]:
     """Pickle what a worker needs to rebuild *server*; and where ``__main__`` is, if needed.
 
     Raises:
@@ -278,7 +282,7 @@ class _Outcome(enum.Enum):
 
 
 @final
-class _Worker:
+class WorkerProcess:
     """One worker process, as the parent sees it."""
 
     def __init__(self, slot: int, process: trio.Process, stream: trio.SocketStream) -> None:
@@ -320,16 +324,22 @@ async def _first(*waits: Callable[[], Awaitable[object]]) -> None:
 @final
 class _Pool:
     def __init__(
-        self, server: BaseServer, size: int, spec: bytes, main: tuple[str, str] | None
+        self,
+        server: Any,
+        size: int,
+        spec: bytes,
+        main: tuple[str, str] | None,
+        on_pids: Callable[[tuple[int, ...]], object],
     ) -> None:
         self.server = server
+        self.on_pids = on_pids
         self.size = size
         self.listen_fd = server.fileno()
         self.setup = {"sys_path": list(sys.path), "main": main, **_logging_setup()}
         self.spec = spec
         self.stopping = trio.Event()
         self.grace: float | None = 0.0
-        self.workers: dict[int, _Worker] = {}
+        self.workers: dict[int, WorkerProcess] = {}
         self.ready_slots: set[int] = set()
         self.all_ready = trio.Event()
         self.startup_failures = 0
@@ -339,7 +349,7 @@ class _Pool:
 
     # -- the pool's life
 
-    async def run(self, serving: _Serving, task_status: trio.TaskStatus[None]) -> None:
+    async def run(self, serving: Serving, task_status: trio.TaskStatus[None]) -> None:
         self.accept_scope = serving.accept_scope
         started = False
         async with trio.open_nursery() as nursery:
@@ -353,9 +363,7 @@ class _Pool:
                 started = True
                 await trio.sleep_forever()
             if not self.stopping.is_set():
-                deadline = serving.handler_scope.deadline
-                grace = None if deadline == math.inf else max(deadline - trio.current_time(), 0)
-                self.begin_stop(grace)
+                self.begin_stop(serving.remaining_grace())
         if self.error is not None:
             raise self.error
         if not started:
@@ -380,11 +388,13 @@ class _Pool:
                 self.server.shutdown()
 
     def _update_pids(self) -> None:
-        self.server.worker_pids = tuple(  # type: ignore[attr-defined]
-            sorted(
-                worker.pid
-                for worker in self.workers.values()
-                if worker.ready.is_set() and not worker.exited.is_set()
+        self.on_pids(
+            tuple(
+                sorted(
+                    worker.pid
+                    for worker in self.workers.values()
+                    if worker.ready.is_set() and not worker.exited.is_set()
+                )
             )
         )
 
@@ -431,7 +441,7 @@ class _Pool:
                 self._update_pids()
         return outcome
 
-    async def _spawn(self, slot: int) -> _Worker:
+    async def _spawn(self, slot: int) -> WorkerProcess:
         parent_end, child_end = socket.socketpair()
         try:
             process = await trio.lowlevel.open_process(
@@ -453,9 +463,9 @@ class _Pool:
         finally:
             child_end.close()
         stream = trio.SocketStream(trio.socket.from_stdlib_socket(parent_end))
-        return _Worker(slot, process, stream)
+        return WorkerProcess(slot, process, stream)
 
-    async def _watch(self, worker: _Worker) -> _Outcome:
+    async def _watch(self, worker: WorkerProcess) -> _Outcome:
         """Follow *worker* from its start to its end; say how it ended."""
         with trio.move_on_after(START_TIMEOUT) as start:
             await _first(worker.ready.wait, worker.exited.wait, self.stopping.wait)
@@ -491,7 +501,7 @@ class _Pool:
             return _Outcome.DIED_QUICKLY
         return _Outcome.DIED
 
-    def _start_failed(self, worker: _Worker | None, failure: str | None) -> _Outcome:
+    def _start_failed(self, worker: WorkerProcess | None, failure: str | None) -> _Outcome:
         if worker is not None:
             status = _describe_exit(worker.process.returncode)
             failure = f"worker pid {worker.pid} ({status}): {failure or 'no error reported'}"
@@ -507,17 +517,17 @@ class _Pool:
         logger.error("a worker failed to start; starting another: %s", failure)
         return _Outcome.START_FAILED
 
-    async def _drain(self, worker: _Worker) -> None:
+    async def _drain(self, worker: WorkerProcess) -> None:
         """Wait, briefly, for the last frames of a worker that exited."""
         with trio.move_on_after(_DRAIN_TIMEOUT):
             await worker.drained.wait()
 
-    async def _wait_exit(self, worker: _Worker) -> None:
+    async def _wait_exit(self, worker: WorkerProcess) -> None:
         await worker.process.wait()
         worker.exited.set()
         self._update_pids()
 
-    async def _receive(self, worker: _Worker) -> None:
+    async def _receive(self, worker: WorkerProcess) -> None:
         frames = FrameBuffer()
         try:
             while data := await worker.stream.receive_some(65536):
@@ -531,7 +541,7 @@ class _Pool:
         finally:
             worker.drained.set()
 
-    def _handle(self, worker: _Worker, message: tuple[Any, ...]) -> None:
+    def _handle(self, worker: WorkerProcess, message: tuple[Any, ...]) -> None:
         kind = message[0]
         if kind == "ready":
             worker.ready.set()
@@ -544,7 +554,7 @@ class _Pool:
             self.server.shutdown(grace)
             self.begin_stop(grace)
 
-    async def _stop_worker(self, worker: _Worker, grace: float | None) -> None:
+    async def _stop_worker(self, worker: WorkerProcess, grace: float | None) -> None:
         """Stop *worker* with *grace*, then SIGTERM, then SIGKILL; reap it in any case."""
         process = worker.process
         if await worker.send("stop", grace):
@@ -568,12 +578,17 @@ def _may_handle_sigterm() -> bool:
     )
 
 
-async def serve_process_pool(
-    server: BaseServer, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+async def serve_pool(
+    server: Any,
+    serving: Serving,
+    size: int,
+    on_pids: Callable[[tuple[int, ...]], object],
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve *server* from a pool of worker processes until it is stopped.
+    """Serve *server* from a pool of *size* worker processes until *serving* stops.
 
-    What `BaseServer.serve_forever` runs for a `ProcessPoolMixIn` server.
+    What the `~trioserve._policy.ProcessPool` policy runs. *on_pids* is called with the
+    pids of the workers serving, sorted, whenever they change, and with ``()`` at the end.
 
     Raises:
       TypeError: the handler class, the server class or an attribute of the server cannot
@@ -585,18 +600,15 @@ async def serve_process_pool(
       When this returns or raises, every worker process it started has exited and has
       been reaped. The listening socket stays open until ``server_close``.
     """
-    if _worker_main.importing_main:
+    if _frames.importing_main:
         raise RuntimeError(
             f"{server!r} was started while a worker process imported the main script: "
             "start servers under `if __name__ == '__main__':` in a script that uses a "
             "process pool"
         )
     spec, main = pack_spec(server)
-    size: int = getattr(server, "max_children", None) or os.cpu_count() or 1
-    pool = _Pool(server, size, spec, main)
-    serving = server._start_serving()
+    pool = _Pool(server, size, spec, main, on_pids)
     try:
         await pool.run(serving, task_status)
     finally:
-        server.worker_pids = ()  # type: ignore[attr-defined]
-        server._stop_serving(serving)
+        on_pids(())

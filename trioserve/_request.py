@@ -1,0 +1,237 @@
+"""The request path: from a received request to the closing of it, hook for hook.
+
+socketserver's path, which every policy runs for every request::
+
+    verify_request -> process_request (finish_request, then shutdown_request)
+                   -> handle_error, then shutdown_request, when processing raised
+
+with the transport's own step between ``verify_request`` and the handler (a TLS handshake,
+a PROXY header), and a last, forceful close that releases whatever the request holds,
+whatever the hooks did. `RequestPath.dispatch` is that path; the policies
+(`trioserve._policy`) only decide where it runs.
+
+Skipping what does nothing
+--------------------------
+A hook that is still the library's own often does nothing that calling it would show:
+``verify_request`` returns True, ``service_actions`` returns None, a datagram server's
+``shutdown_request`` closes nothing. Paying a call and an ``await`` for each on every
+request is measurable, so the library's own implementations *declare* what they are
+(`trivial` and `standard`), and `RequestPath` works out once which calls it may leave
+out. A hook overridden on the class, or replaced on the instance (before or while the
+server serves: the server forgets its path when one of these attributes is set), is
+always called. Transports declare their facts the same way, as class attributes of the
+server (``_trioserve_discard``, ``_trioserve_preparer``), rather than by overriding a
+private predicate.
+
+Hooks may be ``def`` or ``async def`` (`call_hook`), as ported code overrides them with
+``def`` and new code with ``async def``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar, final
+
+import trio
+
+from ._handlers import HandlerClass, is_sync_handler, run_async_handler
+from ._sync import run_sync_handler
+
+__all__ = [
+    "CLOSE_TIMEOUT",
+    "HOOK_NAMES",
+    "RequestPath",
+    "call_hook",
+    "run_handler",
+    "standard",
+    "trivial",
+]
+
+logger = logging.getLogger("trioserve")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: How long closing a request may take once its handler is done or cancelled (a TLS
+#: close_notify to a peer that never reads, a user's shutdown_request that blocks).
+CLOSE_TIMEOUT = 1.0
+
+#: The server attributes a `RequestPath` is worked out from: setting one on a server
+#: makes it work its path out again.
+HOOK_NAMES = frozenset(
+    {
+        "RequestHandlerClass",
+        "verify_request",
+        "process_request",
+        "finish_request",
+        "shutdown_request",
+        "close_request",
+        "service_actions",
+        "handle_error",
+        "get_request",
+    }
+)
+
+_NOT_TRIVIAL = object()
+
+
+def trivial(result: object) -> Callable[[F], F]:
+    """Declare that calling the decorated hook only returns *result*: it may be skipped."""
+
+    def mark(func: F) -> F:
+        func.__trioserve_trivial__ = result  # type: ignore[attr-defined]
+        return func
+
+    return mark
+
+
+def standard(func: F) -> F:
+    """Declare that the decorated hook does exactly what the request path does without it."""
+    func.__trioserve_standard__ = True  # type: ignore[attr-defined]
+    return func
+
+
+def _function(method: object) -> object:
+    return getattr(method, "__func__", None)
+
+
+def _trivial_result(method: object) -> object:
+    return getattr(_function(method), "__trioserve_trivial__", _NOT_TRIVIAL)
+
+
+def _is_standard(method: object) -> bool:
+    return getattr(_function(method), "__trioserve_standard__", False) is True
+
+
+async def call_hook(hook: Callable[..., object], *args: Any) -> Any:
+    """Call *hook* and await what it returns if that is awaitable.
+
+    So a hook may be overridden with ``def`` (as socketserver code does) or ``async def``.
+    """
+    result = hook(*args)
+    if inspect.isawaitable(result):
+        return await result
+    return result
+
+
+_Runner = Callable[[HandlerClass, Any, Any, Any], Awaitable[None]]
+
+
+async def run_handler(
+    handler_class: HandlerClass, request: Any, client_address: Any, server: Any
+) -> None:
+    """Run one handler for one request, as a server does.
+
+    Sync handlers (and socketserver's own classes, and other callables) run in a worker
+    thread (`trioserve._sync`), async handlers in the calling task.
+    """
+    runner = run_sync_handler if is_sync_handler(handler_class) else run_async_handler
+    await runner(handler_class, request, client_address, server)
+
+
+@final
+class RequestPath:
+    """One server's request path, with the steps that may be skipped worked out once.
+
+    Args:
+      server: the server (a `~trioserve.BaseServer`).
+    """
+
+    __slots__ = (
+        "direct",
+        "discard",
+        "handler_class",
+        "noop_shutdown",
+        "plain_verify",
+        "preparer",
+        "run_handler",
+        "server",
+        "service_actions",
+    )
+
+    def __init__(self, server: Any) -> None:
+        self.server = server
+        self.plain_verify = _trivial_result(server.verify_request) is True
+        #: ``service_actions`` to call after each request (and while idle); None to skip.
+        self.service_actions: Callable[[], object] | None = (
+            None if _trivial_result(server.service_actions) is None else server.service_actions
+        )
+        self.noop_shutdown = _trivial_result(server.shutdown_request) is None
+        #: The transport's step before the handler (TLS, PROXY header), if any.
+        self.preparer: Callable[[Any, Any], Awaitable[Any]] | None = server._trioserve_preparer()
+        #: How to release whatever a request holds, whatever the hooks did.
+        self.discard: Callable[[Any], Awaitable[None]] | None = server._trioserve_discard
+        self.handler_class: HandlerClass = server.RequestHandlerClass
+        #: Whether process_request and finish_request are the library's own, so the
+        #: handler may be run without calling them.
+        self.direct = _is_standard(server.process_request) and _is_standard(server.finish_request)
+        #: What runs the handler: decided once, here, for the server's handler class.
+        self.run_handler: _Runner = (
+            run_sync_handler if is_sync_handler(self.handler_class) else run_async_handler
+        )
+
+    async def dispatch(
+        self, request: Any, client_address: Any, slots: trio.Semaphore | None = None
+    ) -> None:
+        """The life of one request, from ``verify_request`` to the closing of it.
+
+        Releases one of *slots* (the policy's concurrency limit) when done.
+        """
+        server = self.server
+        try:
+            if self.plain_verify or await call_hook(
+                server.verify_request, request, client_address
+            ):
+                if self.preparer is not None:
+                    prepared = await self.preparer(request, client_address)
+                    if prepared is None:
+                        return  # refused by the transport (a failed TLS handshake): close
+                    request = prepared
+                try:
+                    if self.direct:
+                        # What process_request and finish_request would do, two coroutine
+                        # frames shallower: every checkpoint of the handler passes them.
+                        await self.run_handler(self.handler_class, request, client_address, server)
+                        if not self.noop_shutdown:
+                            await call_hook(server.shutdown_request, request)
+                    else:
+                        await call_hook(server.process_request, request, client_address)
+                except Exception:
+                    await self.report(request, client_address)
+                    if not self.noop_shutdown:
+                        await self.close(request)
+                except BaseException:
+                    if not self.noop_shutdown:
+                        await self.close(request)
+                    raise
+            elif not self.noop_shutdown:
+                await self.close(request)
+        finally:
+            if self.discard is not None:
+                with trio.CancelScope(shield=True):
+                    await self.discard(request)
+            if slots is not None:
+                slots.release()
+
+    async def finish_request(self, request: Any, client_address: Any) -> None:
+        """What `~trioserve.BaseServer.finish_request` does: run the handler."""
+        await self.run_handler(self.handler_class, request, client_address, self.server)
+
+    async def report(self, request: Any, client_address: Any) -> None:
+        """Call ``handle_error`` from an ``except`` block; contain what *it* raises.
+
+        A ``handle_error`` override that fails must not take the server down with it
+        (socketserver's threading servers lose one thread to it, not the server): what it
+        raises is logged with its traceback and the server goes on.
+        """
+        server = self.server
+        try:
+            await call_hook(server.handle_error, request, client_address)
+        except Exception:
+            logger.exception("%r: handle_error raised while reporting an error", server)
+
+    async def close(self, request: Any) -> None:
+        """``shutdown_request`` after a failure or a refusal: shielded, bounded in time."""
+        with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
+            await call_hook(self.server.shutdown_request, request)

@@ -1,0 +1,298 @@
+"""Worker threads for sync handlers: the runner, the thread limit, the thread's socket.
+
+A sync handler blocks, so it runs in a worker thread while the Trio task that owns its
+request waits. This module is everything about those threads, and nothing about
+handlers: `run_in_handler_thread` runs a callable in a thread under a server's
+``max_handler_threads`` limit and can reach it when cancelled; `ThreadSocket` gives the
+thread a blocking socket of its own on a Trio socket's descriptor; `waiting_task` says
+which Trio task a thread works for, the one fact `~trioserve.BaseServer.shutdown` needs to
+decide whether it may wait.
+
+Threads, limits, cancellation
+-----------------------------
+Worker threads come from Trio's thread cache (`trio.lowlevel.start_thread_soon`), and how
+many run handlers at once is bounded per server by ``max_handler_threads`` (a
+`trio.CapacityLimiter`). A request past the limit waits, accepted and unrefused, until a
+thread is free.
+
+Cancelling the task of a sync handler cannot interrupt Python code in another thread.
+What it can do is reach the place where such a thread nearly always waits, its
+connection: the caller's ``on_cancel`` shuts it down, so a blocked ``recv`` returns end of
+file at once and a blocked ``send`` fails; the handler then returns. The task waits for
+that, so normally no handler thread outlives ``serve_forever``. A thread stuck somewhere
+the server cannot reach (``time.sleep(3600)``, a lock, another socket) is waited for
+`ABANDON_AFTER` seconds, then logged as an error and abandoned: the server never waits
+forever for a stuck thread. Its thread slot is only given back when it really ends.
+
+`trio.to_thread.run_sync` is not used because its cancellation is all or nothing: with
+``abandon_on_cancel=False`` the task cannot react to being cancelled until the thread is
+done, which is exactly when the connection needs to be shut down. Here the task waits on
+an event that the thread sets when it ends; cancellation interrupts that wait, shuts the
+connection down, and then waits again, shielded, for the thread.
+
+Which run a thread serves
+-------------------------
+``shutdown()`` called from another thread waits until ``serve_forever`` has returned, as
+socketserver's does. But ``serve_forever`` waits for its handlers, so a thread that a
+handler is waiting for must not wait for ``serve_forever``: a sync handler's own thread,
+or a thread an async handler started with `trio.to_thread.run_sync`. `waiting_task`
+names the task such a thread works for (our mark for handler threads; Trio's own
+thread-to-task link, asked through `trio.from_thread.run_sync`, for the others): if the
+task that waits for the thread is one of the server's own (it descends from the task that
+serves), ``shutdown()`` must not wait. Any other thread, including one that a task outside
+the server started, waits as socketserver's callers do.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import math
+import os
+import socket
+import threading
+import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar, final
+
+import trio
+
+if TYPE_CHECKING:
+    import outcome
+
+__all__ = [
+    "ABANDON_AFTER",
+    "ThreadSocket",
+    "descends_from",
+    "run_in_handler_thread",
+    "running_handler_threads",
+    "waiting_task",
+]
+
+logger = logging.getLogger("trioserve")
+
+T = TypeVar("T")
+
+#: Seconds a cancelled sync handler may take to return once its connection is shut down,
+#: before its thread is abandoned (and logged).
+ABANDON_AFTER = 5.0
+
+#: The timeout that stands for "blocking" on a shared `ThreadSocket`.
+_BLOCKING_TIMEOUT = 24 * 3600.0
+
+_local = threading.local()
+
+
+def waiting_task() -> trio.lowlevel.Task | None:
+    """The Trio task waiting for the calling thread; None for a thread no task waits for.
+
+    A task waits for a thread that runs a sync handler for it (`run_in_handler_thread`),
+    or that it started with `trio.to_thread.run_sync`. Call it from outside the Trio
+    thread.
+    """
+    task: trio.lowlevel.Task | None = getattr(_local, "task", None)
+    if task is not None:
+        return task
+    try:
+        # In a thread of trio.to_thread.run_sync this runs in the task that waits for it.
+        return trio.from_thread.run_sync(trio.lowlevel.current_task)
+    except RuntimeError:  # not a thread of a run (or its run is over)
+        return None
+
+
+def descends_from(task: trio.lowlevel.Task, ancestor: trio.lowlevel.Task) -> bool:
+    """Whether *task* is *ancestor* or runs in a nursery below it."""
+    current: trio.lowlevel.Task | None = task
+    for _ in range(10_000):  # a task tree is never this deep; never a cycle
+        if current is None:
+            return False
+        if current is ancestor:
+            return True
+        nursery = current.parent_nursery
+        current = nursery.parent_task if nursery is not None else None
+    return False
+
+
+# -- running work in a thread ----------------------------------------------------------------
+
+
+@final
+class _ThreadState:
+    """One server's sync handler threads within one Trio run."""
+
+    __slots__ = ("limiter", "lock", "running", "token")
+
+    def __init__(self, token: trio.lowlevel.TrioToken, total: float) -> None:
+        self.token = token
+        self.limiter = trio.CapacityLimiter(total)
+        self.lock = threading.Lock()
+        self.running = 0
+
+
+_states: weakref.WeakKeyDictionary[object, _ThreadState] = weakref.WeakKeyDictionary()
+
+
+def _thread_state(owner: object, limit: int | None) -> _ThreadState:
+    total = math.inf if limit is None else limit
+    token = trio.lowlevel.current_trio_token()
+    state = _states.get(owner)
+    if state is None or state.token is not token:
+        state = _states[owner] = _ThreadState(token, total)
+    elif state.limiter.total_tokens != total:
+        state.limiter.total_tokens = total
+    return state
+
+
+def running_handler_threads(owner: object) -> int:
+    """How many threads are running a sync handler of *owner* (a server) right now."""
+    state = _states.get(owner)
+    return 0 if state is None else state.running
+
+
+async def run_in_handler_thread(
+    owner: object, limit: int | None, work: Callable[[], T], on_cancel: Callable[[], object]
+) -> T:
+    """Run *work* in a worker thread, as one of *owner*'s at most *limit* handler threads.
+
+    Waits for a free slot first (cancellable). While *work* runs, the thread is marked as
+    working for the calling task (`waiting_task`).
+
+    Args:
+      owner: the server whose threads these are (weakly referenced).
+      limit: how many of *owner*'s threads may run at once; None for no limit.
+      work: what to run in the thread.
+      on_cancel: called in the Trio thread, once, if this task is cancelled while *work*
+        runs: it must make *work* return soon (shut its connection down).
+
+    Returns:
+      What *work* returned; what it raised is raised here.
+
+    Error handling:
+      When cancelled, this waits up to `ABANDON_AFTER` seconds for *work* to return, then
+      raises `trio.Cancelled`; what *work* raised meanwhile is logged at debug level. A
+      thread still running then is abandoned, and logged as an error.
+    """
+    state = _thread_state(owner, limit)
+    borrower = object()
+    await state.limiter.acquire_on_behalf_of(borrower)
+    done = trio.Event()
+    results: list[outcome.Outcome[T]] = []
+    context = contextvars.copy_context()
+    token = state.token
+    task = trio.lowlevel.current_task()
+
+    def run() -> T:
+        with state.lock:
+            state.running += 1
+        _local.task = task
+        try:
+            return context.run(work)
+        finally:
+            _local.task = None
+            with state.lock:
+                state.running -= 1
+
+    def report(result: outcome.Outcome[T]) -> None:
+        state.limiter.release_on_behalf_of(borrower)
+        results.append(result)
+        done.set()
+
+    def deliver(result: outcome.Outcome[T]) -> None:
+        try:
+            token.run_sync_soon(report, result)
+        except trio.RunFinishedError:
+            pass  # an abandoned thread, ending after the run: no one is waiting
+
+    try:
+        trio.lowlevel.start_thread_soon(run, deliver)
+    except BaseException:
+        state.limiter.release_on_behalf_of(borrower)
+        raise
+    try:
+        await done.wait()
+    except trio.Cancelled:
+        on_cancel()
+        with trio.move_on_after(ABANDON_AFTER, shield=True):
+            await done.wait()
+        if not results:
+            logger.error(
+                "a sync handler of %r did not return within %.1f s of its connection being "
+                "shut down; abandoning its thread",
+                owner,
+                ABANDON_AFTER,
+            )
+        else:
+            error = getattr(results[0], "error", None)
+            if error is not None:
+                logger.debug("a cancelled sync handler ended with %r", error)
+        raise
+    return results[0].unwrap()
+
+
+# -- a thread's own socket -------------------------------------------------------------------
+
+
+@final
+class ThreadSocket(socket.socket):
+    """A worker thread's blocking `socket.socket` on a duplicate of a Trio socket's descriptor.
+
+    Whatever the handler does with it (even ``close()``) cannot close the Trio side's
+    descriptor; `release` closes the duplicate when the handler returns, even if files
+    made by ``makefile`` still hold it.
+
+    A duplicate shares the descriptor's file status flags, so blocking mode is one of two
+    kinds (`duplicate`'s *exclusive*):
+
+    * exclusive, for a connection the Trio side leaves alone while the thread runs: real
+      blocking mode, socketserver's speed (no ``poll`` before each call); `release` puts
+      the descriptor back in non-blocking mode before the Trio side touches it again;
+    * shared, for a datagram server's socket, which the server keeps receiving on: the
+      descriptor must stay non-blocking, so blocking mode is emulated with a timeout of a
+      day (``gettimeout()`` still says None; ``settimeout(None)`` and
+      ``setblocking(True)`` keep the emulation).
+    """
+
+    _origin: trio.socket.SocketType
+    _shared: bool
+
+    @classmethod
+    def duplicate(cls, sock: trio.socket.SocketType, *, exclusive: bool) -> ThreadSocket:
+        """A new socket on a duplicate of *sock*'s descriptor, in blocking mode.
+
+        The timeout is `socket.getdefaulttimeout`, as for any new socket.
+        """
+        fd = os.dup(sock.fileno())
+        try:
+            thread_socket = cls(sock.family, sock.type, sock.proto, fileno=fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        thread_socket._origin = sock
+        thread_socket._shared = not exclusive
+        thread_socket.settimeout(socket.getdefaulttimeout())
+        return thread_socket
+
+    def settimeout(self, value: float | None) -> None:
+        """As `socket.socket.settimeout`; on a shared socket None is emulated."""
+        if value is None and self._shared:
+            value = _BLOCKING_TIMEOUT
+        super().settimeout(value)
+
+    def setblocking(self, flag: bool) -> None:
+        """As `socket.socket.setblocking`; on a shared socket blocking mode is emulated."""
+        self.settimeout(None if flag else 0.0)
+
+    def gettimeout(self) -> float | None:
+        """As `socket.socket.gettimeout`: None in (emulated) blocking mode."""
+        timeout = super().gettimeout()
+        return None if timeout == _BLOCKING_TIMEOUT else timeout
+
+    def release(self) -> None:
+        """Close the duplicate; for an exclusive one, make the descriptor non-blocking again."""
+        fd = self.detach()
+        if fd >= 0:
+            os.close(fd)
+        if not self._shared:
+            origin = self._origin.fileno()
+            if origin >= 0:
+                os.set_blocking(origin, False)
