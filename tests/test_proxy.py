@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 from trioserve._exceptions import ProxyProtocolError
 from trioserve._proxy import (
     DEFAULT_TRUSTED,
+    MAX_V1_HEADER_SIZE,
     MAX_V2_HEADER_SIZE,
-    V1_MAX_SIZE,
     ProxyHeader,
     ProxyHeaderParser,
     encode_v1,
@@ -139,7 +139,7 @@ def v1_tcp6(draw: st.DrawFn) -> Case:
 @st.composite
 def v1_unknown(draw: st.DrawFn) -> Case:
     # "the receiver must ignore anything presented before the CRLF is found"
-    tail = draw(st.none() | st.binary(max_size=V1_MAX_SIZE - 16))
+    tail = draw(st.none() | st.binary(max_size=MAX_V1_HEADER_SIZE - 16))
     line = b"PROXY UNKNOWN"
     if tail is not None:
         line += b" " + tail.replace(b"\r", b"")

@@ -98,10 +98,10 @@ class WorkerStartupError(RuntimeError):
 class ProxyProtocolError(ValueError):
     """A connection did not begin with a valid PROXY protocol header.
 
-    Raised by `trioserve._proxy.ProxyHeaderParser` on a server with ``proxy_protocol=True``
-    when the first bytes of a connection are not a PROXY header (version 1 or 2) as
-    HAProxy's specification defines it: a client that speaks its protocol straight away, a
-    malformed or oversized header, or a connection closed before its header was complete.
-    The message says what was wrong. The server closes such a connection without calling
-    the handler and logs the message once, at warning level.
+    Raised while a server with ``proxy_protocol=True`` reads the header a proxy sends
+    before a connection's data, when the first bytes are not a PROXY header (version 1 or
+    2) as HAProxy's specification defines it: a client that speaks its own protocol
+    straight away, a malformed or oversized header, or a connection closed before its
+    header was complete. The message says what was wrong. The server closes such a
+    connection without calling the handler and logs the message once, at warning level.
     """

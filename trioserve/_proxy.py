@@ -52,7 +52,7 @@ The bytes held while waiting for a header are bounded, so a peer cannot make the
 buffer without end, and a peer that trickles bytes is cut off by the size limit or the
 server's deadline, whichever comes first:
 
-* Version 1: at most 107 bytes including the CRLF (`V1_MAX_SIZE`), the specification's
+* Version 1: at most 107 bytes including the CRLF (`MAX_V1_HEADER_SIZE`), the specification's
   worst case (``PROXY UNKNOWN`` followed by two full IPv6 addresses and two ports). A line
   without CRLF within 107 bytes is invalid, as the specification says.
 * Version 2: the length field allows 16 + 65535 bytes, far more than any balancer sends
@@ -78,20 +78,20 @@ then the addresses (12, 36 or 216 bytes) and TLVs, each a type byte, a 2-byte le
 the value, which must end exactly at the end of the header. A ``PP2_TYPE_CRC32C`` TLV is
 verified. Which parts are read:
 
-=============================  ====================  =================================
-Header                         Addresses             TLVs
-=============================  ====================  =================================
-LOCAL, any family              ignored (local)       skipped, not parsed
-PROXY, family UNSPEC           none (local)          parsed from byte 16
-PROXY, transport UNSPEC        ignored (local)       skipped, not parsed
-PROXY, INET/INET6/UNIX and     parsed                parsed after the addresses
-STREAM/DGRAM
-=============================  ====================  =================================
+======================================  =================  ===========================
+Header                                  Addresses          TLVs
+======================================  =================  ===========================
+LOCAL, any family                       ignored (local)    skipped, not parsed
+PROXY, family UNSPEC                    none (local)       parsed from byte 16
+PROXY, transport UNSPEC                 ignored (local)    skipped, not parsed
+PROXY, INET/INET6/UNIX + STREAM/DGRAM   parsed             parsed after the addresses
+======================================  =================  ===========================
 
 A LOCAL header is a health check of the proxy's own: the specification says the receiver
-"must accept this connection as valid" and discard the block, so nothing in it can make it
-fail. Where the family or transport is UNSPEC the receiver "should ignore address
-information"; the parser reports it as local, and the server keeps the real peer address.
+"must accept this connection as valid" and discard the block, so nothing in the block can
+make it fail (its version, command and family bytes are still checked, as for any header).
+Where the family or transport is UNSPEC the receiver "should ignore address information";
+the parser reports it as local, and the server keeps the real peer address.
 
 Trusted proxies
 ---------------
@@ -116,8 +116,8 @@ from ._exceptions import ProxyProtocolError
 
 __all__ = [
     "DEFAULT_TRUSTED",
+    "MAX_V1_HEADER_SIZE",
     "MAX_V2_HEADER_SIZE",
-    "V1_MAX_SIZE",
     "V2_SIGNATURE",
     "IPNetwork",
     "ProxyAddress",
@@ -138,7 +138,7 @@ IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 DEFAULT_TRUSTED: Final = ("127.0.0.0/8", "::1/128")
 """The networks allowed to send a PROXY header when none are given: loopback only."""
 
-V1_MAX_SIZE: Final = 107
+MAX_V1_HEADER_SIZE: Final = 107
 """The longest version 1 header, CRLF included (the specification's worst case)."""
 
 V2_SIGNATURE: Final = b"\r\n\r\n\x00\r\nQUIT\n"
@@ -167,7 +167,6 @@ _V2_FAMILIES: Final = {
 }
 _V2_TRANSPORTS: Final = {0x0: None, 0x1: socket.SOCK_STREAM, 0x2: socket.SOCK_DGRAM}
 _V2_ADDRESS_SIZES: Final = {0x1: 12, 0x2: 36, 0x3: 216}
-_V2_FAMILY_CODES: Final = {socket.AF_INET: 0x1, socket.AF_INET6: 0x2, socket.AF_UNIX: 0x3}
 _UNIX_PATH_SIZE: Final = 108
 _MIN_V2_HEADER_SIZE: Final = _V2_FIXED + _V2_ADDRESS_SIZES[0x3]
 _MAX_V2_LENGTH: Final = 0xFFFF
@@ -192,8 +191,8 @@ class ProxyHeader:
       source: the original client's address, in the form `socket` uses for *family*:
         ``(host, port)`` for IPv4, ``(host, port, 0, 0)`` for IPv6, the host written by
         ``inet_ntop`` exactly as ``getpeername()`` gives it (an IPv4-mapped address stays
-        IPv6: ``::ffff:192.0.2.1``), the path for a Unix socket (``""``
-        for an unnamed one). None when *local*.
+        IPv6: ``::ffff:192.0.2.1``), the path for a Unix socket (``""`` for an unnamed
+        one). None when *local*.
       destination: the address the client connected to, in the same form; None when
         *local*.
       tlvs: the version 2 TLVs in the order they came, as ``(type, value)`` pairs (the
@@ -322,18 +321,20 @@ class ProxyHeaderParser:
 
     def _parse_v1(self) -> tuple[ProxyHeader, int] | None:
         # Bytes past the longest possible line cannot be part of it: look at no more.
-        head = bytes(self._buffer[: V1_MAX_SIZE + 1])
+        head = bytes(self._buffer[: MAX_V1_HEADER_SIZE + 1])
         cr = head.find(b"\r")
         line = head if cr < 0 else head[: cr + 1]  # up to and including the first CR
         _check_v1_start(line)
         if cr < 0:
-            if len(head) >= V1_MAX_SIZE:
+            if len(head) >= MAX_V1_HEADER_SIZE:
                 raise ProxyProtocolError(
-                    f"PROXY version 1 line without CRLF within {V1_MAX_SIZE} bytes"
+                    f"PROXY version 1 line without CRLF within {MAX_V1_HEADER_SIZE} bytes"
                 )
             return None
-        if cr + 2 > V1_MAX_SIZE:
-            raise ProxyProtocolError(f"PROXY version 1 line longer than {V1_MAX_SIZE} bytes")
+        if cr + 2 > MAX_V1_HEADER_SIZE:
+            raise ProxyProtocolError(
+                f"PROXY version 1 line longer than {MAX_V1_HEADER_SIZE} bytes"
+            )
         if len(head) == cr + 1:
             return None
         if head[cr + 1] != 0x0A:
@@ -730,7 +731,7 @@ def encode_v2(
     elif source is None or destination is None:
         raise ValueError("give both source and destination, or neither")
     elif isinstance(source, str) and isinstance(destination, str):
-        command, family = _V2_PROXY, _V2_FAMILY_CODES[socket.AF_UNIX]
+        command, family = _V2_PROXY, 0x3
         paths = [os.fsencode(source), os.fsencode(destination)]
         if any(len(path) >= _UNIX_PATH_SIZE or b"\x00" in path for path in paths):
             raise ValueError(f"Unix paths must be under {_UNIX_PATH_SIZE} bytes, without NUL")
