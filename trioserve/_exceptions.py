@@ -15,7 +15,13 @@ import errno
 
 import trio
 
-__all__ = ["BrokenConnectionError", "LineTooLongError", "PeerTimeoutError", "WorkerStartupError"]
+__all__ = [
+    "BrokenConnectionError",
+    "LineTooLongError",
+    "PeerTimeoutError",
+    "ProxyProtocolError",
+    "WorkerStartupError",
+]
 
 
 class BrokenConnectionError(trio.BrokenResourceError, ConnectionError):
@@ -86,4 +92,16 @@ class WorkerStartupError(RuntimeError):
     cannot load the server (its handler class does not import there, say), or when
     workers fail before serving several times in a row. The message carries the last
     worker's error. Every worker the server started has exited when it is raised.
+    """
+
+
+class ProxyProtocolError(ValueError):
+    """A connection did not begin with a valid PROXY protocol header.
+
+    Raised while a server with ``proxy_protocol=True`` reads the header a proxy sends
+    before a connection's data, when the first bytes are not a PROXY header (version 1 or
+    2) as HAProxy's specification defines it: a client that speaks its own protocol
+    straight away, a malformed or oversized header, or a connection closed before its
+    header was complete. The message says what was wrong. The server closes such a
+    connection without calling the handler and logs the message once, at warning level.
     """
