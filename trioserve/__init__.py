@@ -22,6 +22,7 @@ from ._datagram_handler import DatagramRequestHandler as DatagramRequestHandler
 from ._exceptions import BrokenConnectionError as BrokenConnectionError
 from ._exceptions import LineTooLongError as LineTooLongError
 from ._exceptions import PeerTimeoutError as PeerTimeoutError
+from ._exceptions import ProxyProtocolError as ProxyProtocolError
 from ._exceptions import WorkerStartupError as WorkerStartupError
 from ._files import AsyncReader as AsyncReader
 from ._files import AsyncWriter as AsyncWriter
@@ -64,6 +65,7 @@ __all__ = [
     "NurseryMixIn",
     "PeerTimeoutError",
     "ProcessPoolMixIn",
+    "ProxyProtocolError",
     "SocketServer",
     "StreamRequestHandler",
     "StreamSocket",

@@ -187,7 +187,7 @@ class RequestPath:
                     prepared = await self.preparer(request, client_address)
                     if prepared is None:
                         return  # refused by the transport (a failed TLS handshake): close
-                    request = prepared
+                    request, client_address = prepared
                 try:
                     if self.direct:
                         # What process_request and finish_request would do, two coroutine

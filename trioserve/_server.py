@@ -359,13 +359,16 @@ class BaseServer:
         if serving.may_wait_here():
             serving.stopped.wait()
 
-    def _trioserve_preparer(self) -> Callable[[Any, Any], Awaitable[Any]] | None:
+    def _trioserve_preparer(
+        self,
+    ) -> Callable[[Any, Any], Awaitable[tuple[Any, Any] | None]] | None:
         """The transport's step between ``verify_request`` and the handler, if it has one.
 
         Returns an async callable taking ``(request, client_address)`` and returning what
-        the handler gets as ``request``, or None to close the request with no further hook
-        called; it runs in the request's own task (a TLS handshake). None (the default)
-        when this server needs no such step. Asked once per serve.
+        the handler gets as ``(request, client_address)``, or None to close the request
+        with no further hook called; it runs in the request's own task (a PROXY header, a
+        TLS handshake). None (the default) when this server needs no such step. Asked once
+        per serve.
         """
         return None
 

@@ -31,6 +31,7 @@ must not keep its connection, and its slot under ``max_connections``, for ever.
 from __future__ import annotations
 
 import logging
+import math
 import socket
 import ssl
 import time
@@ -42,7 +43,10 @@ import trio
 from . import _options
 from ._binding import SocketServer
 from ._errors import CAPACITY_ERRNOS, IGNORED_ACCEPT_ERRNOS
+from ._exceptions import ProxyProtocolError
 from ._handlers import DONE
+from ._proxied import proxied_address, receive_proxy_header
+from ._proxy import DEFAULT_TRUSTED, IPNetwork, is_trusted, parse_networks
 from ._request import call_hook
 from ._tls import DEFAULT_SSL_HANDSHAKE_TIMEOUT, check_ssl_context, tls_handshake
 
@@ -57,6 +61,14 @@ ACCEPT_CAPACITY_PAUSE = 0.1
 ACCEPT_COMPLAINT_INTERVAL = 60.0
 #: Seconds closing one connection may take before it is closed abruptly.
 CLOSE_TIMEOUT = 1.0
+
+
+def _check_networks(name: str, value: Any) -> tuple[IPNetwork, ...]:
+    """The check of ``proxy_trusted``: networks, as strings or `ipaddress` objects."""
+    try:
+        return parse_networks(value)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"{name}: {exc}") from None
 
 
 class TCPServer(SocketServer):
@@ -75,6 +87,19 @@ class TCPServer(SocketServer):
       ssl_handshake_timeout: seconds a client has to complete the TLS handshake before it
         is disconnected; None waits forever. Default 10. A failed or timed-out handshake
         is logged at debug level and never reaches `handle_error`.
+      proxy_protocol: True expects every connection to begin with a PROXY protocol
+        header (HAProxy's, version 1 or 2, told apart by their signatures), as a load
+        balancer in TCP mode sends it, and serves the connection as the client's: the
+        handler's ``client_address`` is the address the header gives (a version 2
+        LOCAL header, a balancer's health check, keeps the balancer's own). A connection
+        without a valid header, or from a peer not in ``proxy_trusted``, is closed
+        without reaching the handler, with one line logged at warning. Default False.
+        Never turn it on for a port clients can reach directly: the header is a claim.
+      proxy_trusted: the networks allowed to send a PROXY header (strings such as
+        ``"10.0.0.0/8"`` or `ipaddress` networks); default loopback only
+        (``127.0.0.0/8``, ``::1``). Unix socket peers are always trusted.
+      proxy_header_timeout: seconds a connection has to send its PROXY header; None waits
+        forever. Default 5 (the specification asks for at least 3).
       ssl_https_compatible: True treats a TLS peer that closes without ``close_notify``
         as a clean end of file, as HTTPS clients expect; False (the default) reports it
         as a broken connection (see `trio.SSLStream`).
@@ -86,6 +111,9 @@ class TCPServer(SocketServer):
     ssl_context: ssl.SSLContext | None = None
     ssl_handshake_timeout: float | None = DEFAULT_SSL_HANDSHAKE_TIMEOUT
     ssl_https_compatible: bool = False
+    proxy_protocol: bool = False
+    proxy_trusted: tuple[IPNetwork, ...] = parse_networks(DEFAULT_TRUSTED)
+    proxy_header_timeout: float | None = 5.0
     # When an out-of-resources accept() error was last logged as an error (time.monotonic).
     _trioserve_capacity_complaint: float | None = None
     # Whatever the hooks did, a connection is closed at the end of its request.
@@ -98,6 +126,9 @@ class TCPServer(SocketServer):
         "ssl_context": check_ssl_context,
         "ssl_handshake_timeout": _options.seconds_or_none,
         "ssl_https_compatible": _options.boolean,
+        "proxy_protocol": _options.boolean,
+        "proxy_trusted": _check_networks,
+        "proxy_header_timeout": _options.seconds_or_none,
     }
 
     def server_activate(self) -> None:
@@ -143,21 +174,57 @@ class TCPServer(SocketServer):
             ACCEPT_CAPACITY_PAUSE,
         )
 
-    def _trioserve_preparer(self) -> Callable[[Any, Any], Awaitable[Any]] | None:
-        if self.ssl_context is None:
+    def _trioserve_preparer(
+        self,
+    ) -> Callable[[Any, Any], Awaitable[tuple[Any, Any] | None]] | None:
+        if self.ssl_context is None and not self.proxy_protocol:
             return None
-        return self._trioserve_handshake
+        return self._trioserve_prepare
 
-    async def _trioserve_handshake(self, request: trio.abc.Stream, client_address: Any) -> Any:
+    async def _trioserve_prepare(
+        self, request: trio.abc.Stream, client_address: Any
+    ) -> tuple[Any, Any] | None:
+        if self.proxy_protocol:
+            client_address = await self._trioserve_proxy_header(request, client_address)
+            if client_address is None:
+                return None
         context = self.ssl_context
-        assert context is not None
-        return await tls_handshake(
+        if context is None:
+            return request, client_address
+        stream = await tls_handshake(
             request,
             client_address,
             context,
             handshake_timeout=self.ssl_handshake_timeout,
             https_compatible=self.ssl_https_compatible,
         )
+        return None if stream is None else (stream, client_address)
+
+    async def _trioserve_proxy_header(self, request: trio.abc.Stream, peer: Any) -> Any:
+        """The client's address from the connection's PROXY header; None to close it."""
+        if not is_trusted(peer, self.proxy_trusted):
+            logger.warning(
+                "%r: connection from %r closed: it may not send a PROXY header "
+                "(not in proxy_trusted)",
+                self.server_address,
+                peer,
+            )
+            return None
+        if not isinstance(request, trio.SocketStream):
+            raise TypeError(f"proxy_protocol needs a socket connection, not {request!r}")
+        timeout = self.proxy_header_timeout
+        try:
+            with trio.fail_after(math.inf if timeout is None else timeout):
+                header = await receive_proxy_header(request)
+        except (ProxyProtocolError, trio.TooSlowError, OSError) as exc:
+            reason = (
+                f"no PROXY header within {timeout} s"
+                if isinstance(exc, trio.TooSlowError)
+                else f"bad PROXY header: {exc}"
+            )
+            logger.warning("%r: connection from %r closed: %s", self.server_address, peer, reason)
+            return None
+        return proxied_address(header, peer)
 
     def shutdown_request(self, request: trio.abc.Stream) -> Awaitable[None]:
         """Send end-of-file to the peer, then `close_request`.
