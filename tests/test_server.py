@@ -431,3 +431,56 @@ def test_internal_names_do_not_collide_with_stdlib_classes_mixed_in() -> None:
         ours.update(n for n in vars(server) if n.startswith("_"))
     assert ours & theirs == set()
     assert all(n.startswith("_trioserve") for n in ours), sorted(ours)
+
+
+# -- outside Trio: blocking, as socketserver ---------------------------------------------
+
+
+class SyncEcho(socketserver.StreamRequestHandler):
+    def handle(self) -> None:
+        self.wfile.write(self.rfile.readline())
+
+
+def _ask_blocking(address: Any, line: bytes) -> bytes:
+    with socket.create_connection(address[:2], timeout=30) as client:
+        client.sendall(line)
+        return client.makefile("rb").read()
+
+
+def test_serve_forever_blocks_outside_trio_and_shutdown_from_another_thread_stops_it() -> None:
+    with ThreadingTCPServer(("127.0.0.1", 0), SyncEcho) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            assert _ask_blocking(server.server_address, b"blocking\n") == b"blocking\n"
+        finally:
+            server.shutdown()
+        thread.join(timeout=30)
+        assert not thread.is_alive()
+
+
+def test_handle_request_blocks_outside_trio_for_one_request() -> None:
+    with TCPServer(("127.0.0.1", 0), SyncEcho) as server:
+        answers: list[bytes] = []
+        client = threading.Thread(
+            target=lambda: answers.append(_ask_blocking(server.server_address, b"one\n"))
+        )
+        client.start()
+        server.handle_request()  # no await: it serves one request, then returns
+        client.join(timeout=30)
+    assert answers == [b"one\n"]
+
+
+def test_a_function_as_request_handler_class_runs_in_a_thread() -> None:
+    def handler(request: socket.socket, client_address: Any, server: Any) -> None:
+        request.sendall(b"from a function " + repr(type(request).__name__).encode() + b"\n")
+
+    with TCPServer(("127.0.0.1", 0), handler) as server:
+        answers: list[bytes] = []
+        client = threading.Thread(
+            target=lambda: answers.append(_ask_blocking(server.server_address, b""))
+        )
+        client.start()
+        server.handle_request()
+        client.join(timeout=30)
+    assert answers == [b"from a function 'ThreadSocket'\n"]

@@ -28,6 +28,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import trioserve
+import trioserve.testing
 from trioserve import (
     AsyncReader,
     BaseRequestHandler,
@@ -1337,3 +1338,22 @@ def test_sync_readuntil_refuses_an_empty_separator_and_a_closed_file(
 def test_both_readers_refuse_a_max_line_length_below_one(reader_class: type[Any]) -> None:
     with pytest.raises(ValueError, match="max_line_length must be >= 1"):
         reader_class(object(), max_line_length=0)
+
+
+async def test_sync_files_have_the_connections_fileno_for_select() -> None:
+    import select
+
+    class Selecting(SyncStreamRequestHandler):
+        def handle(self) -> None:
+            readable, _, _ = select.select([self.rfile], [], [], 30)
+            assert readable == [self.rfile]
+            assert self.rfile.fileno() == self.wfile.fileno() == self.request.fileno()
+            self.wfile.write(self.rfile.readline())
+
+    with ThreadingTCPServer(("127.0.0.1", 0), Selecting) as server:
+        async with (
+            trioserve.testing.serving(server),
+            await trioserve.testing.connect(server) as client,
+        ):
+            await client.send_all(b"selected\n")
+            assert await receive_exactly(client, 9) == b"selected\n"
