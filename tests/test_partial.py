@@ -25,7 +25,7 @@ from trioserve import (
     ThreadingTCPServer,
     ThreadingUDPServer,
 )
-from trioserve.testing import connect, exchange_datagram
+from trioserve.testing import connect, exchange_datagram, serving
 
 pytestmark = pytest.mark.usefixtures("fd_leak_check")
 
@@ -75,10 +75,10 @@ class DatagramGreeter(DatagramRequestHandler):
 @contextlib.asynccontextmanager
 async def serving_until_drained(server: Any) -> AsyncIterator[None]:
     """Serve for the block; then stop, letting every handler finish (not cancelled)."""
-    async with trio.open_nursery() as nursery:
-        await nursery.start(server.serve_forever)
+    async with serving(server):
         yield
-        server.shutdown(grace=None)
+        # From another thread, shutdown() returns once serve_forever has: all drained.
+        await trio.to_thread.run_sync(functools.partial(server.shutdown, grace=None))
 
 
 async def ask(server: Any, line: bytes, greeting: bytes) -> bytes:

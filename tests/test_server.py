@@ -13,6 +13,9 @@ import trio.testing
 
 import trioserve
 from trioserve import Concurrency, StreamRequestHandler, TCPServer, ThreadingTCPServer
+from trioserve.testing import connect, serving
+
+from .helpers import receive_until_eof
 
 pytestmark = pytest.mark.usefixtures("fd_leak_check")
 
@@ -23,12 +26,9 @@ class EchoLine(StreamRequestHandler):
 
 
 async def talk(server: TCPServer, line: bytes) -> bytes:
-    async with await trio.open_tcp_stream(*server.server_address) as stream:
+    async with await connect(server) as stream:
         await stream.send_all(line)
-        reply = b""
-        while chunk := await stream.receive_some():
-            reply += chunk
-        return reply
+        return await receive_until_eof(stream)
 
 
 def test_options_override_class_attributes_for_one_server() -> None:
@@ -146,11 +146,9 @@ async def test_hooks_run_in_socketservers_order() -> None:
 
     with Server(("127.0.0.1", 0), EchoLine) as server:
         assert calls == ["server_bind", "server_activate"]
-        async with trio.open_nursery() as nursery:
-            await nursery.start(server.serve_forever)
+        async with serving(server):
             assert await talk(server, b"hooks\n") == b"hooks\n"
             await trio.testing.wait_all_tasks_blocked()
-            nursery.cancel_scope.cancel()
     # The accept loop and the connection's task interleave; each keeps its own order.
     loop = [c for c in calls[2:] if c in ("get_request", "service_actions")]
     path = [c for c in calls[2:] if c not in ("get_request", "service_actions")]
@@ -177,10 +175,8 @@ async def test_verify_request_false_closes_without_running_the_handler() -> None
             return False
 
     with Picky(("127.0.0.1", 0), Handler) as server:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(server.serve_forever)
+        async with serving(server):
             assert await talk(server, b"let me in\n") == b""
-            nursery.cancel_scope.cancel()
     assert handled == []
 
 
@@ -198,11 +194,9 @@ async def test_handle_error_override_receives_the_request_and_the_exception() ->
             seen.append((type(request).__name__, repr(sys.exc_info()[1])))
 
     with Server(("127.0.0.1", 0), Handler) as server:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(server.serve_forever)
+        async with serving(server):
             assert await talk(server, b"x\n") == b""
             assert await talk(server, b"y\n") == b""
-            nursery.cancel_scope.cancel()
     assert seen == [("SocketStream", "KeyError('boom')")] * 2
 
 
@@ -219,7 +213,7 @@ async def test_cancellation_is_never_reported_as_an_error(
     with ThreadingTCPServer(("127.0.0.1", 0), Handler) as server:
         async with trio.open_nursery() as nursery:
             await nursery.start(server.serve_forever)
-            client = await trio.open_tcp_stream(*server.server_address)
+            client = await connect(server)
             await started.wait()
             nursery.cancel_scope.cancel()
         await client.aclose()
@@ -247,10 +241,8 @@ async def test_finish_runs_after_handle_raises() -> None:
             events.append("handle_error")
 
     with Quiet(("127.0.0.1", 0), Handler) as server:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(server.serve_forever)
+        async with serving(server):
             assert await talk(server, b"") == b""
-            nursery.cancel_scope.cancel()
     assert events == ["setup", "handle", "finish", "handle_error"]
 
 
@@ -265,9 +257,8 @@ async def test_max_connections_stops_accepting_at_the_limit() -> None:
             await self.wfile.write(b"served\n")
 
     with ThreadingTCPServer(("127.0.0.1", 0), Handler, max_connections=2) as server:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(server.serve_forever)
-            clients = [await trio.open_tcp_stream(*server.server_address) for _ in range(3)]
+        async with serving(server):
+            clients = [await connect(server) for _ in range(3)]
             await entered.acquire()
             await entered.acquire()
             await trio.testing.wait_all_tasks_blocked()
@@ -277,7 +268,6 @@ async def test_max_connections_stops_accepting_at_the_limit() -> None:
             for client in clients:
                 assert await client.receive_some() == b"served\n"
                 await client.aclose()
-            nursery.cancel_scope.cancel()
 
 
 def test_ctrl_c_reaches_the_caller_of_trio_run_as_keyboard_interrupt() -> None:

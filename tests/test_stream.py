@@ -17,7 +17,7 @@ from trioserve import StreamRequestHandler, TCPServer, ThreadingTCPServer
 from trioserve.testing import connect, serving
 
 from .conftest import needs_ipv6
-from .helpers import HoldHandler, receive_exactly
+from .helpers import HoldHandler, receive_exactly, roundtrip
 
 pytestmark = pytest.mark.usefixtures("fd_leak_check")
 
@@ -26,12 +26,6 @@ class UpperHandler(StreamRequestHandler):
     async def handle(self) -> None:
         async for line in self.rfile:
             await self.wfile.write(line.upper())
-
-
-async def roundtrip(server: trioserve.SocketServer, payload: bytes) -> bytes:
-    async with await connect(server) as stream:
-        await stream.send_all(payload)
-        return await receive_exactly(stream, len(payload))
 
 
 @pytest.mark.parametrize(
