@@ -11,16 +11,13 @@ import logging
 import os
 import random
 import resource
-import selectors
 import socket
 import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
 
 import pytest
 import trio
@@ -36,43 +33,25 @@ from trioserve import (
     ThreadingTCPServer,
 )
 from trioserve._stream import ACCEPT_CAPACITY_PAUSE
+from trioserve.testing import connect, serving
 
-from .helpers import receive_exactly, receive_until_eof
+from .helpers import (
+    PATIENCE,
+    LineReader,
+    read_line,
+    receive_exactly,
+    receive_until_eof,
+    reset,
+    roundtrip,
+    script_socket_errors,
+    trioserve_records,
+)
 
 pytestmark = pytest.mark.usefixtures("fd_leak_check")
 
 LOCALHOST = ("127.0.0.1", 0)
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
-async def connect(server: trioserve.SocketServer) -> trio.SocketStream:
-    return await trio.open_tcp_stream(*server.server_address[:2])
-
-
-async def roundtrip(server: trioserve.SocketServer, payload: bytes) -> bytes:
-    async with await connect(server) as stream:
-        await stream.send_all(payload)
-        return await receive_exactly(stream, len(payload))
-
-
-@asynccontextmanager
-async def serving(server: trioserve.BaseServer) -> AsyncIterator[trio.Nursery]:
-    with server:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(server.serve_forever)
-            yield nursery
-            nursery.cancel_scope.cancel()
-
-
-def reset(sock: socket.socket) -> None:
-    """Close *sock* with a TCP reset (SO_LINGER with a zero timeout)."""
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
-    sock.close()
-
-
-def records(caplog: pytest.LogCaptureFixture, level: int) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.name == "trioserve" and r.levelno == level]
 
 
 class UpperLines(StreamRequestHandler):
@@ -105,8 +84,7 @@ async def test_max_connections_bounds_handlers_and_the_rest_wait_in_the_backlog(
             finally:
                 running -= 1
 
-    server = ThreadingTCPServer(LOCALHOST, Gate, max_connections=3)
-    async with serving(server):
+    async with ThreadingTCPServer(LOCALHOST, Gate, max_connections=3) as server, serving(server):
         # Six clients connect: the kernel completes every handshake (they sit in the
         # backlog), but only three handlers run.
         clients = [await connect(server) for _ in range(6)]
@@ -180,8 +158,7 @@ async def test_slowloris_is_disconnected_and_gives_its_slot_back(
     class Lines(UpperLines):
         timeout = 0.5  # real seconds: the client below drips faster than this per byte
 
-    server = ThreadingTCPServer(LOCALHOST, Lines, max_connections=1)
-    async with serving(server):
+    async with ThreadingTCPServer(LOCALHOST, Lines, max_connections=1) as server, serving(server):
         slow = await connect(server)
         async with slow, trio.open_nursery() as nursery:
 
@@ -201,8 +178,8 @@ async def test_slowloris_is_disconnected_and_gives_its_slot_back(
         with trio.fail_after(10):
             assert await roundtrip(server, b"next\n") == b"NEXT\n"
     # A client that is too slow is logged in one info line, not as a server error.
-    assert records(caplog, logging.ERROR) == []
-    [info] = records(caplog, logging.INFO)
+    assert trioserve_records(caplog, logging.ERROR, exactly=True) == []
+    [info] = trioserve_records(caplog, logging.INFO, exactly=True)
     assert "timed out" in info.getMessage()
     assert info.exc_info is None
 
@@ -213,8 +190,11 @@ async def test_an_idle_client_is_disconnected_by_the_timeout(
     class Lines(UpperLines):
         timeout = 30
 
-    server = ThreadingTCPServer(LOCALHOST, Lines, max_connections=1)
-    async with serving(server), await connect(server) as idle:
+    async with (
+        ThreadingTCPServer(LOCALHOST, Lines, max_connections=1) as server,
+        serving(server),
+        await connect(server) as idle,
+    ):
         start = trio.current_time()
         assert await receive_until_eof(idle) == b""
         assert trio.current_time() - start == pytest.approx(30)
@@ -229,13 +209,16 @@ async def test_a_timed_out_idle_client_is_one_info_line_not_an_error(
     class Lines(UpperLines):
         timeout = 30
 
-    server = ThreadingTCPServer(LOCALHOST, Lines)
-    async with serving(server), await connect(server) as idle:
+    async with (
+        ThreadingTCPServer(LOCALHOST, Lines) as server,
+        serving(server),
+        await connect(server) as idle,
+    ):
         peer = idle.socket.getsockname()
         assert await receive_until_eof(idle) == b""
-    assert records(caplog, logging.ERROR) == []
-    assert records(caplog, logging.WARNING) == []
-    [info] = records(caplog, logging.INFO)
+    assert trioserve_records(caplog, logging.ERROR, exactly=True) == []
+    assert trioserve_records(caplog, logging.WARNING, exactly=True) == []
+    [info] = trioserve_records(caplog, logging.INFO, exactly=True)
     assert info.getMessage() == (f"{peer!r} timed out: the peer did not respond within 30 seconds")
     assert info.exc_info is None
 
@@ -247,15 +230,18 @@ async def test_a_timeout_error_of_the_handler_own_is_still_an_error(
         async def handle(self) -> None:
             raise TimeoutError("the upstream service did not answer")
 
-    server = ThreadingTCPServer(LOCALHOST, Upstream)
-    async with serving(server), await connect(server) as stream:
+    async with (
+        ThreadingTCPServer(LOCALHOST, Upstream) as server,
+        serving(server),
+        await connect(server) as stream,
+    ):
         await stream.send_all(b"hi\n")
         assert await receive_until_eof(stream) == b""
-    [error] = records(caplog, logging.ERROR)
+    [error] = trioserve_records(caplog, logging.ERROR, exactly=True)
     assert error.exc_info is not None
     assert isinstance(error.exc_info[1], TimeoutError)
     assert not isinstance(error.exc_info[1], trioserve.PeerTimeoutError)
-    assert records(caplog, logging.INFO) == []
+    assert trioserve_records(caplog, logging.INFO, exactly=True) == []
 
 
 # -- readline limits -------------------------------------------------------------------------
@@ -287,8 +273,7 @@ async def test_line_too_long_reaches_the_handler_which_may_answer(
                 return
             await self.wfile.write(line.upper())
 
-    server = ThreadingTCPServer(LOCALHOST, Polite)
-    async with serving(server):
+    async with ThreadingTCPServer(LOCALHOST, Polite) as server, serving(server):
         async with await connect(server) as flood:
             with trio.move_on_after(10):  # the server may stop reading before all is sent
                 try:
@@ -361,31 +346,13 @@ async def knock(server: trioserve.SocketServer) -> None:
         await receive_until_eof(stream)
 
 
-class ScriptedAccept:
-    """Stands in for a server's socket: ``accept`` raises the scripted errors first."""
-
-    def __init__(self, real: Any, errors: list[int]) -> None:
-        self.real = real
-        self.errors = errors
-
-    async def accept(self) -> Any:
-        await trio.lowlevel.checkpoint()
-        if self.errors:
-            code = self.errors.pop(0)
-            raise OSError(code, os.strerror(code))
-        return await self.real.accept()
-
-
 @pytest.fixture
-def scripted_server() -> Iterator[tuple[TCPServer, list[int]]]:
+def scripted_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[TCPServer, list[int]]]:
+    """A server whose own socket's ``accept()`` raises the errnos put in the list first."""
     with TCPServer(LOCALHOST, EchoHandler) as server:
-        real = server.socket
         errors: list[int] = []
-        server.socket = ScriptedAccept(real, errors)  # type: ignore[assignment]
-        try:
-            yield server, errors
-        finally:
-            server.socket = real
+        script_socket_errors(monkeypatch, server, "accept", errors)
+        yield server, errors
 
 
 async def test_transient_accept_errors_are_ignored(
@@ -399,7 +366,7 @@ async def test_transient_accept_errors_are_ignored(
         stream, _ = await server.get_request()
         await stream.aclose()
     assert errors == []
-    assert records(caplog, logging.ERROR) == []
+    assert trioserve_records(caplog, logging.ERROR, exactly=True) == []
 
 
 async def test_running_out_of_descriptors_pauses_and_logs_once(
@@ -416,18 +383,17 @@ async def test_running_out_of_descriptors_pauses_and_logs_once(
         stream, _ = await server.get_request()
         await stream.aclose()
     assert trio.current_time() - start == pytest.approx(8 * ACCEPT_CAPACITY_PAUSE)
-    [error] = records(caplog, logging.ERROR)
+    [error] = trioserve_records(caplog, logging.ERROR, exactly=True)
     assert "Too many open files" in error.getMessage()
-    assert len(records(caplog, logging.DEBUG)) == 7
+    assert len(trioserve_records(caplog, logging.DEBUG, exactly=True)) == 7
 
 
-async def test_other_accept_errors_propagate(
-    scripted_server: tuple[TCPServer, list[int]],
-) -> None:
-    server, errors = scripted_server
-    errors.append(errno.EINVAL)
-    with pytest.raises(OSError, match="Invalid argument"):
-        await server.get_request()
+async def test_other_accept_errors_propagate() -> None:
+    # Bound, not listening: the kernel refuses accept() with EINVAL.
+    with TCPServer(LOCALHOST, EchoHandler, bind_and_activate=False) as server:
+        server.server_bind()
+        with pytest.raises(OSError, match="Invalid argument"):
+            await server.get_request()
 
 
 EMFILE_SERVER = """
@@ -461,66 +427,62 @@ trio.run(main)
 """
 
 
-def read_line(stream: IO[str], timeout: float) -> str:
-    """One line from a child's pipe, waiting at most *timeout* seconds."""
-    with selectors.DefaultSelector() as selector:
-        selector.register(stream, selectors.EVENT_READ)
-        if not selector.select(timeout):
-            raise TimeoutError(f"no line within {timeout} s")
-    return stream.readline()
-
-
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     ticks = int(fields[11]) + int(fields[12])  # utime, stime
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def test_descriptor_exhaustion_in_a_real_process_backs_off_and_recovers(
+async def test_descriptor_exhaustion_in_a_real_process_backs_off_and_recovers(
     tmp_path: Path,
 ) -> None:
     script = tmp_path / "emfile_server.py"
     script.write_text(textwrap.dedent(EMFILE_SERVER))
-    process = subprocess.Popen(
-        [sys.executable, str(script)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    process = await trio.lowlevel.open_process(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
-    clients: list[socket.socket] = []
+    assert process.stdout is not None
+    assert process.stderr is not None
+    stderr = LineReader(process.stderr)
+    clients: list[trio.SocketStream] = []
     try:
-        assert process.stdout is not None
-        assert process.stderr is not None
-        port = int(read_line(process.stdout, 30))
+        port = int(await read_line(process.stdout))
         # Thirty clients, three times what the server has descriptors for.
         for _ in range(30):
-            clients.append(socket.create_connection(("127.0.0.1", port), timeout=30))
-        first_log = read_line(process.stderr, 30)
+            clients.append(await trio.open_tcp_stream("127.0.0.1", port))
+        first_log = (await stderr.readline()).decode()
         assert first_log.startswith("ERROR accept() on ('127.0.0.1', ")
         assert "Too many open files" in first_log
         # It waits instead of spinning: over a second of exhaustion, little CPU time.
         before = cpu_seconds(process.pid)
-        time.sleep(1.0)  # a measurement window, not a synchronisation
+        await trio.sleep(1.0)  # a measurement window, not a synchronisation
         assert cpu_seconds(process.pid) - before < 0.5
         # The first clients are served all along; then everyone leaves.
-        clients[0].sendall(b"still served\n")
-        assert clients[0].recv(100) == b"still served\n"
+        await clients[0].send_all(b"still served\n")
+        with trio.fail_after(PATIENCE):
+            assert await receive_exactly(clients[0], 13) == b"still served\n"
         for client in clients:
-            client.close()
+            await client.aclose()
         clients.clear()
         # Descriptors are back: a new client is served (it may wait in the backlog while
         # the server works through the closed connections queued before it).
-        with socket.create_connection(("127.0.0.1", port), timeout=30) as client:
-            client.sendall(b"served again\n")
-            assert client.recv(100) == b"served again\n"
-            client.sendall(b"quit\n")
-        _, err = process.communicate(timeout=30)
+        async with await trio.open_tcp_stream("127.0.0.1", port) as client:
+            await client.send_all(b"served again\n")
+            with trio.fail_after(PATIENCE):
+                assert await receive_exactly(client, 13) == b"served again\n"
+            await client.send_all(b"quit\n")
+        err = (await stderr.rest()).decode()
+        with trio.fail_after(PATIENCE):
+            await process.wait()
     finally:
         for client in clients:
-            client.close()
-        if process.returncode is None:
-            process.kill()  # by PID: the process this test started
-            process.communicate()
+            await client.aclose()
+        with trio.CancelScope(shield=True):
+            if process.returncode is None:
+                process.kill()  # by PID: the process this test started
+                await process.wait()
+            await process.stdout.aclose()
+            await process.stderr.aclose()
     assert process.returncode == 0, err
     # Logged once as an error; every retry after it at debug level (not shown here).
     assert [line for line in (first_log + err).splitlines() if line.startswith("ERROR")] == [
@@ -559,9 +521,8 @@ async def test_broken_clients_never_disturb_the_others(
             finally:
                 done.release()
 
-    server = ThreadingTCPServer(LOCALHOST, Counted)
-    address = server.server_address
-    async with serving(server):
+    async with ThreadingTCPServer(LOCALHOST, Counted) as server, serving(server):
+        address = server.server_address
 
         def attack() -> None:
             # Nothing at all.
@@ -592,9 +553,9 @@ async def test_broken_clients_never_disturb_the_others(
             await polite.send_all(b"one\ntwo\n")
             await polite.send_eof()
             assert await receive_until_eof(polite) == b"ONE\nTWO\n"
-    errors = records(caplog, logging.ERROR)
+    errors = trioserve_records(caplog, logging.ERROR, exactly=True)
     assert errors == [], [r.getMessage() for r in errors]
-    [warning] = records(caplog, logging.WARNING)
+    [warning] = trioserve_records(caplog, logging.WARNING, exactly=True)
     assert "max_line_length" in warning.getMessage()
 
 
@@ -602,8 +563,7 @@ async def test_one_failing_handler_among_a_hundred_clients(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     answers: dict[int, bytes] = {}
-    server = ThreadingTCPServer(LOCALHOST, Service)
-    async with serving(server):
+    async with ThreadingTCPServer(LOCALHOST, Service) as server, serving(server):
         ready = trio.Event()
         connected = 0
 
@@ -628,15 +588,14 @@ async def test_one_failing_handler_among_a_hundred_clients(
                     nursery.start_soon(client, number)
     assert answers.pop(0) == b""  # the failing one is closed, not left hanging
     assert answers == {n: b"CLIENT %d\n" % n for n in range(1, 101)}
-    [error] = records(caplog, logging.ERROR)
+    [error] = trioserve_records(caplog, logging.ERROR, exactly=True)
     assert error.exc_info is not None
     assert str(error.exc_info[1]) == "the handler failed on purpose"
 
 
 async def test_random_garbage_never_crashes_the_server() -> None:
     rng = random.Random(20240607)
-    server = ThreadingTCPServer(LOCALHOST, Service)
-    async with serving(server):
+    async with ThreadingTCPServer(LOCALHOST, Service) as server, serving(server):
         for _ in range(40):
             payload = rng.randbytes(rng.choice([0, 1, 17, 1023, 1024, 1025, 5000]))
             ending = rng.choice(["close", "reset", "half-close"])
@@ -679,9 +638,8 @@ def descriptors_for(request: pytest.FixtureRequest) -> Iterator[None]:
 @pytest.mark.usefixtures("descriptors_for")
 async def test_two_thousand_connections_in_rounds_leave_no_descriptor_behind() -> None:
     clients = 2000
-    server = ThreadingTCPServer(LOCALHOST, EchoHandler)
     counts: list[int] = []
-    async with serving(server):
+    async with ThreadingTCPServer(LOCALHOST, EchoHandler) as server, serving(server):
         baseline = len(os.listdir("/proc/self/fd"))
         for _ in range(3):
             echoed = 0
