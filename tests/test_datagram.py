@@ -665,7 +665,9 @@ async def test_shutdown_cancels_a_held_handler_after_the_grace_period(
     assert cancelled == [True]
 
 
-async def test_handle_request_serves_one_datagram_or_times_out() -> None:
+async def test_handle_request_serves_one_datagram_or_times_out(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     timeouts: list[bool] = []
 
     class Server(UDPServer):
@@ -744,7 +746,9 @@ async def test_an_error_about_an_earlier_send_does_not_stop_the_loop(
 
 
 async def test_running_out_of_buffers_pauses_then_receives_again(
-    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    autojump_clock: trio.testing.MockClock,
 ) -> None:
     with UDPServer(("127.0.0.1", 0), RawUpper) as server:
         script_socket_errors(monkeypatch, server, "recvfrom", [errno.ENOBUFS])

@@ -15,7 +15,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -151,12 +150,12 @@ async def test_each_readline_gets_a_fresh_timeout_and_pieces_are_fine(
 
 
 async def test_slowloris_is_disconnected_and_gives_its_slot_back(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, autojump_clock: trio.testing.MockClock
 ) -> None:
     caplog.set_level(logging.INFO, logger="trioserve")
 
     class Lines(UpperLines):
-        timeout = 0.5  # real seconds: the client below drips faster than this per byte
+        timeout = 0.5  # the client below drips faster than this per byte
 
     async with ThreadingTCPServer(LOCALHOST, Lines, max_connections=1) as server, serving(server):
         slow = await connect(server)
@@ -168,10 +167,10 @@ async def test_slowloris_is_disconnected_and_gives_its_slot_back(
                     await trio.sleep(0.1)
 
             nursery.start_soon(drip)
-            start = time.monotonic()
+            start = trio.current_time()
             with trio.fail_after(10):  # sanity bound
                 assert await receive_until_eof(slow) == b""
-            elapsed = time.monotonic() - start
+            elapsed = trio.current_time() - start
             nursery.cancel_scope.cancel()
         assert 0.4 <= elapsed < 5  # about the timeout: not the whole drip
         # Its only slot is free again.

@@ -79,7 +79,9 @@ async def test_nursery_server_serves_fifty_clients_at_once() -> None:
                 await stream.aclose()
 
 
-async def test_plain_server_handles_one_connection_at_a_time() -> None:
+async def test_plain_server_handles_one_connection_at_a_time(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     with TCPServer(("127.0.0.1", 0), UpperHandler) as server:
         async with serving(server):
             first = await connect(server)
