@@ -135,6 +135,34 @@ async def test_running_out_of_descriptors_pauses_and_logs_once(
     assert len(trioserve_records(caplog, logging.DEBUG, exactly=True)) == 7
 
 
+async def test_running_out_of_descriptors_for_real_pauses_until_one_is_free(
+    caplog: pytest.LogCaptureFixture, autojump_clock: trio.testing.MockClock
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="trioserve")
+    with TCPServer(LOCALHOST, EchoHandler) as server:
+        client = await connect(server)  # waits in the backlog: accepting it takes an fd
+        # A soft limit at the lowest free descriptor: the next one the process opens, the
+        # kernel refuses with EMFILE. Restored before anything else needs one.
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        lowest_free = os.open(os.devnull, os.O_RDONLY)
+        os.close(lowest_free)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))
+        try:
+            with trio.move_on_after(10 * ACCEPT_CAPACITY_PAUSE) as exhausted:
+                await server.get_request()
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        assert exhausted.cancelled_caught  # it waited, and did not raise
+        async with client:
+            stream, _ = await server.get_request()  # a descriptor is free again
+            async with stream:
+                await client.send_all(b"back\n")
+                assert await receive_exactly(stream, 5) == b"back\n"
+    [error] = trioserve_records(caplog, logging.ERROR, exactly=True)
+    assert "Too many open files" in error.getMessage()
+    assert len(trioserve_records(caplog, logging.DEBUG, exactly=True)) >= 5
+
+
 async def test_other_accept_errors_propagate() -> None:
     # Bound, not listening: the kernel refuses accept() with EINVAL.
     with TCPServer(LOCALHOST, EchoHandler, bind_and_activate=False) as server:
