@@ -4,57 +4,33 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import socket
 import stat
-import subprocess
-import sys
-import textwrap
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
-import trioserve
 from trioserve import (
     EchoHandler,
     TCPServer,
     ThreadingTCPServer,
     ThreadingUnixStreamServer,
     UnixStreamServer,
-    listen_fds,
 )
+from trioserve.testing import serving
+
+from .helpers import (
+    UpperHandler,
+    roundtrip,
+)
+
+LOCALHOST = ("127.0.0.1", 0)
 
 pytestmark = pytest.mark.usefixtures("fd_leak_check")
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
-async def connect(server: trioserve.SocketServer) -> trio.SocketStream:
-    if server.address_family == socket.AF_UNIX:
-        return await trio.open_unix_socket(server.server_address)
-    return await trio.open_tcp_stream(*server.server_address[:2])
-
-
-async def echo_once(server: trioserve.SocketServer, payload: bytes = b"ping") -> bytes:
-    async with await connect(server) as stream:
-        await stream.send_all(payload)
-        data = b""
-        while len(data) < len(payload):
-            chunk = await stream.receive_some()
-            assert chunk, f"EOF after {data!r}"
-            data += chunk
-        return data
-
-
-@asynccontextmanager
-async def serving(server: trioserve.BaseServer) -> AsyncIterator[None]:
-    async with trio.open_nursery() as nursery:
-        await nursery.start(server.serve_forever)
-        yield
-        nursery.cancel_scope.cancel()
 
 
 def free_port_holder() -> socket.socket:
@@ -128,7 +104,7 @@ async def test_stale_socket_file_is_removed_and_the_server_binds(tmp_path: Path)
     assert stat.S_ISSOCK(os.stat(path).st_mode)
     with ThreadingUnixStreamServer(path, EchoHandler) as server:
         async with serving(server):
-            assert await echo_once(server) == b"ping"
+            assert await roundtrip(server, b"ping") == b"ping"
 
 
 async def test_live_socket_file_is_left_alone(tmp_path: Path) -> None:
@@ -138,7 +114,9 @@ async def test_live_socket_file_is_left_alone(tmp_path: Path) -> None:
             UnixStreamServer(path, EchoHandler)
         assert info.value.errno == errno.EADDRINUSE
         async with serving(first):
-            assert await echo_once(first) == b"ping"  # still reachable: its file is intact
+            assert (
+                await roundtrip(first, b"ping") == b"ping"
+            )  # still reachable: its file is intact
 
 
 async def test_live_server_with_a_full_backlog_is_not_mistaken_for_stale(
@@ -188,18 +166,11 @@ def test_unix_socket_mode_sets_the_file_mode(tmp_path: Path, mode: int) -> None:
         assert stat.S_IMODE(os.stat(path).st_mode) == mode
 
 
-@pytest.mark.parametrize("mode", [-1, 0o10000, "0o600", 6.0])
-def test_bad_unix_socket_mode_is_refused(tmp_path: Path, mode: object) -> None:
-    with pytest.raises(ValueError, match="unix_socket_mode must be a file mode"):
-        UnixStreamServer(str(tmp_path / "s.sock"), EchoHandler, unix_socket_mode=mode)
-    assert not (tmp_path / "s.sock").exists()
-
-
 async def test_server_removes_its_own_file_on_close(tmp_path: Path) -> None:
     path = tmp_path / "own.sock"
     with ThreadingUnixStreamServer(str(path), EchoHandler) as server:
         async with serving(server):
-            assert await echo_once(server) == b"ping"
+            assert await roundtrip(server, b"ping") == b"ping"
         assert path.exists()
     assert not path.exists()
     server.server_close()  # closing twice is harmless
@@ -233,13 +204,15 @@ async def test_allow_reuse_port_lets_two_servers_share_a_port() -> None:
         with ThreadingTCPServer(("127.0.0.1", port), EchoHandler, allow_reuse_port=True) as second:
             assert second.server_address == first.server_address
             assert second.socket.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) == 1
-            async with serving(first), serving(second):
+            # One leak check, the outer one, for both: when the inner block ends, the
+            # other server may still be closing a connection the kernel gave it.
+            async with serving(first), serving(second, check_leaks=False):
                 for index in range(4):
-                    assert await echo_once(second, b"%d" % index) == b"%d" % index
+                    assert await roundtrip(second, b"%d" % index) == b"%d" % index
             first.server_close()
             # The kernel now sends every connection to the server still listening.
             async with serving(second):
-                assert await echo_once(second) == b"ping"
+                assert await roundtrip(second, b"ping") == b"ping"
 
 
 # -- adopting sockets: from_socket, from_fd ---------------------------------------------------
@@ -254,7 +227,7 @@ async def test_from_socket_takes_the_family_of_the_socket(tmp_path: Path) -> Non
         assert server.address_family == socket.AF_UNIX
         assert server.server_address == path
         async with serving(server):
-            assert await echo_once(server) == b"ping"
+            assert await roundtrip(server, b"ping") == b"ping"
     assert stat.S_ISSOCK(os.stat(path).st_mode)  # the file belongs to whoever bound it
 
 
@@ -288,7 +261,7 @@ async def test_from_fd_serves_on_an_inherited_descriptor() -> None:
         assert server.fileno() == fd
         assert not os.get_inheritable(fd)
         async with serving(server):
-            assert await echo_once(server) == b"ping"
+            assert await roundtrip(server, b"ping") == b"ping"
     with pytest.raises(OSError, match="Bad file descriptor"):
         os.fstat(fd)  # closed with the server
 
@@ -316,140 +289,38 @@ def test_from_fd_refuses_what_it_cannot_serve() -> None:
     assert info.value.errno == errno.EBADF
 
 
-# -- socket activation -----------------------------------------------------------------------
+# -- bind_and_activate=False; from_socket on a listening or a bound socket ------------
 
 
-@pytest.fixture
-def clean_environment(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
-        monkeypatch.delenv(name, raising=False)
-    return monkeypatch
+def test_bind_and_activate_false_lets_the_caller_set_options_first() -> None:
+    server = TCPServer(("127.0.0.1", 0), EchoHandler, bind_and_activate=False)
+    with server:
+        server.socket.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        server.server_bind()
+        server.server_activate()
+        assert server.server_address[1] != 0
+        assert server.socket.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
 
 
-def test_listen_fds_without_activation_is_empty(clean_environment: pytest.MonkeyPatch) -> None:
-    assert listen_fds() == []
+async def test_from_socket_serves_on_an_already_listening_socket() -> None:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    with ThreadingTCPServer.from_socket(sock, UpperHandler) as server:
+        assert server.server_address == sock.getsockname()
+        assert server.fileno() == sock.fileno()
+        async with serving(server):
+            assert await roundtrip(server, b"adopted\n") == b"ADOPTED\n"
+    assert sock.fileno() == -1  # the server owned it and closed it
 
 
-def test_listen_fds_meant_for_another_process_are_not_taken(
-    clean_environment: pytest.MonkeyPatch,
-) -> None:
-    clean_environment.setenv("LISTEN_PID", str(os.getppid()))
-    clean_environment.setenv("LISTEN_FDS", "2")
-    clean_environment.setenv("LISTEN_FDNAMES", "a:b")
-    assert listen_fds() == []
-    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
-        assert name not in os.environ  # unset, as sd_listen_fds(1) does
-
-
-def test_listen_fds_can_leave_the_environment(clean_environment: pytest.MonkeyPatch) -> None:
-    clean_environment.setenv("LISTEN_PID", str(os.getpid()))
-    clean_environment.setenv("LISTEN_FDS", "0")
-    assert listen_fds(unset_environment=False) == []
-    assert os.environ["LISTEN_FDS"] == "0"
-
-
-@pytest.mark.parametrize(
-    ("pid", "count", "message"),
-    [("me", "1", "LISTEN_PID='me'"), ("self", "many", "LISTEN_FDS='many'"), ("self", "-1", "")],
-)
-def test_listen_fds_refuses_malformed_variables(
-    clean_environment: pytest.MonkeyPatch, pid: str, count: str, message: str
-) -> None:
-    clean_environment.setenv("LISTEN_PID", str(os.getpid()) if pid == "self" else pid)
-    clean_environment.setenv("LISTEN_FDS", count)
-    with pytest.raises(ValueError, match=message or "LISTEN_FDS"):
-        listen_fds()
-    assert "LISTEN_FDS" not in os.environ
-
-
-CHILD = """
-import os, sys
-import trio
-import trioserve
-
-fds = trioserve.listen_fds()
-left = sorted(name for name in os.environ if name.startswith("LISTEN_"))
-print("fds", fds, "left", left, flush=True)
-server_class = getattr(trioserve, sys.argv[1])
-with server_class.from_fd(fds[0], trioserve.EchoHandler) as server:
-    trio.run(server.handle_request)
-"""
-
-# What systemd does between fork and exec: the sockets go to descriptors 3, 4, ...,
-# and LISTEN_PID is the pid of the process about to exec (exec keeps it).
-LAUNCHER = """
-import os, sys
-fd = int(sys.argv[1])
-os.dup2(fd, 3)
-os.close(fd)
-os.environ["LISTEN_PID"] = str(os.getpid())
-os.environ["LISTEN_FDS"] = "1"
-os.execv(sys.executable, [sys.executable, *sys.argv[2:]])
-"""
-
-
-def finish_child(process: subprocess.Popen[str]) -> str:
-    try:
-        out, err = process.communicate(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()  # by PID: the process this test started
-        process.communicate()
-        raise
-    assert process.returncode == 0, err
-    return out
-
-
-def test_systemd_style_activation_in_a_child_process(tmp_path: Path) -> None:
-    child = tmp_path / "child.py"
-    child.write_text(textwrap.dedent(CHILD))
-    launcher = tmp_path / "launcher.py"
-    launcher.write_text(textwrap.dedent(LAUNCHER))
-    with free_port_holder() as sock:
-        process = subprocess.Popen(
-            [sys.executable, str(launcher), str(sock.fileno()), str(child), "TCPServer"],
-            pass_fds=[sock.fileno()],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        # The socket listens already: this connection waits in the backlog until the
-        # child is up, as with systemd. No retry loop is needed.
-        with socket.create_connection(sock.getsockname(), timeout=30) as client:
-            client.sendall(b"activated")
-            assert client.recv(100) == b"activated"
-        out = finish_child(process)
-    assert out.splitlines()[0] == "fds [3] left []"
-
-
-@pytest.mark.skipif(
-    shutil.which("systemd-socket-activate") is None, reason="systemd-socket-activate is absent"
-)
-def test_activation_by_systemd_socket_activate_on_a_unix_socket(tmp_path: Path) -> None:
-    child = tmp_path / "child.py"
-    child.write_text(textwrap.dedent(CHILD))
-    path = tmp_path / "activated.sock"
-    process = subprocess.Popen(
-        [
-            "systemd-socket-activate",
-            f"--listen={path}",
-            sys.executable,
-            str(child),
-            "UnixStreamServer",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    # It says when it listens (and exits, closing stderr, if it cannot).
-    assert process.stderr is not None
-    announced = process.stderr.readline()
-    assert announced.startswith(f"Listening on {path}"), announced
-    with socket.socket(socket.AF_UNIX) as client:
-        client.settimeout(30)
-        client.connect(str(path))
-        client.sendall(b"activated")
-        assert client.recv(100) == b"activated"
-    out = finish_child(process)
-    assert out.splitlines()[0] == "fds [3] left []"
-    # The file belongs to the supervisor: the server did not remove it on close.
-    assert stat.S_ISSOCK(os.stat(path).st_mode)
+async def test_from_socket_activates_a_bound_socket_and_rejects_wrong_ones() -> None:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    with TCPServer.from_socket(sock, UpperHandler) as server:
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+        assert server.server_address == sock.getsockname()
+    with socket.socket(type=socket.SOCK_DGRAM) as udp, pytest.raises(ValueError, match="type"):
+        TCPServer.from_socket(udp, UpperHandler)
+    with socket.socket() as unbound, pytest.raises(ValueError, match="bound socket"):
+        TCPServer.from_socket(unbound, UpperHandler)

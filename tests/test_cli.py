@@ -19,6 +19,8 @@ import trio
 
 from trioserve._cli import Transport, build_parser, describe
 
+from .helpers import LineReader, read_line, receive_until_eof
+
 pytestmark = pytest.mark.usefixtures("fd_leak_check")
 
 #: Generous bounds: the machine may be busy, and nothing here should take near this long.
@@ -29,44 +31,22 @@ ADDRESS = re.compile(r" on (?P<transport>tcp|udp|unix|unix-dgram) (?P<where>\S+)
 
 
 class Lines:
-    """Lines from a byte stream, read with a bound on the time each may take."""
+    """A subprocess's output as text lines (the shared `LineReader`, decoded)."""
 
     def __init__(self, stream: trio.abc.ReceiveStream) -> None:
-        self.stream = stream
-        self.buffer = b""
-        self.seen: list[str] = []
+        self.reader = LineReader(stream, patience=START_TIMEOUT)
 
     async def readline(self) -> str:
         """The next line, without its newline; "" at end of file."""
-        with trio.fail_after(START_TIMEOUT):
-            while b"\n" not in self.buffer:
-                chunk = await self.stream.receive_some()
-                if not chunk:
-                    rest, self.buffer = self.buffer, b""
-                    return rest.decode()
-                self.buffer += chunk
-        line, _, self.buffer = self.buffer.partition(b"\n")
-        text = line.decode()
-        self.seen.append(text)
-        return text
+        return (await self.reader.readline()).decode().removesuffix("\n")
 
     async def wait_for(self, text: str) -> str:
         """Read lines until one contains *text*; return it (fail at end of file)."""
-        with trio.fail_after(START_TIMEOUT):
-            while True:
-                line = await self.readline()
-                if text in line:
-                    return line
-                assert line or self.buffer, f"no line with {text!r} in {self.seen!r}"
+        return (await self.reader.wait_for(text.encode())).decode().removesuffix("\n")
 
     async def rest(self) -> str:
         """Everything up to end of file."""
-        data = self.buffer
-        self.buffer = b""
-        with trio.fail_after(EXIT_TIMEOUT):
-            while chunk := await self.stream.receive_some():
-                data += chunk
-        return data.decode()
+        return (await self.reader.rest()).decode()
 
 
 class Running:
@@ -142,26 +122,6 @@ async def run_command(
 
 def trioserve(*args: str) -> list[str]:
     return [sys.executable, "-m", "trioserve", *args]
-
-
-async def receive_until(stream: trio.abc.ReceiveStream, end: bytes) -> bytes:
-    data = b""
-    with trio.fail_after(START_TIMEOUT):
-        while not data.endswith(end):
-            chunk = await stream.receive_some()
-            if not chunk:
-                break
-            data += chunk
-    return data
-
-
-async def receive_eof(stream: trio.abc.ReceiveStream) -> bytes:
-    """Read until the peer closes; return what came before."""
-    data = b""
-    with trio.fail_after(EXIT_TIMEOUT):
-        while chunk := await stream.receive_some():
-            data += chunk
-    return data
 
 
 async def echo_tcp(address: tuple[str, int], payload: bytes) -> bytes:
@@ -293,7 +253,7 @@ async def test_unix_stream_echo_and_socket_file_removed(tmp_path: Path) -> None:
         assert cmd.first_line.endswith(f"(try: nc -U {path})")
         async with await trio.open_unix_socket(str(path)) as stream:
             await stream.send_all(b"over unix\n")
-            assert await receive_until(stream, b"\n") == b"over unix\n"
+            assert await read_line(stream) == b"over unix\n"
         cmd.signal(signal.SIGTERM)
         assert await cmd.wait() == 0
     assert not path.exists()
@@ -336,11 +296,11 @@ async def test_max_connections_holds_back_the_next_client(handlers_dir: Path) ->
     async with run_command(argv, cwd=handlers_dir) as cmd:
         first = await trio.open_tcp_stream(*cmd.address)
         async with first:
-            assert await receive_until(first, b"\n") == b"1\n"
+            assert await read_line(first) == b"1\n"
             second = await trio.open_tcp_stream(*cmd.address)
         # Had the second handler started while the first ran, it would have said 2.
         async with second:
-            assert await receive_until(second, b"\n") == b"1\n"
+            assert await read_line(second) == b"1\n"
         cmd.signal(signal.SIGINT)
         assert await cmd.wait() == 0
 
@@ -350,9 +310,9 @@ async def test_timeout_closes_an_idle_connection(handlers_dir: Path) -> None:
     async with run_command(argv, cwd=handlers_dir) as cmd:
         async with await trio.open_tcp_stream(*cmd.address) as stream:
             await stream.send_all(b"a\n")
-            assert await receive_until(stream, b"\n") == b"A\n"
+            assert await read_line(stream) == b"A\n"
             # Then silence: the handler's read times out and the server closes.
-            assert await receive_eof(stream) == b""
+            assert await receive_until_eof(stream) == b""
         assert await echo_tcp(cmd.address, b"still serving\n") == b"STILL SERVING\n"
         cmd.signal(signal.SIGINT)
         assert await cmd.wait() == 0
@@ -370,7 +330,7 @@ async def test_workers_serve_from_other_processes_and_stop_on_sigterm(
         assert cmd.process.pid not in pids
         # --timeout reaches the workers too: an idle connection is closed.
         async with await trio.open_tcp_stream(*cmd.address) as stream:
-            assert await receive_eof(stream) == b""
+            assert await receive_until_eof(stream) == b""
         cmd.signal(signal.SIGTERM)
         assert await cmd.wait() == 0
     for pid in pids:
@@ -396,11 +356,11 @@ async def test_request_in_flight_finishes_after_the_signal(
     argv = trioserve("handlers:Slow", "--tcp", ":0", "--grace", "30")
     async with run_command(argv, cwd=handlers_dir) as cmd:
         async with await trio.open_tcp_stream(*cmd.address) as stream:
-            assert await receive_until(stream, b"\n") == b"started\n"
+            assert await read_line(stream) == b"started\n"
             cmd.signal(signum)
             await cmd.stderr.wait_for("shutting down")
             await stream.send_all(b"last words\n")
-            assert await receive_eof(stream) == b"done: last words\n"
+            assert await receive_until_eof(stream) == b"done: last words\n"
         assert await cmd.wait() == 0
 
 
@@ -408,9 +368,9 @@ async def test_grace_bounds_a_handler_that_never_finishes(handlers_dir: Path) ->
     argv = trioserve("handlers:Forever", "--tcp", ":0", "--grace", "0.2")
     async with run_command(argv, cwd=handlers_dir) as cmd:
         async with await trio.open_tcp_stream(*cmd.address) as stream:
-            assert await receive_until(stream, b"\n") == b"started\n"
+            assert await read_line(stream) == b"started\n"
             cmd.signal(signal.SIGTERM)
-            assert await receive_eof(stream) == b""
+            assert await receive_until_eof(stream) == b""
         assert await cmd.wait() == 0
 
 
@@ -418,11 +378,11 @@ async def test_second_sigint_stops_at_once(handlers_dir: Path) -> None:
     argv = trioserve("handlers:Forever", "--tcp", ":0", "--grace", "3600")
     async with run_command(argv, cwd=handlers_dir) as cmd:
         async with await trio.open_tcp_stream(*cmd.address) as stream:
-            assert await receive_until(stream, b"\n") == b"started\n"
+            assert await read_line(stream) == b"started\n"
             cmd.signal(signal.SIGINT)
             await cmd.stderr.wait_for("shutting down")
             cmd.signal(signal.SIGINT)
-            assert await receive_eof(stream) == b""
+            assert await receive_until_eof(stream) == b""
         assert await cmd.wait() == 130
         assert "again" in await cmd.stderr.rest()
 

@@ -9,7 +9,7 @@ import os
 import socket
 import socketserver
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from trioserve import (
 from trioserve.testing import connect, exchange_datagram, run_datagram_handler, serving
 
 from .conftest import needs_ipv6
+from .helpers import script_socket_errors
 
 pytestmark = pytest.mark.usefixtures("fd_leak_check")
 
@@ -664,7 +665,9 @@ async def test_shutdown_cancels_a_held_handler_after_the_grace_period(
     assert cancelled == [True]
 
 
-async def test_handle_request_serves_one_datagram_or_times_out() -> None:
+async def test_handle_request_serves_one_datagram_or_times_out(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     timeouts: list[bool] = []
 
     class Server(UDPServer):
@@ -718,69 +721,51 @@ async def test_from_socket_serves_a_bound_udp_socket() -> None:
 # -- receive errors -------------------------------------------------------------------------------
 
 
-class _FailingOnce:
-    """Stands in for the server's socket: ``recvfrom`` raises *error* once, then delegates."""
-
-    def __init__(self, sock: trio.socket.SocketType, error: OSError) -> None:
-        self._sock = sock
-        self._error: OSError | None = error
-
-    async def recvfrom(self, bufsize: int) -> Any:
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise error
-        return await self._sock.recvfrom(bufsize)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._sock, name)
+#: Linux's IP_RECVERR (not in every version of the socket module): report ICMP errors to
+#: an unconnected UDP socket, as the error of its next receive.
+IP_RECVERR = getattr(socket, "IP_RECVERR", 11)
 
 
-def _failing_once(server: UDPServer, code: int) -> Callable[[], None]:
-    real = server.socket
-    server.socket = _FailingOnce(real, OSError(code, os.strerror(code)))  # type: ignore[assignment]
-
-    def restore() -> None:
-        server.socket = real
-
-    return restore
-
-
+@pytest.mark.skipif(sys.platform != "linux", reason="IP_RECVERR is Linux's")
 async def test_an_error_about_an_earlier_send_does_not_stop_the_loop(
     debug_log: pytest.LogCaptureFixture,
 ) -> None:
     with UDPServer(("127.0.0.1", 0), RawUpper) as server:
-        restore = _failing_once(server, errno.ECONNREFUSED)
-        try:
-            async with serving(server):
-                assert await exchange(server, b"after") == b"AFTER"
-        finally:
-            restore()
+        # A real one: the server's socket sends to a closed port, the kernel answers with
+        # ICMP port unreachable, and the next receive on the socket fails ECONNREFUSED.
+        server.socket.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as gone:
+            gone.bind(("127.0.0.1", 0))
+            closed = gone.getsockname()
+        await server.socket.sendto(b"to nobody", closed)
+        with trio.fail_after(PATIENCE):
+            await trio.lowlevel.wait_readable(server.socket)  # the error is pending
+        async with serving(server):
+            assert await exchange(server, b"after") == b"AFTER"
     assert any("ignored" in r.getMessage() for r in debug_log.records)
 
 
 async def test_running_out_of_buffers_pauses_then_receives_again(
     caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    autojump_clock: trio.testing.MockClock,
 ) -> None:
     with UDPServer(("127.0.0.1", 0), RawUpper) as server:
-        restore = _failing_once(server, errno.ENOBUFS)
-        try:
-            async with serving(server):
-                assert await exchange(server, b"after") == b"AFTER"
-        finally:
-            restore()
+        script_socket_errors(monkeypatch, server, "recvfrom", [errno.ENOBUFS])
+        async with serving(server):
+            assert await exchange(server, b"after") == b"AFTER"
     (record,) = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert "pausing" in record.getMessage()
 
 
-async def test_any_other_receive_error_propagates_out_of_serve_forever() -> None:
+async def test_any_other_receive_error_propagates_out_of_serve_forever(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     with UDPServer(("127.0.0.1", 0), RawUpper) as server:
-        restore = _failing_once(server, errno.EINVAL)
-        try:
-            invalid = pytest.RaisesExc(OSError, check=lambda exc: exc.errno == errno.EINVAL)
-            with pytest.RaisesGroup(invalid, flatten_subgroups=True):
-                await server.serve_forever()
-        finally:
-            restore()
+        script_socket_errors(monkeypatch, server, "recvfrom", [errno.EINVAL])
+        invalid = pytest.RaisesExc(OSError, check=lambda exc: exc.errno == errno.EINVAL)
+        with pytest.RaisesGroup(invalid, flatten_subgroups=True):
+            await server.serve_forever()
 
 
 @pytest.mark.parametrize("handler_class", [FileUpper, SyncFileUpper], ids=["async", "sync"])

@@ -13,13 +13,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from .test_cli import (
-    START_TIMEOUT,
-    echo_tcp,
-    receive_eof,
-    receive_until,
-    run_command,
-)
+from .helpers import LineReader, read_line, receive_until_eof
+from .test_cli import START_TIMEOUT, echo_tcp, run_command
 
 pytestmark = pytest.mark.usefixtures("fd_leak_check")
 
@@ -64,11 +59,11 @@ async def test_echo_unix(tmp_path: Path) -> None:
         assert cmd.address == str(path)
         async with await trio.open_unix_socket(str(path)) as stream:
             await stream.send_all(b"over a unix socket\n")
-            assert await receive_until(stream, b"\n") == b"over a unix socket\n"
+            assert await read_line(stream) == b"over a unix socket\n"
             cmd.signal(signal.SIGTERM)
             # Shutting down gracefully: the open connection is still served.
             await stream.send_all(b"still here\n")
-            assert await receive_until(stream, b"\n") == b"still here\n"
+            assert await read_line(stream) == b"still here\n"
         assert await cmd.wait() == 0
     assert not path.exists()
 
@@ -79,7 +74,7 @@ async def test_echo_unix(tmp_path: Path) -> None:
 class ChatClient:
     def __init__(self, stream: trio.SocketStream) -> None:
         self.stream = stream
-        self.buffer = b""
+        self.lines = LineReader(stream, patience=START_TIMEOUT)
 
     @classmethod
     async def join(
@@ -107,13 +102,9 @@ class ChatClient:
         await self.stream.send_all(text.encode() + b"\n")
 
     async def line(self) -> str:
-        with trio.fail_after(START_TIMEOUT):
-            while b"\n" not in self.buffer:
-                chunk = await self.stream.receive_some()
-                assert chunk, f"the server closed the connection after {self.buffer!r}"
-                self.buffer += chunk
-        line, _, self.buffer = self.buffer.partition(b"\n")
-        return line.decode()
+        line = await self.lines.readline()
+        assert line.endswith(b"\n"), f"the server closed the connection after {line!r}"
+        return line.decode().removesuffix("\n")
 
 
 async def test_chat_relays_each_line_to_every_other_client() -> None:
@@ -140,7 +131,7 @@ async def test_chat_relays_each_line_to_every_other_client() -> None:
         assert await carol.line() == "* bob left"
         cmd.signal(signal.SIGINT)
         # Shutting down: chat connections never end by themselves, so the grace ends them.
-        assert await receive_eof(alice.stream) == b""
+        assert await receive_until_eof(alice.stream) == b""
         assert await cmd.wait() == 0
 
 
@@ -226,7 +217,7 @@ async def test_stdlib_port_answers_like_the_original() -> None:
         assert host == "127.0.0.1"
         async with await trio.open_tcp_stream(host, port) as stream:
             await stream.send_all(b"hello world\n")
-            assert await receive_eof(stream) == b"HELLO WORLD\n"
+            assert await receive_until_eof(stream) == b"HELLO WORLD\n"
         assert await cmd.stdout.readline() == "Received from 127.0.0.1:"
         assert await cmd.stdout.readline() == "hello world"
         cmd.signal(signal.SIGINT)
@@ -241,7 +232,7 @@ async def http_get(address: tuple[str, int], path: str) -> tuple[str, bytes]:
     """One HTTP/1.0 GET: the status line and the body."""
     async with await trio.open_tcp_stream(*address) as stream:
         await stream.send_all(f"GET {path} HTTP/1.0\r\nHost: test\r\n\r\n".encode())
-        response = await receive_eof(stream)
+        response = await receive_until_eof(stream)
     head, _, body = response.partition(b"\r\n\r\n")
     return head.split(b"\r\n")[0].decode(), body
 
@@ -275,7 +266,7 @@ async def test_cpu_pool_counts_primes_in_worker_processes() -> None:
         assert cmd.process.pid not in workers
         async with await trio.open_tcp_stream(*cmd.address) as stream:
             await stream.send_all(b"100\n1000000\nmany\n")
-            replies = (await receive_until(stream, b"line\n")).decode().splitlines()
+            replies = (await LineReader(stream).readuntil(b"line\n")).decode().splitlines()
         assert replies[0].startswith("25 primes below 100 (worker ")
         assert replies[1].startswith("78498 primes below 1000000 (worker ")
         assert replies[2] == "send a whole number, one per line"

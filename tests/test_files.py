@@ -237,3 +237,56 @@ async def test_readuntil_timeout_covers_the_whole_call(
         assert trio.current_time() - start == pytest.approx(5)
     await client.send_all(b"\r\n")
     assert await reader.readuntil(b"\r\n") == b"x" * 10 + b"\r\n"
+
+
+# -- timeouts and limits on a memory stream --------------------------------------------------
+
+
+async def test_a_line_dripped_under_the_timeout_per_byte_still_times_out(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    client, server_end = trio.testing.memory_stream_pair()
+    reader = AsyncReader(server_end, timeout=10)
+
+    async def drip() -> None:
+        for byte in b"GET / HTTP/1.1\r\n":  # one byte every 9 s: each under the timeout
+            await client.send_all(bytes([byte]))
+            await trio.sleep(9)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(drip)
+        start = trio.current_time()
+        with pytest.raises(TimeoutError, match="within 10"):
+            await reader.readline()
+        # One timeout for the whole line, however it is dripped.
+        assert trio.current_time() - start == pytest.approx(10)
+        nursery.cancel_scope.cancel()
+
+
+async def test_each_readline_gets_a_fresh_timeout_and_pieces_are_fine(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    client, server_end = trio.testing.memory_stream_pair()
+    reader = AsyncReader(server_end, timeout=10)
+
+    async def talk() -> None:
+        for piece in (b"first ", b"line\n", b"second", b" line\n"):
+            await trio.sleep(4)
+            await client.send_all(piece)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(talk)
+        assert await reader.readline() == b"first line\n"  # 8 s, in two pieces
+        assert await reader.readline() == b"second line\n"  # 8 s more: a new timeout
+
+
+async def test_a_too_long_line_never_buffers_more_than_the_limit() -> None:
+    client, server_end = trio.testing.memory_stream_pair()
+    reader = AsyncReader(server_end, max_line_length=1000)
+    await client.send_all(b"x" * 1_000_000)  # one chunk of a megabyte, no line end
+    with pytest.raises(LineTooLongError) as info:
+        await reader.readline()
+    assert info.value.max_line_length == 1000
+    # Exactly the limit was taken from the stream, and nothing of it was lost.
+    assert await reader.read1() == b"x" * 1000
+    assert len(await reader.read1()) > 0  # the rest is still in the stream

@@ -10,7 +10,9 @@ import trio
 
 import trioserve
 from trioserve import StreamRequestHandler, TCPServer, ThreadingTCPServer
-from trioserve.testing import ServerFactory, connect, pytest_plugin
+from trioserve.testing import ServerFactory, pytest_plugin
+
+from .helpers import roundtrip
 
 pytest_plugins = ["pytester"]
 
@@ -19,17 +21,6 @@ class UpperHandler(StreamRequestHandler):
     async def handle(self) -> None:
         async for line in self.rfile:
             await self.wfile.write(line.upper())
-
-
-async def roundtrip(server: trioserve.SocketServer, line: bytes) -> bytes:
-    async with await connect(server) as client:
-        await client.send_all(line)
-        received = b""
-        while not received.endswith(b"\n"):
-            chunk = await client.receive_some()
-            assert chunk, f"EOF after {received!r}"
-            received += chunk
-        return received
 
 
 # -- the fixtures, used by this session ---------------------------------------------------

@@ -1,10 +1,17 @@
-"""Stream servers end to end, on real loopback and Unix sockets."""
+"""Stream servers on loopback and Unix sockets: the accept loop, its errors, hostile clients."""
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
+import random
+import resource
 import socket
-import threading
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,25 +20,32 @@ import trio
 import trio.testing
 
 import trioserve
-from trioserve import StreamRequestHandler, TCPServer, ThreadingTCPServer
+from trioserve import (
+    EchoHandler,
+    StreamRequestHandler,
+    TCPServer,
+    ThreadingTCPServer,
+)
+from trioserve._stream import ACCEPT_CAPACITY_PAUSE
 from trioserve.testing import connect, serving
 
 from .conftest import needs_ipv6
-from .helpers import HoldHandler, receive_exactly
+from .helpers import (
+    PATIENCE,
+    LineReader,
+    UpperHandler,
+    read_line,
+    receive_exactly,
+    receive_until_eof,
+    reset,
+    roundtrip,
+    script_socket_errors,
+    trioserve_records,
+)
+
+LOCALHOST = ("127.0.0.1", 0)
 
 pytestmark = pytest.mark.usefixtures("fd_leak_check")
-
-
-class UpperHandler(StreamRequestHandler):
-    async def handle(self) -> None:
-        async for line in self.rfile:
-            await self.wfile.write(line.upper())
-
-
-async def roundtrip(server: trioserve.SocketServer, payload: bytes) -> bytes:
-    async with await connect(server) as stream:
-        await stream.send_all(payload)
-        return await receive_exactly(stream, len(payload))
 
 
 @pytest.mark.parametrize(
@@ -70,313 +84,365 @@ async def test_port_zero_is_resolved_in_the_constructor_outside_trio() -> None:
     assert fileno >= 0
 
 
-async def test_nursery_server_serves_fifty_clients_at_once() -> None:
-    with ThreadingTCPServer(("127.0.0.1", 0), UpperHandler) as server:
-        async with serving(server):
-            streams = [await connect(server) for _ in range(50)]
-            # All fifty are open at once; each is answered while the others stay open.
-            for index, stream in enumerate(streams):
-                await stream.send_all(b"client %d\n" % index)
-            for index, stream in enumerate(reversed(streams)):
-                number = 49 - index
-                expected = b"CLIENT %d\n" % number
-                assert await receive_exactly(stream, len(expected)) == expected
-            for stream in streams:
-                await stream.aclose()
+# -- accept errors ---------------------------------------------------------------------------
 
 
-async def test_plain_server_handles_one_connection_at_a_time() -> None:
-    with TCPServer(("127.0.0.1", 0), UpperHandler) as server:
-        async with serving(server):
-            first = await connect(server)
-            second = await connect(server)
-            await first.send_all(b"one\n")
-            await second.send_all(b"two\n")
-            assert await receive_exactly(first, 4) == b"ONE\n"
-            # The second connection waits until the first is done.
-            with trio.move_on_after(0.2) as waited:
-                await second.receive_some(10)
-            assert waited.cancelled_caught
-            await first.aclose()
-            assert await receive_exactly(second, 4) == b"TWO\n"
-            await second.aclose()
+async def knock(server: trioserve.SocketServer) -> None:
+    """Connect, and wait for the server to close."""
+    async with await connect(server) as stream:
+        await receive_until_eof(stream)
 
 
-async def test_cancelling_serve_forever_cancels_handlers_and_closes_connections(
-    hold_handler: type[HoldHandler],
+@pytest.fixture
+def scripted_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[TCPServer, list[int]]]:
+    """A server whose own socket's ``accept()`` raises the errnos put in the list first."""
+    with TCPServer(LOCALHOST, EchoHandler) as server:
+        errors: list[int] = []
+        script_socket_errors(monkeypatch, server, "accept", errors)
+        yield server, errors
+
+
+async def test_transient_accept_errors_are_ignored(
+    scripted_server: tuple[TCPServer, list[int]], caplog: pytest.LogCaptureFixture
 ) -> None:
-    with ThreadingTCPServer(("127.0.0.1", 0), hold_handler) as server:
-        client = await connect(server)
-        async with trio.open_nursery() as nursery:
-            await nursery.start(server.serve_forever)
-            await hold_handler.started.wait()
-            nursery.cancel_scope.cancel()
-        assert hold_handler.cancelled == ["cancelled"]
-        # The server closed its end: the client sees EOF.
-        assert await client.receive_some(10) == b""
-        await client.aclose()
-        # Nothing is left of the serving run: the server can serve again.
-        async with trio.open_nursery() as nursery:
-            await nursery.start(server.serve_forever)
-            nursery.cancel_scope.cancel()
+    caplog.set_level(logging.DEBUG, logger="trioserve")
+    server, errors = scripted_server
+    errors += [errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.ENETUNREACH]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(knock, server)
+        stream, _ = await server.get_request()
+        await stream.aclose()
+    assert errors == []
+    assert trioserve_records(caplog, logging.ERROR, exactly=True) == []
 
 
-async def test_shutdown_from_a_task_stops_accepting_and_lets_handlers_finish() -> None:
-    finished = trio.Event()
-    release = trio.Event()
-
-    class Handler(StreamRequestHandler):
-        async def handle(self) -> None:
-            await release.wait()
-            await self.wfile.write(b"done\n")
-            finished.set()
-
-    with ThreadingTCPServer(("127.0.0.1", 0), Handler) as server:
-        client = await connect(server)
-        async with trio.open_nursery() as nursery:
-            await nursery.start(server.serve_forever)
-            await trio.testing.wait_all_tasks_blocked()
-            server.shutdown()  # returns at once; the handler is still running
-            release.set()
-        assert finished.is_set()
-        assert await receive_exactly(client, 5) == b"done\n"
-        await client.aclose()
-
-
-async def test_shutdown_grace_zero_cancels_running_handlers(
-    hold_handler: type[HoldHandler],
+async def test_running_out_of_descriptors_pauses_and_logs_once(
+    scripted_server: tuple[TCPServer, list[int]],
+    caplog: pytest.LogCaptureFixture,
+    autojump_clock: trio.testing.MockClock,
 ) -> None:
-    with ThreadingTCPServer(("127.0.0.1", 0), hold_handler) as server:
-        client = await connect(server)
-        async with trio.open_nursery() as nursery:
-            await nursery.start(server.serve_forever)
-            await hold_handler.started.wait()
-            server.shutdown(grace=0)
-        assert hold_handler.cancelled == ["cancelled"]
-        await client.aclose()
+    caplog.set_level(logging.DEBUG, logger="trioserve")
+    server, errors = scripted_server
+    errors += [errno.EMFILE] * 5 + [errno.ENFILE, errno.ENOBUFS, errno.ENOMEM]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(knock, server)
+        start = trio.current_time()
+        stream, _ = await server.get_request()
+        await stream.aclose()
+    assert trio.current_time() - start == pytest.approx(8 * ACCEPT_CAPACITY_PAUSE)
+    [error] = trioserve_records(caplog, logging.ERROR, exactly=True)
+    assert "Too many open files" in error.getMessage()
+    assert len(trioserve_records(caplog, logging.DEBUG, exactly=True)) == 7
 
 
-async def test_shutdown_grace_expires_then_cancels(
-    hold_handler: type[HoldHandler], autojump_clock: trio.testing.MockClock
+async def test_running_out_of_descriptors_for_real_pauses_until_one_is_free(
+    caplog: pytest.LogCaptureFixture, autojump_clock: trio.testing.MockClock
 ) -> None:
-    with ThreadingTCPServer(("127.0.0.1", 0), hold_handler, shutdown_grace=30) as server:
-        client = await connect(server)
-        async with trio.open_nursery() as nursery:
-            await nursery.start(server.serve_forever)
-            await hold_handler.started.wait()
-            start = trio.current_time()
-            server.shutdown()
-        assert trio.current_time() - start == pytest.approx(30)
-        assert hold_handler.cancelled == ["cancelled"]
-        await client.aclose()
+    caplog.set_level(logging.DEBUG, logger="trioserve")
+    with TCPServer(LOCALHOST, EchoHandler) as server:
+        client = await connect(server)  # waits in the backlog: accepting it takes an fd
+        # A soft limit at the lowest free descriptor: the next one the process opens, the
+        # kernel refuses with EMFILE. Restored before anything else needs one.
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        lowest_free = os.open(os.devnull, os.O_RDONLY)
+        os.close(lowest_free)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))
+        try:
+            with trio.move_on_after(10 * ACCEPT_CAPACITY_PAUSE) as exhausted:
+                await server.get_request()
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        assert exhausted.cancelled_caught  # it waited, and did not raise
+        async with client:
+            stream, _ = await server.get_request()  # a descriptor is free again
+            async with stream:
+                await client.send_all(b"back\n")
+                assert await receive_exactly(stream, 5) == b"back\n"
+    [error] = trioserve_records(caplog, logging.ERROR, exactly=True)
+    assert "Too many open files" in error.getMessage()
+    assert len(trioserve_records(caplog, logging.DEBUG, exactly=True)) >= 5
 
 
-def test_shutdown_from_another_thread_waits_for_serve_forever() -> None:
-    handler_done = threading.Event()
+async def test_other_accept_errors_propagate() -> None:
+    # Bound, not listening: the kernel refuses accept() with EINVAL.
+    with TCPServer(LOCALHOST, EchoHandler, bind_and_activate=False) as server:
+        server.server_bind()
+        with pytest.raises(OSError, match="Invalid argument"):
+            await server.get_request()
 
-    class Handler(UpperHandler):
+
+EMFILE_SERVER = """
+import logging, os, resource, sys
+import trio
+import trioserve
+
+logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(levelname)s %(message)s")
+
+
+class Echo(trioserve.StreamRequestHandler):
+    async def handle(self):
+        async for line in self.rfile:
+            if line == b"quit\\n":
+                self.server.shutdown(grace=0)
+                return
+            await self.wfile.write(line)
+
+
+async def main():
+    with trioserve.ThreadingTCPServer(("127.0.0.1", 0), Echo) as server:
+        # Room for about ten connections more than what is open now.
+        highest = max(int(name) for name in os.listdir("/proc/self/fd"))
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 11, hard))
+        print(server.server_address[1], flush=True)
+        await server.serve_forever()
+
+
+trio.run(main)
+"""
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+async def test_descriptor_exhaustion_in_a_real_process_backs_off_and_recovers(
+    tmp_path: Path,
+) -> None:
+    script = tmp_path / "emfile_server.py"
+    script.write_text(textwrap.dedent(EMFILE_SERVER))
+    process = await trio.lowlevel.open_process(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert process.stdout is not None
+    assert process.stderr is not None
+    stderr = LineReader(process.stderr)
+    clients: list[trio.SocketStream] = []
+    try:
+        port = int(await read_line(process.stdout))
+        # Thirty clients, three times what the server has descriptors for.
+        for _ in range(30):
+            clients.append(await trio.open_tcp_stream("127.0.0.1", port))
+        first_log = (await stderr.readline()).decode()
+        assert first_log.startswith("ERROR accept() on ('127.0.0.1', ")
+        assert "Too many open files" in first_log
+        # It waits instead of spinning: over a second of exhaustion, little CPU time.
+        before = cpu_seconds(process.pid)
+        await trio.sleep(1.0)  # a measurement window, not a synchronisation
+        assert cpu_seconds(process.pid) - before < 0.5
+        # The first clients are served all along; then everyone leaves.
+        await clients[0].send_all(b"still served\n")
+        with trio.fail_after(PATIENCE):
+            assert await receive_exactly(clients[0], 13) == b"still served\n"
+        for client in clients:
+            await client.aclose()
+        clients.clear()
+        # Descriptors are back: a new client is served (it may wait in the backlog while
+        # the server works through the closed connections queued before it).
+        async with await trio.open_tcp_stream("127.0.0.1", port) as client:
+            await client.send_all(b"served again\n")
+            with trio.fail_after(PATIENCE):
+                assert await receive_exactly(client, 13) == b"served again\n"
+            await client.send_all(b"quit\n")
+        err = (await stderr.rest()).decode()
+        with trio.fail_after(PATIENCE):
+            await process.wait()
+    finally:
+        for client in clients:
+            await client.aclose()
+        with trio.CancelScope(shield=True):
+            if process.returncode is None:
+                process.kill()  # by PID: the process this test started
+                await process.wait()
+            await process.stdout.aclose()
+            await process.stderr.aclose()
+    assert process.returncode == 0, err
+    # Logged once as an error; every retry after it at debug level (not shown here).
+    assert [line for line in (first_log + err).splitlines() if line.startswith("ERROR")] == [
+        first_log.strip()
+    ]
+
+
+# -- robustness: hostile and broken clients --------------------------------------------------
+
+
+class Service(StreamRequestHandler):
+    """A line protocol: ``big`` gets 8 MiB back, ``fail`` raises, anything else echoes."""
+
+    timeout = 5
+    max_line_length = 1024
+
+    async def handle(self) -> None:
+        async for line in self.rfile:
+            if line == b"big\n":
+                await self.wfile.write(b"y" * (8 << 20))
+            elif line == b"fail\n":
+                raise RuntimeError("the handler failed on purpose")
+            else:
+                await self.wfile.write(line.upper())
+
+
+async def test_broken_clients_never_disturb_the_others(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    done = trio.Semaphore(0)
+
+    class Counted(Service):
         async def handle(self) -> None:
             try:
                 await super().handle()
             finally:
-                handler_done.set()
+                done.release()
 
-    server = ThreadingTCPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=trio.run, args=(server.serve_forever,))
-    thread.start()
-    with socket.create_connection(server.server_address, timeout=10) as client:
-        client.sendall(b"ping\n")
-        assert client.recv(10) == b"PING\n"
-        # The connection stays open: the handler is still running when shutdown() comes.
-        server.shutdown(grace=0)
-        # socketserver's semantics: when shutdown() returns, serve_forever is done,
-        # and so is every handler it ran.
-        assert handler_done.is_set()
-        assert client.recv(10) == b""
-    thread.join(10)
-    assert not thread.is_alive()
-    server.server_close()
+    async with ThreadingTCPServer(LOCALHOST, Counted) as server, serving(server):
+        address = server.server_address
 
+        def attack() -> None:
+            # Nothing at all.
+            socket.create_connection(address).close()
+            # Half a line, then a reset.
+            sock = socket.create_connection(address)
+            sock.sendall(b"half a li")
+            reset(sock)
+            # A reset while the server writes 8 MiB the client never reads.
+            sock = socket.create_connection(address)
+            sock.sendall(b"big\n")
+            reset(sock)
+            # Garbage: no line end, NUL bytes, invalid UTF-8, more than max_line_length.
+            sock = socket.create_connection(address)
+            sock.sendall(bytes(range(256)).replace(b"\n", b"") * 8)
+            sock.shutdown(socket.SHUT_WR)
+            sock.settimeout(10)
+            while sock.recv(65536):
+                pass
+            sock.close()
 
-def test_shutdown_before_serving_does_not_hang_and_stops_the_next_serve() -> None:
-    with TCPServer(("127.0.0.1", 0), UpperHandler) as server:
-        server.shutdown()
-
-        async def main() -> None:
-            with trio.fail_after(10):  # only reached if serve_forever hangs
-                await server.serve_forever()
-
-        trio.run(main)
-
-
-async def test_serving_twice_at_once_is_an_error() -> None:
-    with ThreadingTCPServer(("127.0.0.1", 0), UpperHandler) as server:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(server.serve_forever)
-            with pytest.raises(RuntimeError, match="already serving"):
-                await server.serve_forever()
-            nursery.cancel_scope.cancel()
-
-
-async def test_handle_request_serves_one_request() -> None:
-    with TCPServer(("127.0.0.1", 0), UpperHandler) as server:
-        async with trio.open_nursery() as nursery:
-
-            async def client() -> None:
-                assert await roundtrip(server, b"one\n") == b"ONE\n"
-
-            nursery.start_soon(client)
-            await server.handle_request()
+        await trio.to_thread.run_sync(attack)
+        with trio.fail_after(30):  # sanity bound
+            for _ in range(4):
+                await done.acquire()
+        # A client that half-closes still gets its whole answer.
+        async with await connect(server) as polite:
+            await polite.send_all(b"one\ntwo\n")
+            await polite.send_eof()
+            assert await receive_until_eof(polite) == b"ONE\nTWO\n"
+    errors = trioserve_records(caplog, logging.ERROR, exactly=True)
+    assert errors == [], [r.getMessage() for r in errors]
+    [warning] = trioserve_records(caplog, logging.WARNING, exactly=True)
+    assert "max_line_length" in warning.getMessage()
 
 
-async def test_handle_request_times_out_into_handle_timeout(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
-    timeouts: list[float] = []
-
-    class Server(TCPServer):
-        timeout = 7
-
-        def handle_timeout(self) -> None:
-            timeouts.append(trio.current_time())
-
-    with Server(("127.0.0.1", 0), UpperHandler) as server:
-        await server.handle_request()
-    assert timeouts == [pytest.approx(7)]
-
-
-class FailingHandler(StreamRequestHandler):
-    async def handle(self) -> None:
-        line = await self.rfile.readline()
-        if line.startswith(b"fail"):
-            raise RuntimeError("handler failed on purpose")
-        await self.wfile.write(line.upper())
-
-
-async def test_handler_exception_is_logged_and_the_server_keeps_serving(
+async def test_one_failing_handler_among_a_hundred_clients(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    with ThreadingTCPServer(("127.0.0.1", 0), FailingHandler) as server:
-        async with serving(server):
-            async with await connect(server) as bad:
-                await bad.send_all(b"fail\n")
-                assert await bad.receive_some(10) == b""  # closed, not hung
-            assert await roundtrip(server, b"fine\n") == b"FINE\n"
-    errors = [r for r in caplog.records if r.name == "trioserve" and r.levelno == logging.ERROR]
-    assert len(errors) == 1
-    assert errors[0].exc_info is not None
-    assert "handler failed on purpose" in str(errors[0].exc_info[1])
+    answers: dict[int, bytes] = {}
+    async with ThreadingTCPServer(LOCALHOST, Service) as server, serving(server):
+        ready = trio.Event()
+        connected = 0
+
+        async def client(number: int) -> None:
+            nonlocal connected
+            async with await connect(server) as stream:
+                connected += 1
+                if connected == 101:
+                    ready.set()
+                await ready.wait()  # all 101 connections are open at once
+                if number == 0:
+                    await stream.send_all(b"fail\n")
+                    answers[number] = await receive_until_eof(stream)
+                    return
+                line = b"client %d\n" % number
+                await stream.send_all(line)
+                answers[number] = await receive_exactly(stream, len(line))
+
+        with trio.fail_after(30):  # sanity bound
+            async with trio.open_nursery() as nursery:
+                for number in range(101):
+                    nursery.start_soon(client, number)
+    assert answers.pop(0) == b""  # the failing one is closed, not left hanging
+    assert answers == {n: b"CLIENT %d\n" % n for n in range(1, 101)}
+    [error] = trioserve_records(caplog, logging.ERROR, exactly=True)
+    assert error.exc_info is not None
+    assert str(error.exc_info[1]) == "the handler failed on purpose"
 
 
-async def test_client_that_vanishes_mid_line_is_not_an_error(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    done = trio.Event()
-    seen: list[bytes] = []
-
-    class Handler(StreamRequestHandler):
-        async def handle(self) -> None:
+async def test_random_garbage_never_crashes_the_server() -> None:
+    rng = random.Random(20240607)
+    async with ThreadingTCPServer(LOCALHOST, Service) as server, serving(server):
+        for _ in range(40):
+            payload = rng.randbytes(rng.choice([0, 1, 17, 1023, 1024, 1025, 5000]))
+            ending = rng.choice(["close", "reset", "half-close"])
+            sock = trio.socket.socket()
+            await sock.connect(server.server_address)
             try:
-                seen.append(await self.rfile.readline())
-            finally:
-                done.set()
-
-    with ThreadingTCPServer(("127.0.0.1", 0), Handler) as server:
-        async with serving(server):
-            async with await connect(server) as client:
-                await client.send_all(b"half a li")
-            await done.wait()
-            assert seen == [b"half a li"]  # EOF ends the line; nothing is lost
-    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
-
-
-async def test_client_reset_is_logged_at_debug_only(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG, logger="trioserve")
-    done = trio.Event()
-
-    class Handler(StreamRequestHandler):
-        async def handle(self) -> None:
-            try:
-                await self.rfile.readline()
-                for _ in range(100):
-                    await self.wfile.write(b"x" * 65536)
-            finally:
-                done.set()
-
-    with ThreadingTCPServer(("127.0.0.1", 0), Handler) as server:
-        async with serving(server):
-            client = socket.create_connection(server.server_address)
-            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
-            client.sendall(b"go\n")
-            client.close()  # SO_LINGER 0: a reset
-            await done.wait()
-    records = [r for r in caplog.records if r.name == "trioserve"]
-    assert [r.levelno for r in records] == [logging.DEBUG]
-    assert "disconnected" in records[0].getMessage()
+                if payload:
+                    await sock.send(payload)
+            except OSError:
+                pass  # the server may have closed first: that is its right
+            if ending == "reset":
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+            elif ending == "half-close":
+                sock.shutdown(socket.SHUT_WR)
+                with trio.fail_after(10):
+                    await receive_until_eof(trio.SocketStream(sock))
+            sock.close()
+        # Still serving, and serving well.
+        assert await roundtrip(server, b"alive\n") == b"ALIVE\n"
 
 
-async def test_line_too_long_is_a_warning_and_the_server_keeps_serving(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    class Handler(UpperHandler):
-        max_line_length = 16
-
-    with ThreadingTCPServer(("127.0.0.1", 0), Handler) as server:
-        async with serving(server):
-            async with await connect(server) as client:
-                await client.send_all(b"y" * 100)
-                assert await client.receive_some(10) == b""
-            assert await roundtrip(server, b"short\n") == b"SHORT\n"
-    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1
-    assert "max_line_length" in warnings[0].getMessage()
-
-
-async def test_handler_timeout_disconnects_an_idle_client(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
-    class Handler(UpperHandler):
-        timeout = 10
-
-    with ThreadingTCPServer(("127.0.0.1", 0), Handler) as server:
-        async with serving(server), await connect(server) as client:
-            start = trio.current_time()
-            assert await client.receive_some(10) == b""
-            assert trio.current_time() - start == pytest.approx(10)
+@pytest.fixture
+def descriptors_for(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Raise the soft descriptor limit (within the hard one) for the test, then restore it."""
+    needed: int = request.param
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= needed:
+        yield
+        return
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        pytest.skip(f"the hard descriptor limit {hard} is under the {needed} needed")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
-async def test_buffered_wfile_is_flushed_by_finish() -> None:
-    class Handler(StreamRequestHandler):
-        wbufsize = 1 << 20
+@pytest.mark.parametrize("descriptors_for", [4096 + 2 * 2000], indirect=True)
+@pytest.mark.usefixtures("descriptors_for")
+async def test_two_thousand_connections_in_rounds_leave_no_descriptor_behind() -> None:
+    clients = 2000
+    counts: list[int] = []
+    async with ThreadingTCPServer(LOCALHOST, EchoHandler) as server, serving(server):
+        baseline = len(os.listdir("/proc/self/fd"))
+        for _ in range(3):
+            echoed = 0
+            all_open = trio.Event()
 
-        async def handle(self) -> None:
-            await self.wfile.write(b"buffered ")
-            await self.wfile.write(b"reply\n")
+            async def client(all_open: trio.Event) -> None:
+                nonlocal echoed
+                sock = trio.socket.socket()
+                try:
+                    await sock.connect(server.server_address)
+                    stream = trio.SocketStream(sock)
+                except BaseException:
+                    sock.close()
+                    raise
+                async with stream:
+                    await stream.send_all(b"!")
+                    assert await receive_exactly(stream, 1) == b"!"
+                    echoed += 1
+                    if echoed == clients:
+                        all_open.set()
+                    await all_open.wait()  # all 2,000 are open at once
+                    await stream.send_eof()
+                    assert await receive_until_eof(stream) == b""
 
-    with ThreadingTCPServer(("127.0.0.1", 0), Handler) as server:
-        async with serving(server), await connect(server) as client:
-            assert await receive_exactly(client, 15) == b"buffered reply\n"
-
-
-async def test_from_socket_serves_on_an_already_listening_socket() -> None:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen()
-    with ThreadingTCPServer.from_socket(sock, UpperHandler) as server:
-        assert server.server_address == sock.getsockname()
-        assert server.fileno() == sock.fileno()
-        async with serving(server):
-            assert await roundtrip(server, b"adopted\n") == b"ADOPTED\n"
-    assert sock.fileno() == -1  # the server owned it and closed it
-
-
-async def test_from_socket_activates_a_bound_socket_and_rejects_wrong_ones() -> None:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    with TCPServer.from_socket(sock, UpperHandler) as server:
-        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
-        assert server.server_address == sock.getsockname()
-    with socket.socket(type=socket.SOCK_DGRAM) as udp, pytest.raises(ValueError, match="type"):
-        TCPServer.from_socket(udp, UpperHandler)
-    with socket.socket() as unbound, pytest.raises(ValueError, match="bound socket"):
-        TCPServer.from_socket(unbound, UpperHandler)
+            with trio.fail_after(60):  # sanity bound
+                async with trio.open_nursery() as nursery:
+                    for _ in range(clients):
+                        nursery.start_soon(client, all_open)
+            await trio.testing.wait_all_tasks_blocked()  # the server's closes are done
+            counts.append(len(os.listdir("/proc/self/fd")))
+    assert counts == [baseline] * 3

@@ -42,30 +42,18 @@ from trioserve import (
 )
 from trioserve._sync import run_sync_handler
 from trioserve._threads import running_handler_threads
+from trioserve.testing import connect, serving
 
-from .helpers import receive_exactly
+from .helpers import receive_exactly, receive_until_eof, trioserve_records
 
 if sys.version_info >= (3, 11):
-    from typing import assert_type
+    pass
 else:
-    from typing_extensions import assert_type
+    pass
 
 pytestmark = pytest.mark.usefixtures("fd_leak_check")
 
 LOCALHOST = ("127.0.0.1", 0)
-
-
-async def connect(server: trioserve.SocketServer) -> trio.SocketStream:
-    if server.address_family == socket.AF_UNIX:
-        return await trio.open_unix_socket(server.server_address)
-    return await trio.open_tcp_stream(*server.server_address[:2])
-
-
-async def receive_all(stream: trio.abc.ReceiveStream) -> bytes:
-    data = b""
-    while chunk := await stream.receive_some():
-        data += chunk
-    return data
 
 
 class UpperLines(StreamRequestHandler):
@@ -94,12 +82,9 @@ async def test_sync_handler_serves_tcp_and_unix(
     )
     address: Any = LOCALHOST if transport == "tcp" else str(tmp_path / "s.sock")
     with server_class(address, handler) as server:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(server.serve_forever)
-            async with await connect(server) as stream:
-                await stream.send_all(b"hello\nworld\n")
-                assert await receive_exactly(stream, 12) == b"HELLO\nWORLD\n"
-            nursery.cancel_scope.cancel()
+        async with serving(server), await connect(server) as stream:
+            await stream.send_all(b"hello\nworld\n")
+            assert await receive_exactly(stream, 12) == b"HELLO\nWORLD\n"
     assert running_handler_threads(server) == 0
 
 
@@ -115,8 +100,7 @@ async def test_sync_handler_runs_in_a_worker_thread_not_blocking_the_loop() -> N
             self.request.sendall(b"done\n")
 
     with ThreadingTCPServer(LOCALHOST, Blocking) as server:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(server.serve_forever)
+        async with serving(server):
             first = await connect(server)
             second = await connect(server)
             # Both handlers block in their threads at once; the Trio loop still runs.
@@ -127,7 +111,6 @@ async def test_sync_handler_runs_in_a_worker_thread_not_blocking_the_loop() -> N
             assert await receive_exactly(second, 5) == b"done\n"
             await first.aclose()
             await second.aclose()
-            nursery.cancel_scope.cancel()
     assert threading.main_thread().name not in threads
     assert len(threads) == 2
 
@@ -161,14 +144,11 @@ async def test_sync_request_is_socket_like_and_files_have_the_stdlib_methods() -
             sock.sendall(b"sendall\n")
 
     with ThreadingTCPServer(LOCALHOST, Inspect) as server:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(server.serve_forever)
-            async with await connect(server) as stream:
-                await stream.send_all(b"first\nabcdefg\n1234567\nx\ny\nz\n")
-                await stream.send_eof()
-                assert await receive_all(stream) == b"one two three\nsend\nsendall\n"
-                client_name = stream.socket.getsockname()
-            nursery.cancel_scope.cancel()
+        async with serving(server), await connect(server) as stream:
+            await stream.send_all(b"first\nabcdefg\n1234567\nx\ny\nz\n")
+            await stream.send_eof()
+            assert await receive_until_eof(stream) == b"one two three\nsend\nsendall\n"
+            client_name = stream.socket.getsockname()
     assert seen["nodelay"] != 0  # Trio's TCP_NODELAY stays on: no 40 ms stalls
     assert seen["keepalive"] != 0
     assert seen["timeout"] == 7.0
@@ -183,43 +163,6 @@ async def test_sync_request_is_socket_like_and_files_have_the_stdlib_methods() -
     assert seen["rest"] == [b"x\n", b"y\n", b"z\n"]
 
 
-async def test_finish_runs_after_handle_raises_and_the_server_keeps_serving(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    steps: list[str] = []
-
-    class Failing(StreamRequestHandler):
-        def setup(self) -> None:
-            steps.append("setup")
-            super().setup()
-
-        def handle(self) -> None:
-            steps.append("handle")
-            if self.rfile.readline() == b"fail\n":  # type: ignore[comparison-overlap]
-                raise RuntimeError("handler bug")
-            self.wfile.write(b"fine\n")  # type: ignore[unused-coroutine]
-
-        def finish(self) -> None:
-            steps.append("finish")
-            super().finish()
-
-    with ThreadingTCPServer(LOCALHOST, Failing) as server:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(server.serve_forever)
-            async with await connect(server) as stream:
-                await stream.send_all(b"fail\n")
-                assert await receive_all(stream) == b""
-            async with await connect(server) as stream:
-                await stream.send_all(b"ok\n")
-                assert await receive_all(stream) == b"fine\n"
-            nursery.cancel_scope.cancel()
-    assert steps == ["setup", "handle", "finish"] * 2
-    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
-    assert len(errors) == 1
-    assert errors[0].exc_info is not None
-    assert isinstance(errors[0].exc_info[1], RuntimeError)
-
-
 async def test_sync_readline_without_limit_stops_at_max_line_length(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -230,14 +173,12 @@ async def test_sync_readline_without_limit_stops_at_max_line_length(
             self.wfile.write(self.rfile.readline())  # type: ignore[unused-coroutine,arg-type]
 
     with ThreadingTCPServer(LOCALHOST, Short) as server:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(server.serve_forever)
+        async with serving(server):
             async with await connect(server) as stream:
                 await stream.send_all(b"x" * 40)
                 await stream.send_eof()
-                assert await receive_all(stream) == b""
+                assert await receive_until_eof(stream) == b""
             assert await trio_roundtrip(server, b"short\n") == b"short\n"
-            nursery.cancel_scope.cancel()
     assert any(
         r.levelno == logging.WARNING and "max_line_length" in r.getMessage()
         for r in caplog.records
@@ -248,7 +189,7 @@ async def trio_roundtrip(server: trioserve.SocketServer, payload: bytes) -> byte
     async with await connect(server) as stream:
         await stream.send_all(payload)
         await stream.send_eof()
-        return await receive_all(stream)
+        return await receive_until_eof(stream)
 
 
 # -- unmodified standard-library handler classes ----------------------------------------
@@ -262,10 +203,8 @@ class StdlibUpper(socketserver.StreamRequestHandler):
 
 async def test_unmodified_socketserver_stream_handler() -> None:
     with ThreadingTCPServer(LOCALHOST, StdlibUpper) as server:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(server.serve_forever)
+        async with serving(server):
             assert await trio_roundtrip(server, b"a\nb\n") == b"A\nB\n"
-            nursery.cancel_scope.cancel()
 
 
 def make_site(root: Path) -> type[http.server.SimpleHTTPRequestHandler]:
@@ -294,8 +233,7 @@ async def test_simple_http_request_handler_with_urllib(tmp_path: Path) -> None:
             with urllib.request.urlopen(base + path, timeout=10) as response:
                 return response.status, response.read()
 
-        async with trio.open_nursery() as nursery:
-            await nursery.start(server.serve_forever)
+        async with serving(server):
             assert await trio.to_thread.run_sync(fetch, "/") == (
                 200,
                 b"<h1>hello from trioserve</h1>\n",
@@ -305,21 +243,18 @@ async def test_simple_http_request_handler_with_urllib(tmp_path: Path) -> None:
                 await trio.to_thread.run_sync(fetch, "/missing")
             missing.value.close()
             assert missing.value.code == 404
-            nursery.cancel_scope.cancel()
 
 
 async def test_simple_http_request_handler_with_curl_keep_alive(tmp_path: Path) -> None:
     with trioserve.ThreadingHTTPServer(LOCALHOST, make_site(tmp_path)) as server:
         base = f"http://127.0.0.1:{server.server_port}"
-        async with trio.open_nursery() as nursery:
-            await nursery.start(server.serve_forever)
+        async with serving(server):
             with trio.fail_after(20):
                 result = await trio.run_process(
                     ["curl", "--silent", "--show-error", "--max-time", "10", "--write-out",
                      "|%{http_code}|%{num_connects}\n", f"{base}/", f"{base}/data.txt"],
                     capture_stdout=True,
                 )  # fmt: skip
-            nursery.cancel_scope.cancel()
     out = result.stdout
     assert out.startswith(b"<h1>hello from trioserve</h1>\n|200|1\n")
     # The second request reused the first connection: no new connect.
@@ -443,10 +378,8 @@ async def test_wsgiref_request_handler_with_a_small_server_subclass(
                 body: bytes = response.read()
                 return body
 
-        async with trio.open_nursery() as nursery:
-            await nursery.start(server.serve_forever)
+        async with serving(server):
             body = await trio.to_thread.run_sync(fetch)
-            nursery.cancel_scope.cancel()
     assert body == f"hello /greeting on port {server.server_port}".encode()
 
 
@@ -567,8 +500,7 @@ async def test_requests_past_the_thread_limit_wait_and_are_then_served() -> None
 
     with ThreadingTCPServer(LOCALHOST, Held, max_handler_threads=1) as server:
         assert server.max_handler_threads == 1
-        async with trio.open_nursery() as nursery:
-            await nursery.start(server.serve_forever)
+        async with serving(server):
             first = await connect(server)
             await first.send_all(b"1")
             assert await trio.to_thread.run_sync(first_running.wait, 5)
@@ -584,17 +516,6 @@ async def test_requests_past_the_thread_limit_wait_and_are_then_served() -> None
             assert await receive_exactly(second, 7) == b"served\n"
             await first.aclose()
             await second.aclose()
-            nursery.cancel_scope.cancel()
-
-
-def test_max_handler_threads_is_checked() -> None:
-    with pytest.raises(ValueError, match="max_handler_threads"):
-        ThreadingTCPServer(LOCALHOST, RecvEcho, bind_and_activate=False, max_handler_threads=0)
-    with ThreadingTCPServer(
-        LOCALHOST, RecvEcho, bind_and_activate=False, max_handler_threads=None
-    ) as server:
-        assert server.max_handler_threads is None
-    assert trioserve.BaseServer.max_handler_threads == 256
 
 
 # -- the socket-like adapter over other streams ------------------------------------------
@@ -652,34 +573,6 @@ async def test_cancellation_reaches_a_handler_blocked_on_the_adapter() -> None:
                 nursery.cancel_scope.cancel()
     assert seen == [b""]
     assert running_handler_threads(server) == 0
-
-
-# -- typing ------------------------------------------------------------------------------
-
-
-def test_sync_stream_request_handler_is_typed_for_blocking_code() -> None:
-    class Typed(SyncStreamRequestHandler):
-        def handle(self) -> None:
-            assert_type(self.rfile.readline(), bytes)
-            assert_type(self.wfile.write(b"x"), int)
-            assert_type(self.request.recv(10), bytes)
-
-    def check(handler: Typed) -> None:
-        assert_type(handler.rfile, io.BufferedIOBase)
-        assert_type(handler.wfile, io.BufferedIOBase)
-        assert_type(handler.request, "socket.socket | StreamSocket")
-
-    assert trioserve._handlers.is_sync_handler(Typed)
-    assert trioserve._handlers.is_sync_handler(SyncStreamRequestHandler)
-    del check
-
-
-def test_async_handle_on_sync_stream_request_handler_is_refused() -> None:
-    with pytest.raises(TypeError, match="plain def"):
-
-        class Wrong(SyncStreamRequestHandler):
-            async def handle(self) -> None:  # type: ignore[override]
-                pass
 
 
 # -- the blocking files on their own -----------------------------------------------------
@@ -847,33 +740,28 @@ async def test_a_sync_handler_timed_out_by_a_slow_drip_is_one_info_line(
         timeout = 0.5  # real seconds: the client below drips a byte every 0.05 s
 
     with ThreadingTCPServer(LOCALHOST, Lines) as server:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(server.serve_forever)
-            async with await connect(server) as slow, trio.open_nursery() as drips:
+        async with serving(server), await connect(server) as slow, trio.open_nursery() as drips:
 
-                async def drip() -> None:
-                    for _ in range(200):  # bounded: 10 s at most
-                        try:
-                            await slow.send_all(b"x")
-                        except trio.BrokenResourceError:
-                            return  # the server closed first: what this test waits for
-                        await trio.sleep(0.05)
-
-                drips.start_soon(drip)
-                start = time.monotonic()
-                with trio.fail_after(10):  # sanity bound
+            async def drip() -> None:
+                for _ in range(200):  # bounded: 10 s at most
                     try:
-                        assert await receive_all(slow) == b""
+                        await slow.send_all(b"x")
                     except trio.BrokenResourceError:
-                        pass  # a reset also means the server closed the connection
-                elapsed = time.monotonic() - start
-                drips.cancel_scope.cancel()
-            nursery.cancel_scope.cancel()
+                        return  # the server closed first: what this test waits for
+                    await trio.sleep(0.05)
+
+            drips.start_soon(drip)
+            start = time.monotonic()
+            with trio.fail_after(10):  # sanity bound
+                # A reset also means the server closed the connection.
+                assert await receive_until_eof(slow) == b""
+            elapsed = time.monotonic() - start
+            drips.cancel_scope.cancel()
     assert 0.4 <= elapsed < 5  # about the timeout: not the whole drip
-    trioserve_records = [r for r in caplog.records if r.name == "trioserve"]
-    assert [r.levelno for r in trioserve_records] == [logging.INFO]
-    assert "timed out" in trioserve_records[0].getMessage()
-    assert trioserve_records[0].exc_info is None
+    records = trioserve_records(caplog, logging.NOTSET)
+    assert [r.levelno for r in records] == [logging.INFO]
+    assert "timed out" in records[0].getMessage()
+    assert records[0].exc_info is None
 
 
 def test_sync_writer_buffers_up_to_bufsize(
@@ -939,10 +827,8 @@ async def test_sync_http_handler_over_tls_uses_the_stream_socket(tmp_path: Path)
                 body: bytes = response.read()
                 return body
 
-        async with trio.open_nursery() as nursery:
-            await nursery.start(server.serve_forever)
+        async with serving(server):
             assert await trio.to_thread.run_sync(fetch) == b"over TLS\n"
-            nursery.cancel_scope.cancel()
     assert seen == {"request": StreamSocket, "nodelay": 1, "peer": "127.0.0.1"}
 
 
@@ -992,7 +878,7 @@ async def test_stream_socket_methods_over_a_memory_stream() -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(run_sync_handler, Handler, server_side, "peer", server)
             await client.send_all(b"abcline\n")
-            assert await receive_all(client) == b"sent;binary;text;"
+            assert await receive_until_eof(client) == b"sent;binary;text;"
     assert seen == {
         "into": (3, b"abc\x00\x00"),
         "send": 5,

@@ -5,8 +5,6 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +22,9 @@ from trioserve import (
     ThreadingUnixStreamServer,
 )
 from trioserve._stream import CLOSE_TIMEOUT
+from trioserve.testing import connect, serving
 
-from .helpers import receive_exactly, receive_until_eof
+from .helpers import receive_exactly, receive_until_eof, trioserve_records
 
 pytestmark = pytest.mark.usefixtures("fd_leak_check")
 
@@ -68,36 +67,17 @@ def upper_handler() -> type[UpperHandler]:
     return Handler
 
 
-async def open_raw(server: trioserve.SocketServer) -> trio.SocketStream:
-    if server.address_family == socket.AF_UNIX:
-        return await trio.open_unix_socket(server.server_address)
-    return await trio.open_tcp_stream(*server.server_address[:2])
-
-
 async def open_tls(
     server: trioserve.SocketServer, context: ssl.SSLContext
 ) -> trio.SSLStream[trio.SocketStream]:
     hostname = "localhost" if server.address_family == socket.AF_UNIX else "127.0.0.1"
-    stream = trio.SSLStream(await open_raw(server), context, server_hostname=hostname)
+    stream = trio.SSLStream(await connect(server), context, server_hostname=hostname)
     try:
         await stream.do_handshake()
     except BaseException:
         await trio.aclose_forcefully(stream)
         raise
     return stream
-
-
-@asynccontextmanager
-async def serving(server: trioserve.BaseServer) -> AsyncIterator[None]:
-    with server:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(server.serve_forever)
-            yield
-            nursery.cancel_scope.cancel()
-
-
-def trioserve_records(caplog: pytest.LogCaptureFixture, level: int) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.name == "trioserve" and r.levelno >= level]
 
 
 @pytest.mark.parametrize("transport", ["tcp", "unix"])
@@ -115,7 +95,7 @@ async def test_tls_round_trip_and_the_handler_gets_an_ssl_stream(
         server = ThreadingUnixStreamServer(
             str(tmp_path / "tls.sock"), upper_handler, ssl_context=server_context
         )
-    async with serving(server):
+    async with server, serving(server):
         client = await open_tls(server, client_context)
         async with client:
             await client.send_all(b"secret\nlines\n")
@@ -130,9 +110,11 @@ async def test_plaintext_client_is_dropped_at_debug_level_and_serving_goes_on(
     client_context: ssl.SSLContext,
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="trioserve")
-    server = ThreadingTCPServer(("127.0.0.1", 0), upper_handler, ssl_context=server_context)
-    async with serving(server):
-        async with await open_raw(server) as plain:
+    async with (
+        ThreadingTCPServer(("127.0.0.1", 0), upper_handler, ssl_context=server_context) as server,
+        serving(server),
+    ):
+        async with await connect(server) as plain:
             await plain.send_all(b"GET / HTTP/1.0\r\n\r\n")
             with trio.fail_after(10):  # sanity bound: the server answers at once
                 await receive_until_eof(plain)
@@ -174,9 +156,9 @@ async def test_garbage_and_truncated_handshakes_never_reach_handle_error(
         b"",
     ]
     server = Server(("127.0.0.1", 0), upper_handler, ssl_context=server_context)
-    async with serving(server):
+    async with server, serving(server):
         for attack in attacks:
-            async with await open_raw(server) as raw:
+            async with await connect(server) as raw:
                 if attack:
                     await raw.send_all(attack)
                 await raw.send_eof()
@@ -199,10 +181,13 @@ async def test_handshake_timeout_disconnects_a_silent_client(
     server_context: ssl.SSLContext,
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="trioserve")
-    server = ThreadingTCPServer(
-        ("127.0.0.1", 0), upper_handler, ssl_context=server_context, ssl_handshake_timeout=30
-    )
-    async with serving(server), await open_raw(server) as silent:
+    async with (
+        ThreadingTCPServer(
+            ("127.0.0.1", 0), upper_handler, ssl_context=server_context, ssl_handshake_timeout=30
+        ) as server,
+        serving(server),
+        await connect(server) as silent,
+    ):
         start = trio.current_time()
         assert await receive_until_eof(silent) == b""
         assert trio.current_time() - start == pytest.approx(30)
@@ -218,7 +203,7 @@ async def test_default_handshake_timeout_is_ten_seconds(
 ) -> None:
     server = ThreadingTCPServer(("127.0.0.1", 0), upper_handler, ssl_context=server_context)
     assert server.ssl_handshake_timeout == 10.0
-    async with serving(server), await open_raw(server) as silent:
+    async with server, serving(server), await connect(server) as silent:
         start = trio.current_time()
         await receive_until_eof(silent)
         assert trio.current_time() - start == pytest.approx(10)
@@ -229,10 +214,12 @@ async def test_a_stalled_handshake_does_not_hold_up_the_accept_loop(
     server_context: ssl.SSLContext,
     client_context: ssl.SSLContext,
 ) -> None:
-    server = ThreadingTCPServer(("127.0.0.1", 0), upper_handler, ssl_context=server_context)
-    async with serving(server):
+    async with (
+        ThreadingTCPServer(("127.0.0.1", 0), upper_handler, ssl_context=server_context) as server,
+        serving(server),
+    ):
         # Ten clients connect and never say a word; the server waits up to 10 s on each.
-        silent = [await open_raw(server) for _ in range(10)]
+        silent = [await connect(server) for _ in range(10)]
         try:
             with trio.fail_after(5):  # well under the handshake timeout
                 client = await open_tls(server, client_context)
@@ -267,8 +254,10 @@ async def test_client_certificates_are_required_when_the_context_says_so(
             peers.append(peer)
             await self.wfile.write(b"hello\n")
 
-    server = ThreadingTCPServer(("127.0.0.1", 0), WhoHandler, ssl_context=mutual)
-    async with serving(server):
+    async with (
+        ThreadingTCPServer(("127.0.0.1", 0), WhoHandler, ssl_context=mutual) as server,
+        serving(server),
+    ):
         # Without a certificate: TLS 1.3 lets the client finish first; the server refuses.
         anonymous = await open_tls(server, client_context)
         async with anonymous:
@@ -295,8 +284,10 @@ async def test_sync_handler_over_tls(
             for line in self.rfile:
                 self.wfile.write(line.upper())
 
-    server = ThreadingTCPServer(("127.0.0.1", 0), SyncUpper, ssl_context=server_context)
-    async with serving(server):
+    async with (
+        ThreadingTCPServer(("127.0.0.1", 0), SyncUpper, ssl_context=server_context) as server,
+        serving(server),
+    ):
         client = await open_tls(server, client_context)
         async with client:
             await client.send_all(b"blocking\ncode\n")
@@ -326,10 +317,12 @@ async def test_a_tls_peer_that_never_reads_is_dropped_and_frees_its_slot(
             except TimeoutError:
                 flooded.set()
 
-    server = ThreadingTCPServer(
-        ("127.0.0.1", 0), Flood, ssl_context=server_context, max_connections=1
-    )
-    async with serving(server):
+    async with (
+        ThreadingTCPServer(
+            ("127.0.0.1", 0), Flood, ssl_context=server_context, max_connections=1
+        ) as server,
+        serving(server),
+    ):
         greedy = await open_tls(server, client_context)
         async with greedy:
             await greedy.send_all(b"flood\n")

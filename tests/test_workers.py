@@ -20,7 +20,7 @@ import textwrap
 import threading
 import time
 import types
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +37,13 @@ from trioserve import (
     StreamRequestHandler,
     WorkerStartupError,
 )
-from trioserve.testing import exchange_datagram
+from trioserve.testing import connect, exchange_datagram, serving
+
+from .helpers import PATIENCE, read_line, trioserve_records
 
 pytestmark = pytest.mark.usefixtures("fd_leak_check")
 
 ROOT = Path(__file__).resolve().parent.parent
-#: A bound for anything that waits for worker processes.
-PATIENCE = 30.0
 
 
 # -- handlers (module level: workers import them from here) ---------------------------------
@@ -140,24 +140,6 @@ class NoDatabaseServer(ForkingTCPServer):
 # -- helpers -------------------------------------------------------------------------------
 
 
-async def connect(server: trioserve.SocketServer) -> trio.SocketStream:
-    if server.address_family == socket.AF_UNIX:
-        return await trio.open_unix_socket(server.server_address)
-    host, port = server.server_address[:2]
-    return await trio.open_tcp_stream(host, port)
-
-
-async def read_line(stream: trio.abc.ReceiveStream) -> bytes:
-    data = b""
-    with trio.fail_after(PATIENCE):
-        while not data.endswith(b"\n"):
-            chunk = await stream.receive_some(100)
-            if not chunk:
-                return data
-            data += chunk
-    return data
-
-
 async def ask_pid(server: trioserve.SocketServer) -> int:
     if server.socket_type == socket.SOCK_DGRAM:
         with trio.fail_after(PATIENCE):
@@ -186,27 +168,6 @@ async def wait_exited(pid: int) -> None:
         os.close(fd)
 
 
-@pytest.fixture
-def trioserve_records() -> Iterator[list[logging.LogRecord]]:
-    """Records of the "trioserve" logger at INFO and above, workers' included."""
-    records: list[logging.LogRecord] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            records.append(record)
-
-    log = logging.getLogger("trioserve")
-    handler = Collect()
-    old_level = log.level
-    log.setLevel(logging.INFO)
-    log.addHandler(handler)
-    try:
-        yield records
-    finally:
-        log.removeHandler(handler)
-        log.setLevel(old_level)
-
-
 # -- serving -------------------------------------------------------------------------------
 
 
@@ -227,67 +188,42 @@ async def test_forking_servers_serve_from_worker_processes(
     unix = server_class.address_family == socket.AF_UNIX
     address: Any = str(tmp_path / "s.sock") if unix else None
     with server_class(address or ("127.0.0.1", 0), handler_class, max_children=2) as server:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(server.serve_forever)
+        async with serving(server):
             pids = server.worker_pids  # type: ignore[attr-defined]
             assert len(pids) == 2
             assert os.getpid() not in pids
             for _ in range(3):
                 assert await ask_pid(server) in pids
-            nursery.cancel_scope.cancel()
         assert server.worker_pids == ()  # type: ignore[attr-defined]
     assert_reaped(pids)
 
 
 async def test_requests_land_in_two_workers_under_concurrent_load() -> None:
     with ForkingTCPServer(("127.0.0.1", 0), LoopBlockingHandler, max_children=2) as server:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(server.serve_forever)
-            async with await connect(server) as first:
-                first_pid = int(await read_line(first))
-                # The worker answering the first holds its loop, so the second, open at
-                # the same time, is accepted by the other worker.
-                second = await connect(server)
-                second_pid = int(await read_line(second))
-                assert first_pid != second_pid
-                assert {first_pid, second_pid} == set(server.worker_pids)
-                await first.send_all(b"done\n")
-                await second.send_all(b"done\n")
-                await second.aclose()
-            nursery.cancel_scope.cancel()
+        async with serving(server), await connect(server) as first:
+            first_pid = int(await read_line(first))
+            # The worker answering the first holds its loop, so the second, open at
+            # the same time, is accepted by the other worker.
+            second = await connect(server)
+            second_pid = int(await read_line(second))
+            assert first_pid != second_pid
+            assert {first_pid, second_pid} == set(server.worker_pids)
+            await first.send_all(b"done\n")
+            await second.send_all(b"done\n")
+            await second.aclose()
 
 
 async def test_default_worker_count_is_the_cpu_count() -> None:
     assert ForkingTCPServer.max_children is None
     with ForkingTCPServer(("127.0.0.1", 0), PidHandler) as server:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(server.serve_forever)
+        async with serving(server):
             assert len(server.worker_pids) == (os.cpu_count() or 1)
-            nursery.cancel_scope.cancel()
-
-
-@pytest.mark.parametrize(("value", "error"), [(0, ValueError), ("2", TypeError)])
-def test_max_children_is_checked(value: object, error: type[Exception]) -> None:
-    with pytest.raises(error, match="max_children"):
-        ForkingTCPServer(("127.0.0.1", 0), PidHandler, max_children=value)
-
-
-def test_forking_mixin_is_the_process_pool_policy_in_any_base_order() -> None:
-    class Late(trioserve.TCPServer, trioserve.ForkingMixIn):
-        pass
-
-    assert trioserve.ForkingMixIn is trioserve.ProcessPoolMixIn
-    server = Late(("127.0.0.1", 0), PidHandler, bind_and_activate=False, max_children=3)
-    with server:
-        assert server.concurrency is trioserve.Concurrency.PROCESS_POOL
-        assert server.max_children == 3
 
 
 async def test_server_attributes_are_copied_and_handler_state_stays_in_its_worker() -> None:
     with ForkingTCPServer(("127.0.0.1", 0), StatefulHandler, max_children=1) as server:
         server.greeting = "hello"  # type: ignore[attr-defined]
-        async with trio.open_nursery() as nursery:
-            await nursery.start(server.serve_forever)
+        async with serving(server):
             replies = []
             for _ in range(3):
                 async with await connect(server) as stream:
@@ -299,12 +235,12 @@ async def test_server_attributes_are_copied_and_handler_state_stays_in_its_worke
                 [b"%d" % pid, b"hello", b"3"],
             ]
             assert not hasattr(server, "hits")
-            nursery.cancel_scope.cancel()
 
 
 async def test_worker_logs_reach_the_parents_logging_with_the_worker_pid(
-    trioserve_records: list[logging.LogRecord],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO, logger="trioserve")
     with ForkingTCPServer(("127.0.0.1", 0), PidHandler, max_children=2) as server:
         async with trio.open_nursery() as nursery:
             await nursery.start(server.serve_forever)
@@ -314,8 +250,9 @@ async def test_worker_logs_reach_the_parents_logging_with_the_worker_pid(
                 assert await read_line(stream) == b""  # the handler failed; closed
             assert await ask_pid(server) in pids  # the worker keeps serving
             server.shutdown()
-    errors = [r for r in trioserve_records if r.levelno == logging.ERROR]
-    assert len(errors) == 1, [r.getMessage() for r in trioserve_records]
+    records = trioserve_records(caplog, logging.INFO)
+    errors = [r for r in records if r.levelno == logging.ERROR]
+    assert len(errors) == 1, [r.getMessage() for r in records]
     (error,) = errors
     assert error.getMessage().startswith("exception while handling a request from")
     assert "ValueError: boom in a worker" in (error.exc_text or "")
@@ -327,11 +264,11 @@ async def test_worker_logs_reach_the_parents_logging_with_the_worker_pid(
 
 
 async def test_a_killed_worker_is_replaced_and_requests_are_still_served(
-    trioserve_records: list[logging.LogRecord],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO, logger="trioserve")
     with ForkingTCPServer(("127.0.0.1", 0), LoopBlockingHandler, max_children=2) as server:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(server.serve_forever)
+        async with serving(server):
             original = set(server.worker_pids)
             async with await connect(server) as doomed:
                 victim = int(await read_line(doomed))
@@ -351,8 +288,7 @@ async def test_a_killed_worker_is_replaced_and_requests_are_still_served(
                 await third.send_all(b"done\n")
             assert_reaped([victim])
             assert set(server.worker_pids) == pids
-            nursery.cancel_scope.cancel()
-    messages = [r.getMessage() for r in trioserve_records if r.levelno == logging.ERROR]
+    messages = [r.getMessage() for r in trioserve_records(caplog, logging.ERROR, exactly=True)]
     assert f"worker 0 (pid {victim}) exited (signal SIGKILL); starting a new one" in messages or (
         f"worker 1 (pid {victim}) exited (signal SIGKILL); starting a new one" in messages
     )
@@ -390,8 +326,9 @@ def test_unpicklable_server_attribute_is_named() -> None:
 
 
 async def test_a_spec_that_does_not_load_in_a_worker_ends_serve_forever_at_once(
-    trioserve_records: list[logging.LogRecord],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO, logger="trioserve")
     with ForkingTCPServer(("127.0.0.1", 0), PidHandler, max_children=2) as server:
         server.config = LoadsNowhere()  # type: ignore[attr-defined]
         with pytest.raises(WorkerStartupError) as caught:
@@ -400,20 +337,23 @@ async def test_a_spec_that_does_not_load_in_a_worker_ends_serve_forever_at_once(
     assert "cannot load the server" in message
     assert "RuntimeError: this attribute does not load in a worker" in message
     # Not retried: it would fail the same way in every worker.
-    assert not [r for r in trioserve_records if "starting another" in r.getMessage()]
+    records = trioserve_records(caplog, logging.INFO)
+    assert not [r for r in records if "starting another" in r.getMessage()]
     assert server.worker_pids == ()
 
 
 async def test_workers_failing_at_start_up_again_and_again_end_serve_forever(
-    trioserve_records: list[logging.LogRecord],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO, logger="trioserve")
     with NoDatabaseServer(("127.0.0.1", 0), PidHandler, max_children=2) as server:
         started = time.monotonic()
         with pytest.raises(WorkerStartupError, match="no database here") as caught:
             await server.serve_forever()
         elapsed = time.monotonic() - started
     assert "5 in a row" in str(caught.value)
-    retries = [r for r in trioserve_records if "failed to start; starting another" in r.msg]
+    records = trioserve_records(caplog, logging.INFO)
+    retries = [r for r in records if "failed to start; starting another" in r.msg]
     assert len(retries) == 4
     # Backoff between the attempts, not a hot loop: at least 0.1 s, then 0.2 s.
     assert elapsed >= 0.3
@@ -455,8 +395,9 @@ async def test_a_handler_calling_shutdown_stops_the_whole_pool() -> None:
 
 
 async def test_shutdown_lets_in_flight_requests_finish_within_the_grace(
-    trioserve_records: list[logging.LogRecord],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO, logger="trioserve")
     with ForkingTCPServer(("127.0.0.1", 0), SlowHandler, max_children=2) as server:
         async with trio.open_nursery() as nursery:
             await nursery.start(server.serve_forever)
@@ -482,7 +423,7 @@ async def test_shutdown_lets_in_flight_requests_finish_within_the_grace(
                 assert await read_line(stream) == b"finished end\n"
         assert_reaped(pids)
     message = f"worker pid {pid} stops accepting; running handlers get {PATIENCE:g} s"
-    assert message in [r.getMessage() for r in trioserve_records]
+    assert message in [r.getMessage() for r in trioserve_records(caplog, logging.INFO)]
 
 
 async def test_handlers_past_the_grace_are_cancelled() -> None:

@@ -1,0 +1,176 @@
+"""Concurrency policies: one at a time, a nursery with a limit, the mix-ins that pick them."""
+
+from __future__ import annotations
+
+import socketserver
+
+import pytest
+import trio
+import trio.testing
+
+import trioserve
+from trioserve import (
+    Concurrency,
+    EchoHandler,
+    StreamRequestHandler,
+    TCPServer,
+    ThreadingTCPServer,
+)
+from trioserve.testing import connect, serving
+
+from .helpers import (
+    UpperHandler,
+    receive_exactly,
+)
+
+pytestmark = pytest.mark.usefixtures("fd_leak_check")
+
+LOCALHOST = ("127.0.0.1", 0)
+
+
+# -- the mix-ins select a policy, in any base order ------------------------------------------
+
+
+def test_mixin_order_does_not_matter() -> None:
+    class MixinFirst(trioserve.ThreadingMixIn, TCPServer):
+        pass
+
+    class MixinLast(TCPServer, trioserve.ThreadingMixIn):
+        pass
+
+    assert MixinFirst.__mro__.index(TCPServer) > MixinFirst.__mro__.index(trioserve.NurseryMixIn)
+    for cls in (MixinFirst, MixinLast, ThreadingTCPServer):
+        with cls(("127.0.0.1", 0), EchoHandler) as server:
+            assert server.concurrency is Concurrency.NURSERY
+    with TCPServer(("127.0.0.1", 0), EchoHandler) as plain:
+        assert plain.concurrency is Concurrency.SEQUENTIAL
+    assert trioserve.ThreadingMixIn is trioserve.NurseryMixIn
+    assert trioserve.ForkingMixIn is trioserve.ProcessPoolMixIn
+
+
+def test_mixing_in_the_stdlib_threading_mixin_is_refused() -> None:
+    with pytest.raises(TypeError, match=r"use trioserve\.ThreadingMixIn"):
+
+        class Wrong(socketserver.ThreadingMixIn, TCPServer):  # type: ignore[misc]
+            pass
+
+
+def test_forking_mixin_is_the_process_pool_policy_in_any_base_order() -> None:
+    class Late(trioserve.TCPServer, trioserve.ForkingMixIn):
+        pass
+
+    assert trioserve.ForkingMixIn is trioserve.ProcessPoolMixIn
+    server = Late(("127.0.0.1", 0), EchoHandler, bind_and_activate=False, max_children=3)
+    with server:
+        assert server.concurrency is trioserve.Concurrency.PROCESS_POOL
+        assert server.max_children == 3
+
+
+# -- one at a time, or a nursery -------------------------------------------------------------
+
+
+async def test_nursery_server_serves_fifty_clients_at_once() -> None:
+    with ThreadingTCPServer(("127.0.0.1", 0), UpperHandler) as server:
+        async with serving(server):
+            streams = [await connect(server) for _ in range(50)]
+            # All fifty are open at once; each is answered while the others stay open.
+            for index, stream in enumerate(streams):
+                await stream.send_all(b"client %d\n" % index)
+            for index, stream in enumerate(reversed(streams)):
+                number = 49 - index
+                expected = b"CLIENT %d\n" % number
+                assert await receive_exactly(stream, len(expected)) == expected
+            for stream in streams:
+                await stream.aclose()
+
+
+async def test_plain_server_handles_one_connection_at_a_time(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with TCPServer(("127.0.0.1", 0), UpperHandler) as server:
+        async with serving(server):
+            first = await connect(server)
+            second = await connect(server)
+            await first.send_all(b"one\n")
+            await second.send_all(b"two\n")
+            assert await receive_exactly(first, 4) == b"ONE\n"
+            # The second connection waits until the first is done.
+            with trio.move_on_after(0.2) as waited:
+                await second.receive_some(10)
+            assert waited.cancelled_caught
+            await first.aclose()
+            assert await receive_exactly(second, 4) == b"TWO\n"
+            await second.aclose()
+
+
+# -- max_connections -------------------------------------------------------------------------
+
+
+def test_the_default_limit_is_ten_thousand_connections() -> None:
+    assert ThreadingTCPServer.max_connections == 10_000
+    with ThreadingTCPServer(LOCALHOST, EchoHandler, max_connections=None) as server:
+        assert server.max_connections is None
+
+
+async def test_max_connections_bounds_handlers_and_the_rest_wait_in_the_backlog() -> None:
+    running = 0
+    peak = 0
+
+    class Gate(StreamRequestHandler):
+        async def handle(self) -> None:
+            nonlocal running, peak
+            running += 1
+            peak = max(peak, running)
+            try:
+                await self.wfile.write(b"in\n")
+                await self.rfile.readline()
+            finally:
+                running -= 1
+
+    async with ThreadingTCPServer(LOCALHOST, Gate, max_connections=3) as server, serving(server):
+        # Six clients connect: the kernel completes every handshake (they sit in the
+        # backlog), but only three handlers run.
+        clients = [await connect(server) for _ in range(6)]
+        try:
+            for client in clients[:3]:
+                assert await receive_exactly(client, 3) == b"in\n"
+            await trio.testing.wait_all_tasks_blocked()
+            assert running == 3
+            # One finishes: the next waiting client is accepted, and only then.
+            await clients[0].send_all(b"bye\n")
+            assert await receive_exactly(clients[3], 3) == b"in\n"
+            await trio.testing.wait_all_tasks_blocked()
+            assert running == 3
+            for client in clients[1:4]:
+                await client.send_all(b"bye\n")
+            for client in clients[4:]:
+                assert await receive_exactly(client, 3) == b"in\n"
+                await client.send_all(b"bye\n")
+        finally:
+            for client in clients:
+                await client.aclose()
+    assert peak == 3
+
+
+async def test_max_connections_stops_accepting_at_the_limit() -> None:
+    entered = trio.Semaphore(0)
+    release = trio.Event()
+
+    class Handler(StreamRequestHandler):
+        async def handle(self) -> None:
+            entered.release()
+            await release.wait()
+            await self.wfile.write(b"served\n")
+
+    with ThreadingTCPServer(("127.0.0.1", 0), Handler, max_connections=2) as server:
+        async with serving(server):
+            clients = [await connect(server) for _ in range(3)]
+            await entered.acquire()
+            await entered.acquire()
+            await trio.testing.wait_all_tasks_blocked()
+            # Two handlers run; the third connection waits in the kernel's backlog.
+            assert entered.value == 0
+            release.set()
+            for client in clients:
+                assert await client.receive_some() == b"served\n"
+                await client.aclose()
