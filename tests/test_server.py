@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.lowlevel
 import trio.testing
 
 import trioserve
@@ -495,7 +496,7 @@ async def test_serving_twice_at_once_is_an_error() -> None:
 
 
 async def test_shutdown_drains_in_flight_handlers_then_cancels_the_rest(
-    autojump_clock: trio.testing.MockClock,
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     started: list[str] = []
     outcome: dict[str, str] = {}
@@ -528,14 +529,19 @@ async def test_shutdown_drains_in_flight_handlers_then_cancels_the_rest(
                 await both_started.wait()
                 start = trio.current_time()
                 server.shutdown()  # grace: shutdown_grace, 5 s
-                late = await connect(server)  # the kernel still queues it; nobody accepts
-                await late.send_all(b"late\n")
+                await trio.testing.wait_all_tasks_blocked()
+                # The listening socket is closed at once: a balancer's next try goes elsewhere.
+                with pytest.raises(OSError, match="failed"):
+                    late = await connect(server)
                 await quick.send_all(b"done\n")
                 assert await receive_exactly(quick, 9) == b"finished\n"
             # serve_forever returned when the grace ran out and the stuck one was cancelled.
             assert trio.current_time() - start == pytest.approx(5)
             assert outcome == {"quick": "finished", "stuck": "cancelled"}
             assert sorted(started) == ["quick", "stuck"]  # the late one never got a handler
+            cut = [r.getMessage() for r in caplog.records if "cut short" in r.getMessage()]
+            assert len(cut) == 1
+            assert "1 request cut short when the shutdown grace ran out" in cut[0]
             assert await receive_until_eof(stuck) == b""
         finally:
             for stream in (quick, stuck, late):
@@ -704,3 +710,165 @@ async def test_a_timeout_error_of_the_handler_own_is_still_an_error(
     assert isinstance(error.exc_info[1], TimeoutError)
     assert not isinstance(error.exc_info[1], trioserve.PeerTimeoutError)
     assert trioserve_records(caplog, logging.INFO, exactly=True) == []
+
+
+# -- failure semantics, as socketserver's ------------------------------------------------
+
+
+async def test_a_one_at_a_time_server_lets_the_request_that_shut_it_down_finish() -> None:
+    class Bye(StreamRequestHandler):
+        async def handle(self) -> None:
+            await self.rfile.readline()
+            self.server.shutdown()
+            await (
+                trio.lowlevel.checkpoint()
+            )  # a checkpoint: the request is not cancelled by the stop
+            await self.wfile.write(b"bye\n")
+
+    with TCPServer(LOCALHOST, Bye) as server:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve_forever)
+            assert await talk(server, b"stop\n") == b"bye\n"
+
+
+def test_server_close_from_another_thread_ends_serve_forever() -> None:
+    with ThreadingTCPServer(LOCALHOST, SyncEcho) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        assert _ask_blocking(server.server_address, b"up\n") == b"up\n"
+        server.server_close()
+        thread.join(timeout=30)
+        assert not thread.is_alive()
+        assert server.socket.fileno() == -1
+
+
+async def test_sys_exit_in_a_sync_handler_of_a_threading_server_ends_that_request_only() -> None:
+    class Exits(socketserver.StreamRequestHandler):
+        def handle(self) -> None:
+            if self.rfile.readline() == b"exit\n":
+                sys.exit(3)
+            self.wfile.write(b"still here\n")
+
+    with ThreadingTCPServer(LOCALHOST, Exits) as server:
+        async with serving(server):
+            assert await talk(server, b"exit\n") == b""
+            assert await talk(server, b"hello\n") == b"still here\n"
+
+
+async def test_a_handle_error_that_raises_is_logged_and_serving_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Fails(StreamRequestHandler):
+        async def handle(self) -> None:
+            if await self.rfile.readline() == b"fail\n":
+                raise RuntimeError("handler")
+            await self.wfile.write(b"ok\n")
+
+    class BadReporter(ThreadingTCPServer):
+        def handle_error(self, request: Any, client_address: Any) -> None:
+            raise ValueError("the reporter itself")
+
+    with BadReporter(LOCALHOST, Fails) as server:
+        async with serving(server):
+            assert await talk(server, b"fail\n") == b""
+            assert await talk(server, b"next\n") == b"ok\n"
+    [record] = [r for r in caplog.records if "handle_error raised" in r.getMessage()]
+    assert record.levelno == logging.ERROR
+    assert record.exc_info is not None
+    assert isinstance(record.exc_info[1], ValueError)
+
+
+async def _raise(error: BaseException) -> None:
+    await trio.lowlevel.checkpoint()
+    raise error
+
+
+async def test_a_group_of_vanished_peer_errors_is_logged_at_debug(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Grouped(StreamRequestHandler):
+        async def handle(self) -> None:
+            await self.rfile.readline()
+            async with trio.open_nursery() as nursery:  # two tasks whose peers vanish
+                for error in (ConnectionResetError(), BrokenPipeError()):
+                    nursery.start_soon(_raise, error)
+
+    with ThreadingTCPServer(LOCALHOST, Grouped) as server:
+        async with serving(server):
+            assert await talk(server, b"x\n") == b""
+    assert not [r for r in caplog.records if r.name == "trioserve" and r.levelno >= logging.INFO]
+
+
+async def test_connections_waiting_in_the_kernel_at_shutdown_are_served_then_refused(
+    hold_handler: type[HoldHandler],
+) -> None:
+    class Answer(StreamRequestHandler):
+        async def handle(self) -> None:
+            await self.wfile.write(b"answered\n")
+
+    with ThreadingTCPServer(LOCALHOST, Answer, max_connections=1) as server:
+        async with trio.open_nursery() as nursery:
+            # One slot, taken by a request the server holds; the next waits in the kernel.
+            gate = trio.Event()
+
+            class Holding(StreamRequestHandler):
+                async def handle(self) -> None:
+                    hold_handler.started.set()
+                    await gate.wait()
+
+            server.RequestHandlerClass = Holding
+            await nursery.start(server.serve_forever)
+            holder = await connect(server)
+            await hold_handler.started.wait()
+            server.RequestHandlerClass = Answer
+            waiting = await connect(server)
+            await trio.testing.wait_all_tasks_blocked()
+            server.shutdown()
+            await trio.testing.wait_all_tasks_blocked()
+            with pytest.raises(OSError, match="failed"):
+                await connect(server)
+            gate.set()
+            assert await receive_until_eof(waiting) == b"answered\n"
+            await holder.aclose()
+            await waiting.aclose()
+
+
+async def test_serving_again_after_a_graceful_stop_listens_again() -> None:
+    with ThreadingTCPServer(LOCALHOST, EchoLine) as server:
+        address = server.server_address
+        for _ in range(2):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(server.serve_forever)
+                assert await talk(server, b"again\n") == b"again\n"
+                server.shutdown()
+        assert server.server_address == address
+
+
+def test_ctrl_c_around_trio_run_prints_a_short_traceback(tmp_path: Any) -> None:
+    import os
+    import signal
+    import subprocess
+
+    script = tmp_path / "serve.py"
+    script.write_text(
+        "import sys, trio, trioserve\n"
+        "server = trioserve.ThreadingTCPServer(('127.0.0.1', 0), trioserve.EchoHandler)\n"
+        "print('serving', flush=True)\n"
+        "trio.run(server.serve_forever)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    with subprocess.Popen(
+        [sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    ) as process:
+        assert process.stdout is not None
+        assert process.stdout.readline() == b"serving\n"
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=30)
+    lines = stderr.decode().splitlines()
+    assert lines[-1] == "KeyboardInterrupt"
+    assert len(lines) <= 20, stderr.decode()
+    assert "ExceptionGroup" not in stderr.decode()
+    assert "BlockingIOError" not in stderr.decode()

@@ -44,6 +44,7 @@ import errno
 import os
 import socket
 import stat
+import threading
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -183,16 +184,17 @@ class SocketServer(BaseServer):
         adopted = adopting.pop() if adopting else None
         super().__init__(server_address, RequestHandlerClass, **options)
         self._trioserve_unix_path: tuple[str | bytes, int] | None = None
+        #: Whether the socket was adopted (it cannot be made again after a drain closed it).
+        self._trioserve_adopted = adopted is not None
+        #: Whether a graceful stop closed the listening socket (the next serve reopens it).
+        self._trioserve_drained = False
         if adopted is not None:
             self.address_family = adopted.family
-            self._trioserve_raw_socket = adopted
         else:
             self.address_family = family_for(self.address_family, server_address)
             self.server_address = check_address(self.address_family, server_address)
-            self._trioserve_raw_socket = socket.socket(self.address_family, self.socket_type)
-        self.socket = trio.socket.from_stdlib_socket(self._trioserve_raw_socket)
-        # accept/recvfrom on this socket, paced; used while self.socket is still this one.
-        self._trioserve_paced = ServerSocket(self._trioserve_raw_socket, self.socket)
+            adopted = socket.socket(self.address_family, self.socket_type)
+        self._trioserve_use(adopted)
         if bind_and_activate:
             try:
                 self.server_bind()
@@ -200,6 +202,30 @@ class SocketServer(BaseServer):
             except BaseException:
                 self.server_close()
                 raise
+
+    def _trioserve_use(self, raw: socket.socket) -> None:
+        self._trioserve_raw_socket = raw
+        self.socket = trio.socket.from_stdlib_socket(raw)
+        # accept/recvfrom on this socket, paced; used while self.socket is still this one.
+        self._trioserve_paced = ServerSocket(raw, self.socket)
+
+    def _trioserve_reopen(self) -> None:
+        """Before serving again: make, bind and activate the socket a drain closed."""
+        if not self._trioserve_drained:
+            return
+        if self._trioserve_adopted:
+            raise RuntimeError(
+                f"{self!r} closed its adopted listening socket when it stopped gracefully; "
+                "it cannot be bound again here: build a new server from a new socket"
+            )
+        self._trioserve_drained = False
+        self._trioserve_use(socket.socket(self.address_family, self.socket_type))
+        try:
+            self.server_bind()
+            self.server_activate()
+        except BaseException:
+            self.server_close()
+            raise
 
     @classmethod
     def from_socket(
@@ -329,8 +355,13 @@ class SocketServer(BaseServer):
     def server_close(self) -> None:
         """Close the socket, and remove the Unix socket file this server created.
 
-        Safe inside or outside `trio.run`, and more than once.
+        Safe inside or outside `trio.run`, and more than once. Called from another thread
+        while the server serves, it stops serving first (as `shutdown` does, with the
+        default grace) and closes the socket in the serving run, so ``serve_forever``
+        returns rather than waiting on a closed socket.
         """
+        if self._trioserve_close_elsewhere():
+            return
         if trio.lowlevel.in_trio_run():
             self.socket.close()  # also wakes any task still waiting on the socket
         else:
@@ -344,6 +375,30 @@ class SocketServer(BaseServer):
                     os.unlink(path)
             except FileNotFoundError:
                 pass
+
+    def _trioserve_close_elsewhere(self) -> bool:
+        """From outside a serving run: close in the run, after stopping it. True if done."""
+        serving = self._trioserve.serving
+        if serving is None or (
+            trio.lowlevel.in_trio_run() and trio.lowlevel.current_trio_token() is serving.token
+        ):
+            return False
+        closed = threading.Event()
+
+        def close_in_run() -> None:
+            try:
+                serving.stop(self.shutdown_grace if self.block_on_close else 0.0)
+                self.server_close()
+            finally:
+                closed.set()
+
+        try:
+            serving.token.run_sync_soon(close_in_run)
+        except trio.RunFinishedError:
+            return False
+        if serving.may_wait_here():
+            closed.wait()
+        return True
 
     def fileno(self) -> int:
         """The file descriptor of the server's socket."""

@@ -100,7 +100,11 @@ class ConcurrencyPolicy(abc.ABC):
 
 @final
 class Sequential(ConcurrencyPolicy):
-    """One request at a time, in the serving task."""
+    """One request at a time, in the serving task.
+
+    Only the wait for a request is cancelled by `shutdown`; the request in progress
+    finishes within the grace, as socketserver's ``serve_forever`` finishes it.
+    """
 
     concurrency = Concurrency.SEQUENTIAL
 
@@ -114,9 +118,19 @@ class Sequential(ConcurrencyPolicy):
         # A nursery with no tasks: so that an error leaves serve_forever the same way
         # whatever the policy, in an exception group (Trio's strict groups).
         async with trio.open_nursery():
-            with serving.accept_scope:
-                task_status.started()
-                await _request_loop(server, None, None, poll_interval)
+            task_status.started()
+            while True:
+                with serving.waiting_for_request() as scope:
+                    path, request, client_address = await _take_request(
+                        server, None, poll_interval
+                    )
+                if scope.cancelled_caught:
+                    break
+                await path.dispatch(request, client_address)
+                if path.service_actions is not None:
+                    await call_hook(path.service_actions)
+            if serving.draining.is_set():
+                await _drain(server, serving, None)
 
     def __repr__(self) -> str:
         return "Sequential()"
@@ -147,6 +161,8 @@ class Nursery(ConcurrencyPolicy):
             with serving.accept_scope:
                 task_status.started()
                 await _request_loop(server, nursery, slots, poll_interval)
+            if serving.draining.is_set():
+                await _drain(server, serving, nursery)
 
     def __repr__(self) -> str:
         return f"Nursery(limit={self.limit!r})"
@@ -182,36 +198,59 @@ class ProcessPool(ConcurrencyPolicy):
 
 
 async def _request_loop(
-    server: Any, nursery: trio.Nursery | None, slots: trio.Semaphore | None, poll_interval: float
+    server: Any, nursery: trio.Nursery, slots: trio.Semaphore | None, poll_interval: float
 ) -> None:
-    """Take requests and dispatch them, until cancelled (the accept scope)."""
-    get_request = server.get_request
+    """Take requests and start a task for each, until cancelled (the accept scope)."""
     while True:
-        if slots is not None:
-            # A free slot is taken without a checkpoint of its own: get_request has one,
-            # and one yield per connection accepts twice as fast under load.
-            try:
-                slots.acquire_nowait()
-            except trio.WouldBlock:
-                await slots.acquire()
+        path, request, client_address = await _take_request(server, slots, poll_interval)
+        # Named as Trio would name it, without Trio working the name out each time. The
+        # last argument: a handler's SystemExit ends its own request only.
+        nursery.start_soon(path.dispatch, request, client_address, slots, True, name=_TASK_NAME)
+        if path.service_actions is not None:
+            await call_hook(path.service_actions)
+
+
+async def _take_request(
+    server: Any, slots: trio.Semaphore | None, poll_interval: float
+) -> tuple[RequestPath, Any, Any]:
+    """Take a slot, wait for a request; return it with the request path to run it on."""
+    if slots is not None:
+        # A free slot is taken without a checkpoint of its own: get_request has one, and
+        # one yield per connection accepts twice as fast under load.
         try:
-            path = server._trioserve.path or request_path(server)
-            if path.service_actions is not None:
-                await _wait_for_request(server, path, poll_interval)
-            request, client_address = await get_request()
-        except BaseException:
-            if slots is not None:
-                slots.release()
-            raise
-        # The path as it is now: a hook replaced while get_request waited applies.
+            slots.acquire_nowait()
+        except trio.WouldBlock:
+            await slots.acquire()
+    try:
         path = server._trioserve.path or request_path(server)
+        if path.service_actions is not None:
+            await _wait_for_request(server, path, poll_interval)
+        request, client_address = await server.get_request()
+    except BaseException:
+        if slots is not None:
+            slots.release()
+        raise
+    # The path as it is now: a hook replaced while get_request waited applies.
+    return server._trioserve.path or request_path(server), request, client_address
+
+
+async def _drain(server: Any, serving: Serving, nursery: trio.Nursery | None) -> None:
+    """At the start of a graceful stop: take what is queued, then stop listening.
+
+    The transport hands over the requests already waiting (connections the kernel has
+    accepted for us), which are served within the grace like the others, and closes its
+    listening socket, so new connections are refused at once and a load balancer sends
+    them elsewhere. A transport with nothing to drain (datagrams) does nothing.
+    """
+    drain = getattr(server, "_trioserve_drain", None)
+    if drain is None:
+        return
+    path = server._trioserve.path or request_path(server)
+    for request, client_address in drain():
         if nursery is None:
             await path.dispatch(request, client_address)
         else:
-            # Named as Trio would name it, without Trio working the name out each time.
-            nursery.start_soon(path.dispatch, request, client_address, slots, name=_TASK_NAME)
-        if path.service_actions is not None:
-            await call_hook(path.service_actions)
+            nursery.start_soon(path.dispatch, request, client_address, None, True)
 
 
 async def _wait_for_request(server: Any, path: RequestPath, poll_interval: float) -> None:

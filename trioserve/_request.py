@@ -172,11 +172,18 @@ class RequestPath:
         )
 
     async def dispatch(
-        self, request: Any, client_address: Any, slots: trio.Semaphore | None = None
+        self,
+        request: Any,
+        client_address: Any,
+        slots: trio.Semaphore | None = None,
+        contain_exit: bool = False,
     ) -> None:
         """The life of one request, from ``verify_request`` to the closing of it.
 
-        Releases one of *slots* (the policy's concurrency limit) when done.
+        Releases one of *slots* (the policy's concurrency limit) when done. With
+        *contain_exit* (a request in a task of its own), a handler's `SystemExit` ends
+        this request only, as it ends only its thread under socketserver's
+        ``ThreadingMixIn``; otherwise it propagates, as from socketserver's plain servers.
         """
         server = self.server
         try:
@@ -201,9 +208,16 @@ class RequestPath:
                     await self.report(request, client_address)
                     if not self.noop_shutdown:
                         await self.close(request)
-                except BaseException:
+                except BaseException as exc:
                     if not self.noop_shutdown:
                         await self.close(request)
+                    if isinstance(exc, trio.Cancelled):
+                        self.server._trioserve.cut += 1
+                    elif isinstance(exc, SystemExit) and contain_exit:
+                        logger.debug(
+                            "a handler for %r called sys.exit(%r)", client_address, exc.code
+                        )
+                        return
                     raise
             elif not self.noop_shutdown:
                 await self.close(request)

@@ -85,6 +85,9 @@ async def serve(
       ``server_close``.
     """
     state = server._trioserve
+    reopen = getattr(server, "_trioserve_reopen", None)
+    if reopen is not None:
+        reopen()  # the listening socket an earlier graceful stop closed
     serving = state.begin(policy)
     if on_stop is not None:
         serving.on_stop.append(on_stop)
@@ -100,6 +103,13 @@ async def serve(
             raise _first_leaf(interrupt) from None
         raise
     finally:
+        if state.cut and serving.draining.is_set():
+            logger.warning(
+                "%r stopped: %d request%s cut short when the shutdown grace ran out",
+                server,
+                state.cut,
+                "" if state.cut == 1 else "s",
+            )
         state.end(serving)
 
 

@@ -22,9 +22,10 @@ Cancelling the scope around ``serve_forever`` cancels both at once. Nothing poll
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, final
 
 import trio
@@ -51,6 +52,7 @@ class Serving:
         "stopped",
         "task",
         "token",
+        "waiting",
     )
 
     def __init__(self, policy: object) -> None:
@@ -68,10 +70,31 @@ class Serving:
         self.grace: float | None = None
         #: Called with the grace, in the Trio thread, when stopping begins.
         self.on_stop: list[Callable[[float | None], object]] = []
+        #: The scope of a sequential server's wait for its next request, if it waits.
+        self.waiting: trio.CancelScope | None = None
+
+    @contextlib.contextmanager
+    def waiting_for_request(self) -> Iterator[trio.CancelScope]:
+        """A scope for one wait for a request, cancelled by `stop` (sequential servers).
+
+        Only the wait is cancelled: the request a sequential server is handling finishes
+        within the grace, under the handler scope alone.
+        """
+        scope = trio.CancelScope()
+        if self.accept_scope.cancel_called:
+            scope.cancel()
+        self.waiting = scope
+        try:
+            with scope:
+                yield scope
+        finally:
+            self.waiting = None
 
     def stop(self, grace: float | None) -> None:
         """Stop accepting; cancel the handlers after *grace* seconds. In the Trio thread."""
         self.accept_scope.cancel()
+        if self.waiting is not None:
+            self.waiting.cancel()
         if grace is not None:
             deadline = trio.current_time() + grace
             self.handler_scope.deadline = min(self.handler_scope.deadline, deadline)
@@ -104,9 +127,11 @@ class Serving:
 class ServerState:
     """What a server keeps between runs. One per server, created by its constructor."""
 
-    __slots__ = ("lock", "path", "serving", "shutdown_pending")
+    __slots__ = ("cut", "lock", "path", "serving", "shutdown_pending")
 
     def __init__(self) -> None:
+        #: Requests cut short by cancellation in the current run (for the stop's log line).
+        self.cut = 0
         self.lock = threading.Lock()
         self.serving: Serving | None = None
         self.shutdown_pending = False
@@ -116,6 +141,7 @@ class ServerState:
     def begin(self, policy: object) -> Serving:
         """Start a run (in the Trio thread); a shutdown asked for earlier stops it at once."""
         serving = Serving(policy)
+        self.cut = 0
         with self.lock:
             if self.serving is not None:
                 raise RuntimeError("the server is already serving")

@@ -174,6 +174,31 @@ class TCPServer(SocketServer):
             ACCEPT_CAPACITY_PAUSE,
         )
 
+    def _trioserve_drain(self) -> list[tuple[trio.SocketStream, Any]]:
+        """At a graceful stop: accept what the kernel holds for us, then stop listening.
+
+        Returns the connections that were waiting (at most ``request_queue_size``), to be
+        served within the grace; then closes the listening socket, so new connections are
+        refused at once. (Another process that holds the same socket, such as a systemd
+        socket unit or the pool's other processes, keeps it listening until it closes it
+        too.) The next ``serve_forever`` binds it again.
+        """
+        waiting: list[tuple[trio.SocketStream, Any]] = []
+        raw = self._trioserve_raw_socket
+        if self.socket.fileno() < 0:
+            return waiting
+        if self._trioserve_paced.owner is self.socket:
+            for _ in range(self.request_queue_size):
+                try:
+                    sock, client_address = raw.accept()
+                except OSError:
+                    break  # nothing more is waiting (or it failed: it is the client's)
+                stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+                waiting.append((stream, client_address))
+        self.socket.close()
+        self._trioserve_drained = True
+        return waiting
+
     def _trioserve_preparer(
         self,
     ) -> Callable[[Any, Any], Awaitable[tuple[Any, Any] | None]] | None:
