@@ -1,15 +1,17 @@
-"""The socketserver documentation's TCP example, served by trioserve.
+"""The socketserver documentation's TCP example, served by trioserve: only the import changed.
 
-The handler below is the ``MyTCPHandler`` of the standard library's `socketserver`
-documentation ("socketserver.TCPServer Example"), unchanged but for the quotes, which
-the project's formatter normalises: a plain ``def handle``
-that blocks on ``self.request.recv``. trioserve runs it in a worker thread. Only the
-import and the last line change (``trio.run(server.serve_forever)``), and the port may
-be given on the command line (0 for any free one); the address is printed.
+This is a plain standard-library program: ``MyTCPHandler`` is the ``socketserver``
+documentation's ("socketserver.TCPServer Example"), and the server is run as the
+documentation runs it, with a blocking ``server.serve_forever()``. The one change is the
+import (``import trioserve as socketserver``): trioserve then runs the blocking handler in
+a worker thread and serves from its own Trio run. The handler stops reading at end of
+file, so a client that closes without a newline is answered at once, not spun on; the
+port may be given on the command line (0 for any free one), and the address is printed.
 
 Run it, then send it a line; it prints what it received and answers in upper case::
 
     python examples/stdlib_port.py           # localhost:9999
+    python examples/stdlib_port.py --help
     echo "hello world" | nc localhost 9999
 
 Ctrl-C stops it, as it stops the original: with a ``KeyboardInterrupt`` traceback.
@@ -18,11 +20,9 @@ Ctrl-C stops it, as it stops the original: with a ``KeyboardInterrupt`` tracebac
 # The handler is kept as the documentation has it, without annotations.
 # mypy: allow-untyped-defs
 
-import sys
+import argparse
 
-import trio
-
-import trioserve as socketserver
+import trioserve as socketserver  # the only change: was `import socketserver`
 
 
 class MyTCPHandler(socketserver.BaseRequestHandler):
@@ -40,6 +40,8 @@ class MyTCPHandler(socketserver.BaseRequestHandler):
         total = 0
         while b"\n" not in pieces[-1] and total < 10_000:
             pieces.append(self.request.recv(2000))
+            if not pieces[-1]:
+                break  # the client closed without a newline
             total += len(pieces[-1])
         self.data = b"".join(pieces)
         print(f"Received from {self.client_address[0]}:")
@@ -50,11 +52,13 @@ class MyTCPHandler(socketserver.BaseRequestHandler):
 
 
 if __name__ == "__main__":
-    HOST, PORT = "localhost", int(sys.argv[1]) if len(sys.argv) > 1 else 9999
+    parser = argparse.ArgumentParser(description="The socketserver documentation's example.")
+    parser.add_argument("port", nargs="?", type=int, default=9999, help="default 9999; 0: any")
+    HOST, PORT = "localhost", parser.parse_args().port
 
     # Create the server, binding to localhost on port 9999
     with socketserver.TCPServer((HOST, PORT), MyTCPHandler) as server:
         print("listening on tcp {}:{}".format(*server.server_address), flush=True)
         # Activate the server; this will keep running until you
         # interrupt the program with Ctrl-C
-        trio.run(server.serve_forever)
+        server.serve_forever()

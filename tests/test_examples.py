@@ -6,6 +6,7 @@ import re
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -223,6 +224,31 @@ async def test_stdlib_port_answers_like_the_original() -> None:
         cmd.signal(signal.SIGINT)
         assert await cmd.wait() != 0  # Ctrl-C ends it as it ends the original
         assert "KeyboardInterrupt" in await cmd.stderr.rest()
+
+
+async def test_stdlib_port_answers_a_client_that_closes_without_a_newline() -> None:
+    async with run_command(example("stdlib_port.py", "0")) as cmd:
+        async with await trio.open_tcp_stream(*cmd.address) as stream:
+            await stream.send_all(b"no newline")
+            await stream.send_eof()
+            assert await receive_until_eof(stream) == b"NO NEWLINE"
+        cmd.signal(signal.SIGINT)
+        await cmd.wait()
+
+
+def test_stdlib_port_is_the_stdlib_program_with_only_the_import_changed() -> None:
+    source = (EXAMPLES / "stdlib_port.py").read_text()
+    assert "import trioserve as socketserver" in source
+    assert "trio.run" not in source
+    assert "import trio\n" not in source
+    help_text = subprocess.run(
+        [sys.executable, str(EXAMPLES / "stdlib_port.py"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    assert "usage:" in help_text
 
 
 # -- http.server -----------------------------------------------------------------------------

@@ -872,3 +872,49 @@ def test_ctrl_c_around_trio_run_prints_a_short_traceback(tmp_path: Any) -> None:
     assert len(lines) <= 20, stderr.decode()
     assert "ExceptionGroup" not in stderr.decode()
     assert "BlockingIOError" not in stderr.decode()
+
+
+class DrainAware(StreamRequestHandler):
+    """The pattern of docs/shutdown.md: end between requests when the server drains."""
+
+    async def handle(self) -> None:
+        while not self.server.draining:
+            line = None
+            async with trio.open_nursery() as nursery:
+
+                async def next_line() -> None:
+                    nonlocal line
+                    line = await self.rfile.readline()
+                    nursery.cancel_scope.cancel()
+
+                async def drained() -> None:
+                    await self.server.wait_draining()
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(next_line)
+                nursery.start_soon(drained)
+            if not line:
+                return
+            await self.wfile.write(line.upper())
+
+
+async def test_a_drain_aware_handler_closes_an_idle_connection_at_once(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    def draining(server: ThreadingTCPServer) -> bool:
+        return server.draining
+
+    with ThreadingTCPServer(LOCALHOST, DrainAware, shutdown_grace=30) as server:
+        assert not draining(server)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve_forever)
+            async with await connect(server) as client:
+                await client.send_all(b"one\n")
+                assert await receive_exactly(client, 4) == b"ONE\n"
+                start = trio.current_time()
+                server.shutdown()
+                assert draining(server)
+                assert await receive_until_eof(client) == b""
+        assert trio.current_time() - start < 1  # not the 30 s grace
+    assert not draining(server)
+    assert not [r for r in caplog.records if "cut short" in r.getMessage()]
