@@ -20,7 +20,7 @@ from trioserve import (
     StreamRequestHandler,
     ThreadingTCPServer,
 )
-from trioserve._direct import DirectSocket, ServerSocket
+from trioserve._direct import DirectSocket, PacedListener
 from trioserve.testing import serving
 
 
@@ -231,7 +231,7 @@ async def test_a_read_timeout_covers_a_real_socket(
     assert trio.current_time() == pytest.approx(5)
 
 
-# -- ServerSocket ---------------------------------------------------------------------------
+# -- PacedListener ---------------------------------------------------------------------------
 
 
 async def test_a_burst_of_connections_is_accepted_several_per_turn() -> None:
@@ -241,7 +241,7 @@ async def test_a_burst_of_connections_is_accepted_several_per_turn() -> None:
     clients = [socket.create_connection(listener.getsockname()) for _ in range(32)]
     accepted: list[trio.socket.SocketType] = []
     try:
-        paced = ServerSocket(listener, owner)
+        paced = PacedListener(listener, owner)
 
         async def accept_one() -> None:
             sock, address = await paced.accept()
@@ -264,7 +264,7 @@ async def test_a_cancelled_accept_leaves_the_connection_for_the_next() -> None:
     listener.setblocking(False)
     owner = trio.socket.from_stdlib_socket(listener)
     with owner, socket.create_connection(listener.getsockname()) as client:
-        paced = ServerSocket(listener, owner)
+        paced = PacedListener(listener, owner)
         with trio.CancelScope() as scope:
             scope.cancel()
             await paced.accept()
@@ -282,7 +282,7 @@ async def test_queued_datagrams_are_received_several_per_turn() -> None:
         client.bind(("127.0.0.1", 0))
         for number in range(32):
             client.sendto(b"%d" % number, server.getsockname())
-        paced = ServerSocket(server, owner)
+        paced = PacedListener(server, owner)
         received: list[bytes] = []
 
         async def receive_one() -> None:

@@ -51,9 +51,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import trio
 
 from . import _options
-from ._direct import ServerSocket
+from ._direct import PacedListener
+from ._exceptions import PortOutOfRangeError
 from ._handlers import HandlerClass
 from ._server import BaseServer
+from ._serversocket import ServerSocket
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -92,7 +94,7 @@ def check_address(family: int, address: Any) -> Any:
     if isinstance(port, bool) or not isinstance(port, int):
         raise TypeError(f"the port in {address!r} must be an int, not {type(port).__name__}")
     if not 0 <= port <= 65535:
-        raise ValueError(f"the port in {address!r} is out of range: it must be 0-65535")
+        raise PortOutOfRangeError(f"the port in {address!r} is out of range: it must be 0-65535")
     return address
 
 
@@ -155,7 +157,10 @@ class SocketServer(BaseServer):
         narrow it while binding, and it is then widened to exactly this mode.
 
     Attributes:
-      socket: the server's `trio.socket.SocketType`.
+      socket: the server's socket, a `trio.socket.SocketType` (a
+        `~trioserve._serversocket.ServerSocket`): Trio's methods inside a Trio run
+        (``await server.socket.accept()``), and, as socketserver code expects, blocking
+        ones outside one (``settimeout``, ``accept``, ``close``).
       address_family, socket_type: as in socketserver.
     """
 
@@ -205,9 +210,9 @@ class SocketServer(BaseServer):
 
     def _trioserve_use(self, raw: socket.socket) -> None:
         self._trioserve_raw_socket = raw
-        self.socket = trio.socket.from_stdlib_socket(raw)
+        self.socket: trio.socket.SocketType = ServerSocket(raw)
         # accept/recvfrom on this socket, paced; used while self.socket is still this one.
-        self._trioserve_paced = ServerSocket(raw, self.socket)
+        self._trioserve_paced = PacedListener(raw, self.socket)
 
     def _trioserve_reopen(self) -> None:
         """Before serving again: make, bind and activate the socket a drain closed."""

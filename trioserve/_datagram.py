@@ -27,7 +27,7 @@ truncates it: the rest is discarded. The server asks for one byte more than
 ``max_packet_size``, so it notices, logs it at debug level and cuts that byte off; the
 handler sees the first ``max_packet_size`` bytes.
 
-The server's own socket is read with `trioserve._direct.ServerSocket`: under a flood it
+The server's own socket is read with `trioserve._direct.PacedListener`: under a flood it
 receives several queued datagrams before it yields to the handlers' tasks, rather than
 yielding once per datagram (see that module for the rule). A socket a subclass puts in
 place of ``self.socket`` is read with its own ``recvfrom``.

@@ -38,7 +38,7 @@ from trio.lowlevel import (
 
 from ._errors import closed, from_socket_error
 
-__all__ = ["YIELD_EVERY", "DirectSocket", "ServerSocket", "direct"]
+__all__ = ["YIELD_EVERY", "DirectSocket", "PacedListener", "direct"]
 
 #: Operations in a row that complete without waiting, after which one yields anyway.
 YIELD_EVERY = 8
@@ -125,7 +125,7 @@ def direct(stream: object) -> DirectSocket | None:
 
 
 @final
-class ServerSocket:
+class PacedListener:
     """``accept`` and ``recvfrom`` on a server's own socket, paced.
 
     *sock* is the `socket.socket` that *owner*, a `trio.socket` socket, wraps: the pair

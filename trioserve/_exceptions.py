@@ -19,6 +19,7 @@ __all__ = [
     "BrokenConnectionError",
     "LineTooLongError",
     "PeerTimeoutError",
+    "PortOutOfRangeError",
     "ProxyProtocolError",
     "WorkerStartupError",
 ]
@@ -62,6 +63,14 @@ class LineTooLongError(ValueError):
 
     def __reduce__(self) -> tuple[type[LineTooLongError], tuple[int, bytes]]:
         return (type(self), (self.max_line_length, self.separator))
+
+
+class PortOutOfRangeError(ValueError, OverflowError):
+    """A port outside 0-65535 in a server's address.
+
+    Both a `ValueError` (what trioserve documents for a malformed address) and an
+    `OverflowError` (what `socket.socket.bind` raises, and socketserver code expects).
+    """
 
 
 class PeerTimeoutError(TimeoutError):

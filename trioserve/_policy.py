@@ -225,7 +225,7 @@ async def _take_request(
         path = server._trioserve.path or request_path(server)
         if path.service_actions is not None:
             await _wait_for_request(server, path, poll_interval)
-        request, client_address = await server.get_request()
+        request, client_address = await path.get_request()
     except BaseException:
         if slots is not None:
             slots.release()

@@ -141,6 +141,7 @@ class RequestPath:
     __slots__ = (
         "direct",
         "discard",
+        "get_request",
         "handler_class",
         "noop_shutdown",
         "plain_verify",
@@ -166,6 +167,14 @@ class RequestPath:
         #: Whether process_request and finish_request are the library's own, so the
         #: handler may be run without calling them.
         self.direct = _is_standard(server.process_request) and _is_standard(server.finish_request)
+        #: How to wait for the next request: the server's ``get_request``, awaited; or, for
+        #: one overridden with ``def`` (socketserver code), called in a worker thread once
+        #: the socket is readable, as socketserver calls it once ``select`` says so.
+        self.get_request: Callable[[], Awaitable[Any]] = (
+            server.get_request
+            if inspect.iscoroutinefunction(server.get_request)
+            else self._get_request_in_thread
+        )
         #: What runs the handler: decided once, here, for the server's handler class.
         self.run_handler: _Runner = (
             run_sync_handler if is_sync_handler(self.handler_class) else run_async_handler
@@ -227,6 +236,13 @@ class RequestPath:
                     await self.discard(request)
             if slots is not None:
                 slots.release()
+
+    async def _get_request_in_thread(self) -> Any:
+        server = self.server
+        sock = getattr(server, "socket", None)
+        if sock is not None and sock.fileno() >= 0:
+            await trio.lowlevel.wait_readable(sock)
+        return await trio.to_thread.run_sync(server.get_request, abandon_on_cancel=True)
 
     async def finish_request(self, request: Any, client_address: Any) -> None:
         """What `~trioserve.BaseServer.finish_request` does: run the handler."""

@@ -205,13 +205,6 @@ class BaseServer:
                     f"{cls.__qualname__} mixes socketserver.{name} into a trioserve server; "
                     f"use trioserve.{name} instead"
                 )
-        get_request = cls.__dict__.get("get_request")
-        if get_request is not None and not _is_async(get_request):
-            raise TypeError(
-                f"{cls.__qualname__}.get_request is a plain def: in trioserve it waits in "
-                "Trio, so it must be `async def get_request(self)`, awaiting the socket "
-                "(`return await self.socket.accept()` on a stream server)"
-            )
 
     def __init__(
         self, server_address: Any, RequestHandlerClass: HandlerClass, **options: Any
@@ -326,12 +319,15 @@ class BaseServer:
 
     async def _trioserve_handle_request(self) -> None:
         timeout = math.inf if self.timeout is None else self.timeout
+        path = request_path(self)
         with trio.move_on_after(timeout) as scope:
-            request, client_address = await self.get_request()
+            request, client_address = await path.get_request()
         if scope.cancelled_caught:
             await call_hook(self.handle_timeout)
             return
-        await request_path(self).dispatch(request, client_address)
+        # A concurrent server's handler ends its own request with SystemExit, as there.
+        concurrent = policy_for(self).concurrency is not Concurrency.SEQUENTIAL
+        await path.dispatch(request, client_address, None, concurrent)
 
     def shutdown(self, grace: float | EllipsisType | None = ...) -> None:
         """Stop `serve_forever`: from any task or any thread.

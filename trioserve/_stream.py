@@ -2,7 +2,7 @@
 
 Each accepted connection becomes a `trio.SocketStream` (which sets ``TCP_NODELAY``), the
 ``request`` of one handler. The server's own socket is accepted from with
-`trioserve._direct.ServerSocket`: a burst of connections is taken several at a time, not
+`trioserve._direct.PacedListener`: a burst of connections is taken several at a time, not
 one per turn of the scheduler, which under load is a turn of every open connection; a
 socket a subclass puts in place of ``self.socket`` is accepted from with its own
 ``accept``.
@@ -63,6 +63,14 @@ ACCEPT_COMPLAINT_INTERVAL = 60.0
 CLOSE_TIMEOUT = 1.0
 
 
+async def _discard(request: Any) -> None:
+    """Close a connection at the end of its request, however it was left."""
+    if isinstance(request, trio.abc.AsyncResource):
+        await trio.aclose_forcefully(request)
+    else:  # a socket.socket, from a get_request of socketserver code
+        request.close()
+
+
 def _check_networks(name: str, value: Any) -> tuple[IPNetwork, ...]:
     """The check of ``proxy_trusted``: networks, as strings or `ipaddress` objects."""
     try:
@@ -117,9 +125,7 @@ class TCPServer(SocketServer):
     # When an out-of-resources accept() error was last logged as an error (time.monotonic).
     _trioserve_capacity_complaint: float | None = None
     # Whatever the hooks did, a connection is closed at the end of its request.
-    _trioserve_discard: ClassVar[Callable[[Any], Awaitable[None]] | None] = staticmethod(
-        trio.aclose_forcefully
-    )
+    _trioserve_discard: ClassVar[Callable[[Any], Awaitable[None]] | None] = staticmethod(_discard)
 
     _trioserve_options: ClassVar[Mapping[str, _options.Check]] = {
         "request_queue_size": _options.positive_int,
@@ -259,9 +265,10 @@ class TCPServer(SocketServer):
         returns (what it returns is complete already); over TLS it is done when what it
         returns is awaited.
         """
-        if type(request) is trio.SocketStream:
+        sock = _plain_socket(request)
+        if sock is not None:
             try:
-                request.socket.shutdown(socket.SHUT_WR)
+                sock.shutdown(socket.SHUT_WR)
             except OSError:
                 pass  # the peer is gone or the socket is closed: nothing to say
             return self.close_request(request)
@@ -273,8 +280,9 @@ class TCPServer(SocketServer):
         As `shutdown_request`: done on return for a plain connection, when awaited over
         TLS.
         """
-        if type(request) is trio.SocketStream:
-            request.socket.close()
+        sock = _plain_socket(request)
+        if sock is not None:
+            sock.close()
             return DONE
         return _Later(self._trioserve_close_stream, request)
 
@@ -289,6 +297,15 @@ class TCPServer(SocketServer):
     async def _trioserve_close_stream(self, request: trio.abc.Stream) -> None:
         with trio.move_on_after(CLOSE_TIMEOUT):
             await request.aclose()  # a cancelled aclose still closes (Trio's rule)
+
+
+def _plain_socket(request: Any) -> Any:
+    """The socket of a plain connection (no TLS), or None: closing it needs no Trio."""
+    if type(request) is trio.SocketStream:
+        return request.socket
+    if isinstance(request, (socket.socket, trio.socket.SocketType)):
+        return request  # from a get_request of socketserver code
+    return None
 
 
 @final
