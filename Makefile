@@ -44,5 +44,12 @@ docs: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench
 
+# CPython's own socketserver, http.server and xmlrpc.server tests, run against trioserve
+# (compat/run.py, docs/porting.md). Not part of `make test` while compat/FINDINGS.md lists
+# failures.
+.PHONY: compat
+compat: $(STAMP)
+	$(BIN)/python -m compat
+
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache

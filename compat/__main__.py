@@ -1,0 +1,7 @@
+"""``python -m compat``: see `compat.run`."""
+
+import sys
+
+from compat.run import main
+
+sys.exit(main())
