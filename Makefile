@@ -45,8 +45,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench
 
 # CPython's own socketserver, http.server and xmlrpc.server tests, run against trioserve
-# (compat/run.py, docs/porting.md). Not part of `make test` while compat/FINDINGS.md lists
-# failures.
+# (compat/run.py, docs/porting.md). .ci/run runs it after `make test`.
 .PHONY: compat
 compat: $(STAMP)
 	$(BIN)/python -m compat

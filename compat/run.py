@@ -81,7 +81,7 @@ XMLRPC_SERVER_TESTS = (
 
 #: Tests that cannot apply to a socketserver that is not CPython's module itself, and why.
 #: Keep this list short and honest: a test that fails because trioserve is wrong is a bug
-#: (compat/FINDINGS.md), never an entry here. Ids without the leading ``test.``.
+#: to fix in trioserve, never an entry here. Ids without the leading ``test.``.
 NOT_APPLICABLE: dict[str, str] = {
     "test_socketserver.MiscTestCase.test_all": (
         "checks the identity of the module, not its behaviour: every public name whose "

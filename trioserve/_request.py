@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, final
 
@@ -223,8 +224,10 @@ class RequestPath:
                     if isinstance(exc, trio.Cancelled):
                         self.server._trioserve.cut += 1
                     elif isinstance(exc, SystemExit) and contain_exit:
-                        logger.debug(
-                            "a handler for %r called sys.exit(%r)", client_address, exc.code
+                        # As a thread of socketserver's ThreadingMixIn ends: reported to
+                        # threading.excepthook (which ignores SystemExit by default).
+                        threading.excepthook(
+                            threading.ExceptHookArgs((SystemExit, exc, exc.__traceback__, None))
                         )
                         return
                     raise

@@ -100,7 +100,9 @@ async def serve(
         # and the traceback is the interrupt's, not a group's.
         interrupt, rest = group.split(KeyboardInterrupt)
         if interrupt is not None and rest is None:
-            raise _first_leaf(interrupt) from None
+            # Where the loop happened to wait when Ctrl-C came is of no interest: the
+            # traceback starts here, as short as socketserver's.
+            raise _first_leaf(interrupt).with_traceback(None) from None
         raise
     finally:
         if state.cut and serving.draining.is_set():
@@ -318,7 +320,10 @@ class BaseServer:
         return _COMPLETE
 
     async def _trioserve_handle_request(self) -> None:
-        timeout = math.inf if self.timeout is None else self.timeout
+        # socketserver's rule: the socket's own timeout (settimeout) bounds the wait too.
+        timeouts = [self.timeout, getattr(getattr(self, "socket", None), "gettimeout", _none)()]
+        known = [t for t in timeouts if t is not None]
+        timeout = min(known) if known else math.inf
         path = request_path(self)
         with trio.move_on_after(timeout) as scope:
             request, client_address = await path.get_request()
@@ -497,6 +502,10 @@ class BaseServer:
 
 async def _awaiting(awaitable: Awaitable[None]) -> None:
     await awaitable
+
+
+def _none() -> None:
+    return None
 
 
 def _in_run_of(serving: Serving) -> bool:
