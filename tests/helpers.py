@@ -1,9 +1,10 @@
-"""What the tests share beyond `trioserve.testing`: a held handler, client-side readers, logs.
+"""What the tests share beyond `trioserve.testing`: handlers, client-side readers, logs, faults.
 
 `trioserve.testing` serves servers (``serving``, the ``trioserve_`` fixtures) and opens
 clients to them (``connect``, ``exchange_datagram``); use it wherever a test has a server
 object. What is here covers the rest: reading what a peer or a subprocess sends, in bounded
-time, and picking the server's log records out of ``caplog``.
+time; picking the server's log records out of ``caplog``; and faults on the real path (a
+TCP reset, errnos from the server's own socket).
 """
 
 from __future__ import annotations

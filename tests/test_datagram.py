@@ -721,6 +721,26 @@ async def test_from_socket_serves_a_bound_udp_socket() -> None:
 # -- receive errors -------------------------------------------------------------------------------
 
 
+async def test_a_socket_a_subclass_puts_in_place_is_received_from() -> None:
+    # socketserver code may replace self.socket; the server receives on whatever it is.
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as replacement,
+        UDPServer(("127.0.0.1", 0), RawUpper) as server,
+    ):
+        replacement.bind(("127.0.0.1", 0))
+        own = server.socket
+        server.socket = trio.socket.from_stdlib_socket(replacement)
+        try:
+            async with serving(server):
+                with trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+                    await client.connect(replacement.getsockname())
+                    await client.send(b"swapped")
+                    with trio.fail_after(PATIENCE):
+                        assert await client.recv(100) == b"SWAPPED"
+        finally:
+            own.close()
+
+
 #: Linux's IP_RECVERR (not in every version of the socket module): report ICMP errors to
 #: an unconnected UDP socket, as the error of its next receive.
 IP_RECVERR = getattr(socket, "IP_RECVERR", 11)

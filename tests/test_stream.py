@@ -163,6 +163,23 @@ async def test_running_out_of_descriptors_for_real_pauses_until_one_is_free(
     assert len(trioserve_records(caplog, logging.DEBUG, exactly=True)) >= 5
 
 
+async def test_a_socket_a_subclass_puts_in_place_is_accepted_from() -> None:
+    # socketserver code may replace self.socket; the server accepts from whatever it is.
+    with (
+        socket.create_server(("127.0.0.1", 0)) as replacement,
+        TCPServer(LOCALHOST, UpperHandler) as server,
+    ):
+        own = server.socket
+        server.socket = trio.socket.from_stdlib_socket(replacement)
+        try:
+            address = replacement.getsockname()
+            async with serving(server), await trio.open_tcp_stream(*address) as client:
+                await client.send_all(b"swapped\n")
+                assert await receive_exactly(client, 8) == b"SWAPPED\n"
+        finally:
+            own.close()
+
+
 async def test_other_accept_errors_propagate() -> None:
     # Bound, not listening: the kernel refuses accept() with EINVAL.
     with TCPServer(LOCALHOST, EchoHandler, bind_and_activate=False) as server:

@@ -44,7 +44,7 @@ from trioserve._sync import run_sync_handler
 from trioserve._threads import running_handler_threads
 from trioserve.testing import connect, serving
 
-from .helpers import receive_exactly, receive_until_eof, trioserve_records
+from .helpers import receive_exactly, receive_until_eof, reset, trioserve_records
 
 if sys.version_info >= (3, 11):
     pass
@@ -613,20 +613,19 @@ def test_sync_reader_turns_a_reset_into_broken_connection_error(
     socket_pair: tuple[socket.socket, socket.socket],
 ) -> None:
     sock = socket_pair[1]
-
-    class Resetting:
-        def recv(self, size: int) -> bytes:
-            raise ConnectionResetError(104, "Connection reset by peer")
-
-        def sendall(self, data: Any) -> None:
-            raise BrokenPipeError(32, "Broken pipe")
-
-    reader = SyncReader(Resetting())  # type: ignore[arg-type]
-    writer = SyncWriter(Resetting())  # type: ignore[arg-type]
-    with pytest.raises(trioserve.BrokenConnectionError, match="reset"):
-        reader.readline()
-    with pytest.raises(ConnectionError, match="Broken pipe"):
-        writer.write(b"x")
+    # A real reset: a TCP peer that closes with SO_LINGER 0.
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        peer = socket.create_connection(listener.getsockname(), timeout=5)
+        connection, _ = listener.accept()
+    with connection:
+        connection.settimeout(5)
+        reset(peer)
+        reader = SyncReader(connection)
+        writer = SyncWriter(connection)
+        with pytest.raises(trioserve.BrokenConnectionError, match="reset"):
+            reader.readline()
+        with pytest.raises(ConnectionError, match="Broken pipe"):
+            writer.write(b"x")
     with pytest.raises(ValueError, match="receive_size"):
         SyncReader(sock, receive_size=0)
 
