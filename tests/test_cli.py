@@ -408,15 +408,22 @@ async def test_log_level_error_keeps_stderr_quiet() -> None:
         (["handlers:Upper", "--udp", ":0"], "is a stream handler"),
         (["handlers:Reverse", "--tcp", ":0"], "is a datagram handler"),
         (["--tcp", "localhost"], "expected HOST:PORT"),
-        (["--tcp", "127.0.0.1:99999"], "expected HOST:PORT"),
+        (["--tcp", "127.0.0.1:99999"], "the port in ('127.0.0.1', 99999) is out of range"),
+        (["--tcp", "\u00fc..x:80"], "'\u00fc..x' is not a valid host name"),
+        (["--unix", ""], "a Unix socket path must not be empty"),
+        ([f"--unix=/{'a' * 120}"], "AF_UNIX path too long"),
         (["--tcp", "::1:80"], "in brackets"),
         (["--tcp", "no.such.host.invalid:0"], "unknown host"),
         (["--tcp", ":0", "--udp", ":0"], "not allowed with argument"),
         (["--udp", ":0", "--timeout", "1"], "--timeout applies to stream transports only"),
         (["handlers:Plain", "--timeout", "1"], "handlers:Plain is not a stream handler"),
         (["handlers:TypedSync", "--udp", ":0"], "is a stream handler"),
-        (["--workers", "0"], "at least 1"),
-        (["--timeout", "soon"], "number of seconds"),
+        (["--workers", "0"], "trioserve: --workers must be at least 1, not 0 (see "),
+        (["--workers", "two"], "--workers: expected a whole number, not 'two'"),
+        (["--max-connections", "0"], "trioserve: --max-connections must be at least 1"),
+        (["--timeout", "soon"], "expected a number of seconds or none, not 'soon'"),
+        (["--timeout", "-1"], "trioserve: --timeout must be >= 0 seconds, not -1.0"),
+        (["--grace", "inf"], "expected a number of seconds or none, not 'inf'"),
         (["--log-level", "loud"], "expected one of debug"),
         (["--unix", "/nonexistent-dir/s.sock"], "cannot serve on unix /nonexistent-dir"),
         (["--bogus"], "unrecognized arguments: --bogus"),
@@ -487,6 +494,86 @@ async def test_pool_whose_handler_workers_cannot_load_exits_2(tmp_path: Path) ->
     assert "Traceback" not in last
 
 
+async def test_handler_module_that_raises_typeerror_at_import_exits_2(tmp_path: Path) -> None:
+    # A server ported from socketserver with its mix-in left in: trioserve refuses the class.
+    (tmp_path / "ported.py").write_text(
+        "import socketserver, trioserve\n"
+        "class Server(socketserver.ThreadingMixIn, trioserve.TCPServer): pass\n"
+    )
+    async with run_command(trioserve("ported:Handler"), cwd=tmp_path, ready=False) as cmd:
+        assert await cmd.wait() == 2
+        stderr = await cmd.stderr.rest()
+    assert stderr.startswith("trioserve: cannot import 'ported': TypeError: Server mixes ")
+    assert stderr.count("\n") == 1
+
+
+async def test_pool_whose_handler_cannot_be_sent_to_workers_exits_2(tmp_path: Path) -> None:
+    (tmp_path / "made.py").write_text(
+        textwrap.dedent(
+            """
+            import trioserve
+            def make():
+                class H(trioserve.StreamRequestHandler):
+                    async def handle(self): pass
+                return H
+            H = make()
+            """
+        )
+    )
+    argv = trioserve("made:H", "--tcp", ":0", "--workers", "1")
+    async with run_command(argv, cwd=tmp_path, ready=False) as cmd:
+        assert await cmd.wait() == 2
+        stdout = await cmd.stdout.rest()
+        stderr = await cmd.stderr.rest()
+    assert stdout == ""
+    assert stderr.count("\n") == 1, stderr
+    assert stderr.startswith("trioserve: ForkingTCPServer cannot send the handler class ")
+
+
+async def test_bug_in_the_handlers_module_exits_1_with_its_traceback(tmp_path: Path) -> None:
+    # A lazy module whose __getattr__ raises KeyError instead of AttributeError.
+    (tmp_path / "lazy.py").write_text(
+        "HANDLERS = {}\ndef __getattr__(name):\n    return HANDLERS[name]\n"
+    )
+    async with run_command(trioserve("lazy:Handler"), cwd=tmp_path, ready=False) as cmd:
+        assert await cmd.wait() == 1
+        stdout = await cmd.stdout.rest()
+        stderr = await cmd.stderr.rest()
+    assert stdout == ""
+    first, *rest = stderr.splitlines()
+    assert first.endswith(
+        " CRITICAL trioserve: cannot serve lazy:Handler: unexpected error at start-up"
+    )
+    assert rest[0] == "Traceback (most recent call last):"
+    assert rest[-1] == "KeyError: 'Handler'"
+
+
+async def test_typeerror_building_the_server_exits_1_not_2(tmp_path: Path) -> None:
+    # A TypeError while the server is built that no option or address check raised is a
+    # bug, not a bad invocation: here, a server class whose server_activate has one.
+    script = textwrap.dedent(
+        """
+        import sys
+        from trioserve import _cli
+
+        class Buggy(_cli.ThreadingTCPServer):
+            def server_activate(self):
+                self.socket.listen("4096")
+
+        _cli._SERVER_CLASSES[(_cli.Transport.TCP, False)] = Buggy
+        sys.exit(_cli.main(sys.argv[1:]))
+        """
+    )
+    argv = [sys.executable, "-c", script, "--tcp", "127.0.0.1:0"]
+    async with run_command(argv, cwd=tmp_path, ready=False) as cmd:
+        assert await cmd.wait() == 1
+        stderr = await cmd.stderr.rest()
+    assert "CRITICAL trioserve: cannot serve the echo handler: unexpected error" in stderr
+    assert ", in server_activate\n" in stderr
+    assert stderr.splitlines()[-1].startswith("TypeError: ")
+    assert "trioserve: cannot serve on" not in stderr
+
+
 # -- in process: the parts with no socket --------------------------------------------------
 
 
@@ -504,3 +591,17 @@ def test_describe_brackets_ipv6_hosts() -> None:
 
     line = describe(Fake(), "EchoHandler", None)  # type: ignore[arg-type]
     assert line == "trioserve: serving EchoHandler on tcp [::1]:8080 (try: nc ::1 8080)"
+
+
+@pytest.mark.parametrize(
+    ("text", "address"),
+    [
+        ("9000", ("127.0.0.1", 9000)),
+        (":0", ("127.0.0.1", 0)),
+        ("0.0.0.0:80", ("0.0.0.0", 80)),
+        ("[::1]:8080", ("::1", 8080)),
+        ("example.org:443", ("example.org", 443)),
+    ],
+)
+def test_host_port_forms(text: str, address: tuple[str, int]) -> None:
+    assert build_parser().parse_args(["--tcp", text]).tcp == address
