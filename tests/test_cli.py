@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import trio
 
-from trioserve._cli import Transport, build_parser, describe
+from trioserve._cli import Transport, build_parser, build_server, describe
 
 from .helpers import LineReader, read_line, receive_until_eof
 
@@ -591,6 +591,24 @@ def test_describe_brackets_ipv6_hosts() -> None:
 
     line = describe(Fake(), "EchoHandler", None)  # type: ignore[arg-type]
     assert line == "trioserve: serving EchoHandler on tcp [::1]:8080 (try: nc ::1 8080)"
+
+
+@pytest.mark.parametrize(
+    ("argv", "handler_timeout"),
+    [
+        (["--tcp", "127.0.0.1:0"], 60.0),
+        (["--tcp", "127.0.0.1:0", "--timeout", "2.5"], 2.5),
+        (["--tcp", "127.0.0.1:0", "--timeout", "none"], None),
+        (["--udp", "127.0.0.1:0"], None),
+        (["--udp", "127.0.0.1:0", "--timeout", "none"], None),
+    ],
+)
+def test_timeout_is_60_seconds_unless_given(
+    argv: list[str], handler_timeout: float | None
+) -> None:
+    server, _ = build_server(build_parser().parse_args(argv))
+    with server:
+        assert server.handler_timeout == handler_timeout
 
 
 @pytest.mark.parametrize(

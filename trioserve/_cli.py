@@ -23,6 +23,16 @@ and a check changed in the library changes here too. What only the command knows
 checked when the server is built: whether an option applies to the transport and to the
 handler (``--timeout`` to a stream handler on a stream transport).
 
+Defaults for the open network
+-----------------------------
+The library keeps socketserver's defaults where porting needs them: a handler waits for
+its peer for ever (``handler_timeout`` None). A server started from the command line is
+a server of its own, so ``--timeout`` defaults to 60 seconds, nginx's client timeouts: it
+applies to stream handlers whose class sets no ``timeout`` of its own, on stream
+transports. ``--timeout none`` turns it off (``0`` is a timeout of zero, as the library
+takes it: a read that has to wait fails at once). The other defaults are the library's,
+and ``--help`` shows each.
+
 Exit statuses: one line for a bad invocation, a traceback for a bug
 -------------------------------------------------------------------
 A user who mistypes an address, a module or a class name wants to read what is wrong, not
@@ -75,7 +85,7 @@ import socket
 import socketserver
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from typing import Any, Final, NoReturn
 
 import trio
 
@@ -111,6 +121,8 @@ EXIT_INTERRUPTED = 128 + signal.SIGINT
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 9000
+#: ``--timeout``: the handlers' timeout on the command line (the library's default is None).
+DEFAULT_TIMEOUT = 60.0
 #: ``--grace``: the server's ``shutdown_grace``, as the library has it.
 DEFAULT_GRACE = 5.0
 
@@ -167,6 +179,11 @@ class _Parser(argparse.ArgumentParser):
         if flag != head and rest.startswith((f"{flag} ", f"{flag}:")):
             message = rest
         raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+#: The default of a flag whose default is the command's or the library's, so that an
+#: explicit value (``--timeout none`` included) can be told apart from none given.
+_NOT_GIVEN: Final = object()
 
 
 def _library_check(option: str) -> _options.Check:
@@ -314,10 +331,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--timeout",
         type=_checked("--timeout", "handler_timeout", _seconds_or_none),
+        default=_NOT_GIVEN,
         metavar="SECONDS",
         help="seconds any one read or write on a connection may wait for the peer "
         "(stream handlers whose class sets no timeout); none for no limit "
-        "(default: none)",
+        f"(default: {_number(DEFAULT_TIMEOUT)})",
     )
     parser.add_argument(
         "--grace",
@@ -462,10 +480,12 @@ def build_server(args: argparse.Namespace) -> tuple[SocketServer, str]:
 def _timeout_options(
     args: argparse.Namespace, transport: Transport, handler_class: _HandlerType, name: str
 ) -> dict[str, Any]:
-    """``handler_timeout``: ``--timeout``, where it applies."""
+    """``handler_timeout``: ``--timeout``, or the command's default where it applies."""
     applies = not transport.is_datagram and _is_stream_handler(handler_class)
+    if args.timeout is _NOT_GIVEN:
+        return {"handler_timeout": DEFAULT_TIMEOUT} if applies else {}
     if args.timeout is None:
-        return {}  # not given, or none: the handlers' own (the library's default)
+        return {}  # --timeout none: the handlers' own (the library's default)
     if transport.is_datagram:
         raise UsageError(f"--timeout applies to stream transports only, not --{transport.value}")
     if not applies:
