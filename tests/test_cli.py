@@ -6,6 +6,7 @@ import os
 import re
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import textwrap
@@ -17,7 +18,9 @@ from typing import Any
 import pytest
 import trio
 
+from trioserve import __version__
 from trioserve._cli import Transport, build_parser, build_server, describe
+from trioserve._proxy import encode_v2
 
 from .helpers import LineReader, read_line, receive_until_eof
 
@@ -213,6 +216,13 @@ class TypedSync(trioserve.SyncStreamRequestHandler):
         self.wfile.write(b"sync\\n")
 
 
+class Address(trioserve.StreamRequestHandler):
+    """Says who the client is."""
+
+    async def handle(self):
+        await self.wfile.write(b"%r\\n" % (self.client_address,))
+
+
 class Reverse(trioserve.DatagramRequestHandler):
     async def handle(self):
         await self.wfile.write(self.packet[::-1])
@@ -346,6 +356,71 @@ async def test_workers_serve_datagrams() -> None:
         assert await cmd.wait() == 0
 
 
+async def test_proxy_protocol_serves_the_client_the_header_names(handlers_dir: Path) -> None:
+    argv = trioserve("handlers:Address", "--tcp", ":0", "--proxy-protocol")
+    async with run_command(argv, cwd=handlers_dir) as cmd:
+        async with await trio.open_tcp_stream(*cmd.address) as stream:
+            await stream.send_all(encode_v2(("203.0.113.7", 4242), cmd.address))
+            assert await read_line(stream) == b"('203.0.113.7', 4242)\n"
+        # A client that speaks first, without a header, never reaches the handler.
+        async with await trio.open_tcp_stream(*cmd.address) as stream:
+            await stream.send_all(b"hello\n")
+            assert await receive_until_eof(stream) == b""
+        cmd.signal(signal.SIGTERM)
+        assert await cmd.wait() == 0
+        assert "bad PROXY header" in await cmd.stderr.rest()
+
+
+@pytest.mark.parametrize(
+    ("networks", "served"),
+    [(["10.0.0.0/8", "192.0.2.0/24"], False), (["10.0.0.0/8", "127.0.0.1"], True)],
+)
+async def test_proxy_trusted_replaces_loopback_with_the_networks_given(
+    handlers_dir: Path, networks: list[str], served: bool
+) -> None:
+    trusted = [arg for network in networks for arg in ("--proxy-trusted", network)]
+    argv = trioserve("handlers:Address", "--tcp", ":0", "--proxy-protocol", *trusted)
+    async with run_command(argv, cwd=handlers_dir) as cmd:
+        async with await trio.open_tcp_stream(*cmd.address) as stream:
+            await stream.send_all(encode_v2(("198.51.100.1", 80), cmd.address))
+            reply = await receive_until_eof(stream)
+        cmd.signal(signal.SIGTERM)
+        assert await cmd.wait() == 0
+        stderr = await cmd.stderr.rest()
+    if served:
+        assert reply == b"('198.51.100.1', 80)\n"
+        assert "proxy_trusted" not in stderr
+    else:
+        assert reply == b""
+        assert "it may not send a PROXY header (not in proxy_trusted)" in stderr
+
+
+async def test_proxy_header_timeout_closes_a_silent_connection(handlers_dir: Path) -> None:
+    argv = trioserve(
+        "handlers:Address", "--tcp", ":0", "--proxy-protocol", "--proxy-header-timeout", "0.2"
+    )
+    async with run_command(argv, cwd=handlers_dir) as cmd:
+        async with await trio.open_tcp_stream(*cmd.address) as stream:
+            assert await receive_until_eof(stream) == b""
+        cmd.signal(signal.SIGTERM)
+        assert await cmd.wait() == 0
+        assert "no PROXY header within 0.2 s" in await cmd.stderr.rest()
+
+
+@pytest.mark.parametrize(("mode", "expected"), [("600", 0o600), ("0o666", 0o666)])
+async def test_unix_socket_mode_sets_the_socket_files_mode(
+    tmp_path: Path, mode: str, expected: int
+) -> None:
+    path = tmp_path / "mode.sock"
+    async with run_command(trioserve("--unix", str(path), "--unix-socket-mode", mode)) as cmd:
+        assert stat.S_IMODE(path.stat().st_mode) == expected
+        async with await trio.open_unix_socket(str(path)) as stream:
+            await stream.send_all(b"mode\n")
+            assert await read_line(stream) == b"mode\n"
+        cmd.signal(signal.SIGTERM)
+        assert await cmd.wait() == 0
+
+
 # -- stopping --------------------------------------------------------------------------------
 
 
@@ -424,6 +499,14 @@ async def test_log_level_error_keeps_stderr_quiet() -> None:
         (["--timeout", "soon"], "expected a number of seconds or none, not 'soon'"),
         (["--timeout", "-1"], "trioserve: --timeout must be >= 0 seconds, not -1.0"),
         (["--grace", "inf"], "expected a number of seconds or none, not 'inf'"),
+        (["--udp", ":0", "--proxy-protocol"], "--proxy-protocol applies to stream transports"),
+        (["--proxy-trusted", "10.0.0.0/8"], "--proxy-trusted applies with --proxy-protocol"),
+        (["--proxy-header-timeout", "1"], "--proxy-header-timeout applies with --proxy-protocol"),
+        (["--proxy-protocol", "--proxy-trusted", "10.0.0.1/8"], "has host bits set"),
+        (["--proxy-protocol", "--proxy-header-timeout", "-1"], "must be >= 0 seconds"),
+        (["--unix-socket-mode", "660"], "--unix-socket-mode applies to Unix transports only"),
+        (["--unix", "s.sock", "--unix-socket-mode", "u+rw"], "expected an octal file mode"),
+        (["--unix", "s.sock", "--unix-socket-mode", "17777"], "must be a file mode such as"),
         (["--log-level", "loud"], "expected one of debug"),
         (["--unix", "/nonexistent-dir/s.sock"], "cannot serve on unix /nonexistent-dir"),
         (["--bogus"], "unrecognized arguments: --bogus"),
@@ -572,6 +655,38 @@ async def test_typeerror_building_the_server_exits_1_not_2(tmp_path: Path) -> No
     assert ", in server_activate\n" in stderr
     assert stderr.splitlines()[-1].startswith("TypeError: ")
     assert "trioserve: cannot serve on" not in stderr
+
+
+# -- asking about the command ----------------------------------------------------------------
+
+
+async def test_version_prints_the_package_version() -> None:
+    async with run_command(trioserve("--version"), ready=False) as cmd:
+        assert await cmd.wait() == 0
+        assert await cmd.stdout.rest() == f"trioserve {__version__}\n"
+        assert await cmd.stderr.rest() == ""
+
+
+async def test_help_shows_the_defaults() -> None:
+    async with run_command(trioserve("--help"), ready=False) as cmd:
+        assert await cmd.wait() == 0
+        text = " ".join((await cmd.stdout.rest()).split())
+    for shown in [
+        "--timeout SECONDS seconds any one read or write",
+        "none for no limit (default: 60)",
+        "--grace SECONDS seconds requests in flight",
+        "however long they take (default: 5)",
+        "--proxy-protocol expect a PROXY protocol header",
+        "(stream transports; default: off)",
+        "--proxy-trusted NETWORK a network allowed",
+        "(repeat for more; default: 127.0.0.0/8 and ::1/128)",
+        "--proxy-header-timeout SECONDS seconds a connection has to send its PROXY header; "
+        "none for no limit (default: 5)",
+        "--unix-socket-mode MODE the Unix socket file's mode, in octal such as 660",
+        "default: as the umask leaves it",
+        "--version show program's version number and exit",
+    ]:
+        assert shown in text
 
 
 # -- in process: the parts with no socket --------------------------------------------------

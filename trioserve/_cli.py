@@ -15,13 +15,14 @@ The transport picks the server class: ``--tcp`` and ``--unix`` a stream server,
 The checks are the library's
 ----------------------------
 Each flag that sets a server option is parsed from text into the value the constructor
-takes (a whole number, a number of seconds or ``none``), and that value is then checked
-by the check the server classes declare for the option (`trioserve._options`), given the
-flag as the option's name; addresses go through `trioserve._binding.check_address`. So
-the command accepts exactly what the constructor accepts, with the library's messages,
-and a check changed in the library changes here too. What only the command knows is
-checked when the server is built: whether an option applies to the transport and to the
-handler (``--timeout`` to a stream handler on a stream transport).
+takes (a number, ``none``, an octal mode, a network), and that value is then checked by
+the check the server classes declare for the option (`trioserve._options`, the stream
+servers' ``proxy_trusted``), given the flag as the option's name; addresses go through
+`trioserve._binding.check_address`. So the command accepts exactly what the constructor
+accepts, with the library's messages, and a check changed in the library changes here
+too. What only the command knows is checked when the server is built: whether an option
+applies to the transport (``--proxy-protocol`` to a stream, ``--unix-socket-mode`` to a
+Unix socket) and to the handler (``--timeout`` to a stream handler).
 
 Defaults for the open network
 -----------------------------
@@ -69,7 +70,7 @@ of the terminal's Ctrl-C) are stopped by it with the same grace.
 
 ``--timeout`` is the server's ``handler_timeout`` option: the ``timeout`` of every handler
 whose class leaves it None (each read and write on the connection). In a worker process
-the option arrives with the server's other options.
+the option arrives with the server's other options, as the PROXY protocol options do.
 """
 
 from __future__ import annotations
@@ -105,6 +106,8 @@ from ._datagram_handler import DatagramRequestHandler
 from ._exceptions import WorkerStartupError
 from ._handlers import BaseRequestHandler, EchoHandler, _StreamHandlerBase
 from ._policy import ProcessPoolMixIn
+from ._proxy import DEFAULT_TRUSTED
+from ._stream import TCPServer
 
 logger = logging.getLogger("trioserve")
 
@@ -268,6 +271,20 @@ def _seconds_or_none(text: str) -> float | None:
     return value
 
 
+def _octal_mode(text: str) -> int:
+    """A file mode in octal: ``660``, ``0660`` or ``0o660``."""
+    try:
+        return int(text, 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an octal file mode such as 660 or 0o660, not {text!r}"
+        ) from None
+
+
+def _network(text: str) -> list[str]:
+    return [text]  # proxy_trusted is a collection of networks; the flag gives one
+
+
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
@@ -280,6 +297,12 @@ def _log_level(text: str) -> str:
 def _number(value: float | None) -> str:
     """A default as ``--help`` shows it: ``60``, ``10,000``, ``0.5``, or ``none``."""
     return "none" if value is None else f"{value:,g}"
+
+
+def _version() -> str:
+    from . import __version__  # the package, fully imported by the time this runs
+
+    return f"%(prog)s {__version__}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -295,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
         "on stderr), 1 for any other failure (logged with its traceback), 130 after a "
         "second SIGINT.",
     )
+    parser.add_argument("--version", action="version", version=_version())
     parser.add_argument(
         "handler",
         nargs="?",
@@ -344,6 +368,36 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="seconds requests in flight get to finish on shutdown; none to wait for them "
         f"however long they take (default: {_number(DEFAULT_GRACE)})",
+    )
+    parser.add_argument(
+        "--proxy-protocol",
+        action="store_true",
+        help="expect a PROXY protocol header (v1 or v2) from a load balancer at the start "
+        "of each connection, and serve the connection as the client's it names "
+        "(stream transports; default: off)",
+    )
+    parser.add_argument(
+        "--proxy-trusted",
+        type=_checked("--proxy-trusted", "proxy_trusted", _network),
+        action="append",
+        metavar="NETWORK",
+        help="a network allowed to send the PROXY header, such as 10.0.0.0/8 (repeat for "
+        f"more; default: {' and '.join(DEFAULT_TRUSTED)})",
+    )
+    parser.add_argument(
+        "--proxy-header-timeout",
+        type=_checked("--proxy-header-timeout", "proxy_header_timeout", _seconds_or_none),
+        default=_NOT_GIVEN,
+        metavar="SECONDS",
+        help="seconds a connection has to send its PROXY header; none for no limit "
+        f"(default: {_number(TCPServer.proxy_header_timeout)})",
+    )
+    parser.add_argument(
+        "--unix-socket-mode",
+        type=_checked("--unix-socket-mode", "unix_socket_mode", _octal_mode),
+        metavar="MODE",
+        help="the Unix socket file's mode, in octal such as 660 (--unix and --unix-dgram; "
+        "default: as the umask leaves it)",
     )
     parser.add_argument(
         "--log-level",
@@ -464,6 +518,14 @@ def build_server(args: argparse.Namespace) -> tuple[SocketServer, str]:
         _check_fit(handler_class, transport, name)
     options: dict[str, Any] = {"shutdown_grace": args.grace}
     options.update(_timeout_options(args, transport, handler_class, name))
+    options.update(_proxy_options(args, transport))
+    if args.unix_socket_mode is not None:
+        if transport not in (Transport.UNIX, Transport.UNIX_DGRAM):
+            raise UsageError(
+                "--unix-socket-mode applies to Unix transports only (--unix, --unix-dgram), "
+                f"not --{transport.value}"
+            )
+        options["unix_socket_mode"] = args.unix_socket_mode
     if args.max_connections is not None:
         key = "max_concurrent_datagrams" if transport.is_datagram else "max_connections"
         options[key] = args.max_connections
@@ -493,6 +555,28 @@ def _timeout_options(
             f"--timeout sets a StreamRequestHandler's timeout; {name} is not a stream handler"
         )
     return {"handler_timeout": args.timeout}
+
+
+def _proxy_options(args: argparse.Namespace, transport: Transport) -> dict[str, Any]:
+    """``proxy_protocol`` and its options, for a stream transport."""
+    if not args.proxy_protocol:
+        for flag, given in (
+            ("--proxy-trusted", args.proxy_trusted is not None),
+            ("--proxy-header-timeout", args.proxy_header_timeout is not _NOT_GIVEN),
+        ):
+            if given:
+                raise UsageError(f"{flag} applies with --proxy-protocol only")
+        return {}
+    if transport.is_datagram:
+        raise UsageError(
+            f"--proxy-protocol applies to stream transports only, not --{transport.value}"
+        )
+    options: dict[str, Any] = {"proxy_protocol": True}
+    if args.proxy_trusted is not None:  # one tuple of networks per --proxy-trusted
+        options["proxy_trusted"] = tuple(net for nets in args.proxy_trusted for net in nets)
+    if args.proxy_header_timeout is not _NOT_GIVEN:
+        options["proxy_header_timeout"] = args.proxy_header_timeout
+    return options
 
 
 def _bind_error(exc: Exception, transport: Transport, address: Any) -> str:
