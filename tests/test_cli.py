@@ -6,6 +6,7 @@ import os
 import re
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import textwrap
@@ -17,7 +18,9 @@ from typing import Any
 import pytest
 import trio
 
-from trioserve._cli import Transport, build_parser, describe
+from trioserve import __version__
+from trioserve._cli import Transport, build_parser, build_server, describe
+from trioserve._proxy import encode_v2
 
 from .helpers import LineReader, read_line, receive_until_eof
 
@@ -213,6 +216,13 @@ class TypedSync(trioserve.SyncStreamRequestHandler):
         self.wfile.write(b"sync\\n")
 
 
+class Address(trioserve.StreamRequestHandler):
+    """Says who the client is."""
+
+    async def handle(self):
+        await self.wfile.write(b"%r\\n" % (self.client_address,))
+
+
 class Reverse(trioserve.DatagramRequestHandler):
     async def handle(self):
         await self.wfile.write(self.packet[::-1])
@@ -346,6 +356,71 @@ async def test_workers_serve_datagrams() -> None:
         assert await cmd.wait() == 0
 
 
+async def test_proxy_protocol_serves_the_client_the_header_names(handlers_dir: Path) -> None:
+    argv = trioserve("handlers:Address", "--tcp", ":0", "--proxy-protocol")
+    async with run_command(argv, cwd=handlers_dir) as cmd:
+        async with await trio.open_tcp_stream(*cmd.address) as stream:
+            await stream.send_all(encode_v2(("203.0.113.7", 4242), cmd.address))
+            assert await read_line(stream) == b"('203.0.113.7', 4242)\n"
+        # A client that speaks first, without a header, never reaches the handler.
+        async with await trio.open_tcp_stream(*cmd.address) as stream:
+            await stream.send_all(b"hello\n")
+            assert await receive_until_eof(stream) == b""
+        cmd.signal(signal.SIGTERM)
+        assert await cmd.wait() == 0
+        assert "bad PROXY header" in await cmd.stderr.rest()
+
+
+@pytest.mark.parametrize(
+    ("networks", "served"),
+    [(["10.0.0.0/8", "192.0.2.0/24"], False), (["10.0.0.0/8", "127.0.0.1"], True)],
+)
+async def test_proxy_trusted_replaces_loopback_with_the_networks_given(
+    handlers_dir: Path, networks: list[str], served: bool
+) -> None:
+    trusted = [arg for network in networks for arg in ("--proxy-trusted", network)]
+    argv = trioserve("handlers:Address", "--tcp", ":0", "--proxy-protocol", *trusted)
+    async with run_command(argv, cwd=handlers_dir) as cmd:
+        async with await trio.open_tcp_stream(*cmd.address) as stream:
+            await stream.send_all(encode_v2(("198.51.100.1", 80), cmd.address))
+            reply = await receive_until_eof(stream)
+        cmd.signal(signal.SIGTERM)
+        assert await cmd.wait() == 0
+        stderr = await cmd.stderr.rest()
+    if served:
+        assert reply == b"('198.51.100.1', 80)\n"
+        assert "proxy_trusted" not in stderr
+    else:
+        assert reply == b""
+        assert "it may not send a PROXY header (not in proxy_trusted)" in stderr
+
+
+async def test_proxy_header_timeout_closes_a_silent_connection(handlers_dir: Path) -> None:
+    argv = trioserve(
+        "handlers:Address", "--tcp", ":0", "--proxy-protocol", "--proxy-header-timeout", "0.2"
+    )
+    async with run_command(argv, cwd=handlers_dir) as cmd:
+        async with await trio.open_tcp_stream(*cmd.address) as stream:
+            assert await receive_until_eof(stream) == b""
+        cmd.signal(signal.SIGTERM)
+        assert await cmd.wait() == 0
+        assert "no PROXY header within 0.2 s" in await cmd.stderr.rest()
+
+
+@pytest.mark.parametrize(("mode", "expected"), [("600", 0o600), ("0o666", 0o666)])
+async def test_unix_socket_mode_sets_the_socket_files_mode(
+    tmp_path: Path, mode: str, expected: int
+) -> None:
+    path = tmp_path / "mode.sock"
+    async with run_command(trioserve("--unix", str(path), "--unix-socket-mode", mode)) as cmd:
+        assert stat.S_IMODE(path.stat().st_mode) == expected
+        async with await trio.open_unix_socket(str(path)) as stream:
+            await stream.send_all(b"mode\n")
+            assert await read_line(stream) == b"mode\n"
+        cmd.signal(signal.SIGTERM)
+        assert await cmd.wait() == 0
+
+
 # -- stopping --------------------------------------------------------------------------------
 
 
@@ -408,15 +483,30 @@ async def test_log_level_error_keeps_stderr_quiet() -> None:
         (["handlers:Upper", "--udp", ":0"], "is a stream handler"),
         (["handlers:Reverse", "--tcp", ":0"], "is a datagram handler"),
         (["--tcp", "localhost"], "expected HOST:PORT"),
-        (["--tcp", "127.0.0.1:99999"], "expected HOST:PORT"),
+        (["--tcp", "127.0.0.1:99999"], "the port in ('127.0.0.1', 99999) is out of range"),
+        (["--tcp", "\u00fc..x:80"], "'\u00fc..x' is not a valid host name"),
+        (["--unix", ""], "a Unix socket path must not be empty"),
+        ([f"--unix=/{'a' * 120}"], "AF_UNIX path too long"),
         (["--tcp", "::1:80"], "in brackets"),
         (["--tcp", "no.such.host.invalid:0"], "unknown host"),
         (["--tcp", ":0", "--udp", ":0"], "not allowed with argument"),
         (["--udp", ":0", "--timeout", "1"], "--timeout applies to stream transports only"),
         (["handlers:Plain", "--timeout", "1"], "handlers:Plain is not a stream handler"),
         (["handlers:TypedSync", "--udp", ":0"], "is a stream handler"),
-        (["--workers", "0"], "at least 1"),
-        (["--timeout", "soon"], "number of seconds"),
+        (["--workers", "0"], "trioserve: --workers must be at least 1, not 0 (see "),
+        (["--workers", "two"], "--workers: expected a whole number, not 'two'"),
+        (["--max-connections", "0"], "trioserve: --max-connections must be at least 1"),
+        (["--timeout", "soon"], "expected a number of seconds or none, not 'soon'"),
+        (["--timeout", "-1"], "trioserve: --timeout must be >= 0 seconds, not -1.0"),
+        (["--grace", "inf"], "expected a number of seconds or none, not 'inf'"),
+        (["--udp", ":0", "--proxy-protocol"], "--proxy-protocol applies to stream transports"),
+        (["--proxy-trusted", "10.0.0.0/8"], "--proxy-trusted applies with --proxy-protocol"),
+        (["--proxy-header-timeout", "1"], "--proxy-header-timeout applies with --proxy-protocol"),
+        (["--proxy-protocol", "--proxy-trusted", "10.0.0.1/8"], "has host bits set"),
+        (["--proxy-protocol", "--proxy-header-timeout", "-1"], "must be >= 0 seconds"),
+        (["--unix-socket-mode", "660"], "--unix-socket-mode applies to Unix transports only"),
+        (["--unix", "s.sock", "--unix-socket-mode", "u+rw"], "expected an octal file mode"),
+        (["--unix", "s.sock", "--unix-socket-mode", "17777"], "must be a file mode such as"),
         (["--log-level", "loud"], "expected one of debug"),
         (["--unix", "/nonexistent-dir/s.sock"], "cannot serve on unix /nonexistent-dir"),
         (["--bogus"], "unrecognized arguments: --bogus"),
@@ -487,6 +577,118 @@ async def test_pool_whose_handler_workers_cannot_load_exits_2(tmp_path: Path) ->
     assert "Traceback" not in last
 
 
+async def test_handler_module_that_raises_typeerror_at_import_exits_2(tmp_path: Path) -> None:
+    # A server ported from socketserver with its mix-in left in: trioserve refuses the class.
+    (tmp_path / "ported.py").write_text(
+        "import socketserver, trioserve\n"
+        "class Server(socketserver.ThreadingMixIn, trioserve.TCPServer): pass\n"
+    )
+    async with run_command(trioserve("ported:Handler"), cwd=tmp_path, ready=False) as cmd:
+        assert await cmd.wait() == 2
+        stderr = await cmd.stderr.rest()
+    assert stderr.startswith("trioserve: cannot import 'ported': TypeError: Server mixes ")
+    assert stderr.count("\n") == 1
+
+
+async def test_pool_whose_handler_cannot_be_sent_to_workers_exits_2(tmp_path: Path) -> None:
+    (tmp_path / "made.py").write_text(
+        textwrap.dedent(
+            """
+            import trioserve
+            def make():
+                class H(trioserve.StreamRequestHandler):
+                    async def handle(self): pass
+                return H
+            H = make()
+            """
+        )
+    )
+    argv = trioserve("made:H", "--tcp", ":0", "--workers", "1")
+    async with run_command(argv, cwd=tmp_path, ready=False) as cmd:
+        assert await cmd.wait() == 2
+        stdout = await cmd.stdout.rest()
+        stderr = await cmd.stderr.rest()
+    assert stdout == ""
+    assert stderr.count("\n") == 1, stderr
+    assert stderr.startswith("trioserve: ForkingTCPServer cannot send the handler class ")
+
+
+async def test_bug_in_the_handlers_module_exits_1_with_its_traceback(tmp_path: Path) -> None:
+    # A lazy module whose __getattr__ raises KeyError instead of AttributeError.
+    (tmp_path / "lazy.py").write_text(
+        "HANDLERS = {}\ndef __getattr__(name):\n    return HANDLERS[name]\n"
+    )
+    async with run_command(trioserve("lazy:Handler"), cwd=tmp_path, ready=False) as cmd:
+        assert await cmd.wait() == 1
+        stdout = await cmd.stdout.rest()
+        stderr = await cmd.stderr.rest()
+    assert stdout == ""
+    first, *rest = stderr.splitlines()
+    assert first.endswith(
+        " CRITICAL trioserve: cannot serve lazy:Handler: unexpected error at start-up"
+    )
+    assert rest[0] == "Traceback (most recent call last):"
+    assert rest[-1] == "KeyError: 'Handler'"
+
+
+async def test_typeerror_building_the_server_exits_1_not_2(tmp_path: Path) -> None:
+    # A TypeError while the server is built that no option or address check raised is a
+    # bug, not a bad invocation: here, a server class whose server_activate has one.
+    script = textwrap.dedent(
+        """
+        import sys
+        from trioserve import _cli
+
+        class Buggy(_cli.ThreadingTCPServer):
+            def server_activate(self):
+                self.socket.listen("4096")
+
+        _cli._SERVER_CLASSES[(_cli.Transport.TCP, False)] = Buggy
+        sys.exit(_cli.main(sys.argv[1:]))
+        """
+    )
+    argv = [sys.executable, "-c", script, "--tcp", "127.0.0.1:0"]
+    async with run_command(argv, cwd=tmp_path, ready=False) as cmd:
+        assert await cmd.wait() == 1
+        stderr = await cmd.stderr.rest()
+    assert "CRITICAL trioserve: cannot serve the echo handler: unexpected error" in stderr
+    assert ", in server_activate\n" in stderr
+    assert stderr.splitlines()[-1].startswith("TypeError: ")
+    assert "trioserve: cannot serve on" not in stderr
+
+
+# -- asking about the command ----------------------------------------------------------------
+
+
+async def test_version_prints_the_package_version() -> None:
+    async with run_command(trioserve("--version"), ready=False) as cmd:
+        assert await cmd.wait() == 0
+        assert await cmd.stdout.rest() == f"trioserve {__version__}\n"
+        assert await cmd.stderr.rest() == ""
+
+
+async def test_help_shows_the_defaults() -> None:
+    async with run_command(trioserve("--help"), ready=False) as cmd:
+        assert await cmd.wait() == 0
+        text = " ".join((await cmd.stdout.rest()).split())
+    for shown in [
+        "--timeout SECONDS seconds any one read or write",
+        "none for no limit (default: 60)",
+        "--grace SECONDS seconds requests in flight",
+        "however long they take (default: 5)",
+        "--proxy-protocol expect a PROXY protocol header",
+        "(stream transports; default: off)",
+        "--proxy-trusted NETWORK a network allowed",
+        "(repeat for more; default: 127.0.0.0/8 and ::1/128)",
+        "--proxy-header-timeout SECONDS seconds a connection has to send its PROXY header; "
+        "none for no limit (default: 5)",
+        "--unix-socket-mode MODE the Unix socket file's mode, in octal such as 660",
+        "default: as the umask leaves it",
+        "--version show program's version number and exit",
+    ]:
+        assert shown in text
+
+
 # -- in process: the parts with no socket --------------------------------------------------
 
 
@@ -504,3 +706,35 @@ def test_describe_brackets_ipv6_hosts() -> None:
 
     line = describe(Fake(), "EchoHandler", None)  # type: ignore[arg-type]
     assert line == "trioserve: serving EchoHandler on tcp [::1]:8080 (try: nc ::1 8080)"
+
+
+@pytest.mark.parametrize(
+    ("argv", "handler_timeout"),
+    [
+        (["--tcp", "127.0.0.1:0"], 60.0),
+        (["--tcp", "127.0.0.1:0", "--timeout", "2.5"], 2.5),
+        (["--tcp", "127.0.0.1:0", "--timeout", "none"], None),
+        (["--udp", "127.0.0.1:0"], None),
+        (["--udp", "127.0.0.1:0", "--timeout", "none"], None),
+    ],
+)
+def test_timeout_is_60_seconds_unless_given(
+    argv: list[str], handler_timeout: float | None
+) -> None:
+    server, _ = build_server(build_parser().parse_args(argv))
+    with server:
+        assert server.handler_timeout == handler_timeout
+
+
+@pytest.mark.parametrize(
+    ("text", "address"),
+    [
+        ("9000", ("127.0.0.1", 9000)),
+        (":0", ("127.0.0.1", 0)),
+        ("0.0.0.0:80", ("0.0.0.0", 80)),
+        ("[::1]:8080", ("::1", 8080)),
+        ("example.org:443", ("example.org", 443)),
+    ],
+)
+def test_host_port_forms(text: str, address: tuple[str, int]) -> None:
+    assert build_parser().parse_args(["--tcp", text]).tcp == address

@@ -10,19 +10,52 @@ datagram transport, `DatagramEchoHandler`) is served, which is what ``make serve
 
 The transport picks the server class: ``--tcp`` and ``--unix`` a stream server,
 ``--udp`` and ``--unix-dgram`` a datagram server, each with the nursery policy, or, with
-``--workers N``, a process pool of N workers.
+``--workers N``, a process pool of N workers (`_SERVER_CLASSES`).
 
-Every way to get it wrong is one line
--------------------------------------
+The checks are the library's
+----------------------------
+Each flag that sets a server option is parsed from text into the value the constructor
+takes (a number, ``none``, an octal mode, a network), and that value is then checked by
+the check the server classes declare for the option (`trioserve._options`, the stream
+servers' ``proxy_trusted``), given the flag as the option's name; addresses go through
+`trioserve._binding.check_address`. So the command accepts exactly what the constructor
+accepts, with the library's messages, and a check changed in the library changes here
+too. What only the command knows is checked when the server is built: whether an option
+applies to the transport (``--proxy-protocol`` to a stream, ``--unix-socket-mode`` to a
+Unix socket) and to the handler (``--timeout`` to a stream handler).
+
+Defaults for the open network
+-----------------------------
+The library keeps socketserver's defaults where porting needs them: a handler waits for
+its peer for ever (``handler_timeout`` None). A server started from the command line is
+a server of its own, so ``--timeout`` defaults to 60 seconds, nginx's client timeouts: it
+applies to stream handlers whose class sets no ``timeout`` of its own, on stream
+transports. ``--timeout none`` turns it off (``0`` is a timeout of zero, as the library
+takes it: a read that has to wait fails at once). The other defaults are the library's,
+and ``--help`` shows each.
+
+Exit statuses: one line for a bad invocation, a traceback for a bug
+-------------------------------------------------------------------
 A user who mistypes an address, a module or a class name wants to read what is wrong, not
-a traceback. Everything that can be checked before serving is checked then: the handler
-is imported and must be a handler class of the right kind for the transport (a stream
-handler cannot answer datagrams), the address must parse and bind, the options must be in
-range. Each failure prints one line, ``trioserve: <what is wrong>``, on stderr, and the
-exit status is 2, as for argparse's own usage errors (whose several lines of usage are cut
-to one here, too). So is a process pool that cannot start its workers. A failure *while*
-serving is a different matter, a bug rather than a typo: it is logged with its traceback
-and the exit status is 1.
+a traceback. Everything that can be checked before serving is checked then, and each
+failure prints one line, ``trioserve: <what is wrong>``, on stderr, with exit status 2, as
+for argparse's own usage errors (whose several lines of usage are cut to one here, too).
+Status 2 is kept for what the library, or the command, refuses as bad input:
+
+* the arguments: argparse's errors, and the library's checks of options and addresses;
+* the handler: a module that does not import (whatever it raises while importing), a
+  name it does not have, an object that is not a handler class, a handler of the wrong
+  kind for the transport (a stream handler cannot answer datagrams);
+* binding: the `OSError` the constructor raises for an address it cannot bind (a port in
+  use, an unknown host, which is a `socket.gaierror`, a missing directory);
+* a process pool that refuses to start: what ``serve_forever`` raises before any worker
+  serves, a `TypeError` for a handler that cannot be sent to a worker process, or
+  `WorkerStartupError` for workers that cannot load it.
+
+Anything else raised while the server is built or starts (a `TypeError` from inside the
+constructor, a `KeyError` from a handler module's ``__getattr__``) is a bug, in the
+user's code or in trioserve, not a typo: it is logged at critical level with its
+traceback, and the exit status is 1, as for a failure while serving.
 
 Stopping
 --------
@@ -37,7 +70,7 @@ of the terminal's Ctrl-C) are stopped by it with the same grace.
 
 ``--timeout`` is the server's ``handler_timeout`` option: the ``timeout`` of every handler
 whose class leaves it None (each read and write on the connection). In a worker process
-the option arrives with the server's other options.
+the option arrives with the server's other options, as the PROXY protocol options do.
 """
 
 from __future__ import annotations
@@ -53,11 +86,12 @@ import socket
 import socketserver
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from typing import Any, Final, NoReturn
 
 import trio
 
-from ._binding import SocketServer
+from . import _options
+from ._binding import SocketServer, check_address, family_for
 from ._compat import (
     ForkingTCPServer,
     ForkingUDPServer,
@@ -71,6 +105,9 @@ from ._compat import (
 from ._datagram_handler import DatagramRequestHandler
 from ._exceptions import WorkerStartupError
 from ._handlers import BaseRequestHandler, EchoHandler, _StreamHandlerBase
+from ._policy import ProcessPoolMixIn
+from ._proxy import DEFAULT_TRUSTED
+from ._stream import TCPServer
 
 logger = logging.getLogger("trioserve")
 
@@ -87,6 +124,10 @@ EXIT_INTERRUPTED = 128 + signal.SIGINT
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 9000
+#: ``--timeout``: the handlers' timeout on the command line (the library's default is None).
+DEFAULT_TIMEOUT = 60.0
+#: ``--grace``: the server's ``shutdown_grace``, as the library has it.
+DEFAULT_GRACE = 5.0
 
 
 class DatagramEchoHandler(DatagramRequestHandler):
@@ -134,7 +175,55 @@ class _Parser(argparse.ArgumentParser):
     """argparse, with its errors cut to one line."""
 
     def error(self, message: str) -> NoReturn:
+        # "argument --workers: --workers must be at least 1, not 0": a library check
+        # names the option (it is given the flag as the option's name), so say it once.
+        head, _, rest = message.partition(": ")
+        flag = head.removeprefix("argument ")
+        if flag != head and rest.startswith((f"{flag} ", f"{flag}:")):
+            message = rest
         raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+#: The default of a flag whose default is the command's or the library's, so that an
+#: explicit value (``--timeout none`` included) can be told apart from none given.
+_NOT_GIVEN: Final = object()
+
+
+def _library_check(option: str) -> _options.Check:
+    """The check that the command's server classes declare for *option*."""
+    for server_class in _SERVER_CLASSES.values():
+        check = _options.collect_options(server_class).get(option)
+        if check is not None:
+            return check
+    raise LookupError(f"no server class takes {option!r}")  # pragma: no cover - a typo here
+
+
+def _checked(flag: str, option: str, parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse ``type`` for *flag*: *parse* the text, then the library's check of *option*.
+
+    *parse* turns the text into the value the constructor takes, or raises
+    `argparse.ArgumentTypeError`. The check is the one the server classes declare for
+    *option*, given *flag* as the option's name, so the command accepts exactly what the
+    constructor accepts, and refuses the rest with the library's message.
+    """
+    check = _library_check(option)
+
+    def convert(text: str) -> Any:
+        value = parse(text)
+        try:
+            return check(flag, value)
+        except (TypeError, ValueError) as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return convert
+
+
+def _checked_address(family: int, address: Any) -> Any:
+    """The library's address check (`check_address`), its errors made argparse's."""
+    try:
+        return check_address(family_for(family, address), address)
+    except (TypeError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _host_port(text: str) -> tuple[str, int]:
@@ -144,35 +233,56 @@ def _host_port(text: str) -> tuple[str, int]:
         host = host[1:-1]
     elif ":" in host:
         raise argparse.ArgumentTypeError(f"write an IPv6 address in brackets: [{host}]:{port}")
-    if not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT with a port 0-65535, not {text!r}")
-    return host or DEFAULT_HOST, int(port)
+    if not (port.isascii() and port.isdigit()):
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, not {text!r}")
+    if not host.isascii():
+        # The socket module encodes a host name with IDNA, and raises a bare TypeError
+        # ("encoding of hostname failed") from bind for a name that does not encode.
+        try:
+            host.encode("idna")
+        except UnicodeError:
+            raise argparse.ArgumentTypeError(f"{host!r} is not a valid host name") from None
+    address: tuple[str, int] = _checked_address(socket.AF_INET, (host or DEFAULT_HOST, int(port)))
+    return address
 
 
 def _path(text: str) -> str:
-    if not text:
-        raise argparse.ArgumentTypeError("the socket path is empty")
-    return text
+    path: str = _checked_address(socket.AF_UNIX, text)
+    return path
 
 
-def _positive_int(text: str) -> int:
+def _whole_number(text: str) -> int:
     try:
-        value = int(text)
+        return int(text)
     except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, not {text!r}")
-    return value
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
 
 
-def _seconds(text: str) -> float:
+def _seconds_or_none(text: str) -> float | None:
+    """A finite number of seconds, or ``none``."""
+    if text.strip().lower() == "none":
+        return None
     try:
         value = float(text)
     except ValueError:
         value = math.nan
-    if not value >= 0 or math.isinf(value):
-        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, not {text!r}")
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds or none, not {text!r}")
     return value
+
+
+def _octal_mode(text: str) -> int:
+    """A file mode in octal: ``660``, ``0660`` or ``0o660``."""
+    try:
+        return int(text, 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an octal file mode such as 660 or 0o660, not {text!r}"
+        ) from None
+
+
+def _network(text: str) -> list[str]:
+    return [text]  # proxy_trusted is a collection of networks; the flag gives one
 
 
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -184,6 +294,17 @@ def _log_level(text: str) -> str:
     return text.lower()
 
 
+def _number(value: float | None) -> str:
+    """A default as ``--help`` shows it: ``60``, ``10,000``, ``0.5``, or ``none``."""
+    return "none" if value is None else f"{value:,g}"
+
+
+def _version() -> str:
+    from . import __version__  # the package, fully imported by the time this runs
+
+    return f"%(prog)s {__version__}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command's argument parser (its ``--help`` is the command's reference)."""
     parser = _Parser(
@@ -193,9 +314,11 @@ def build_parser() -> argparse.ArgumentParser:
             "built-in echo handler. SIGINT or SIGTERM stops the server gracefully: requests "
             "in flight get --grace seconds to finish; a second SIGINT stops it at once."
         ),
-        epilog="Exit status: 0 when stopped by a signal, 2 for a bad invocation, "
-        "1 when serving failed, 130 after a second SIGINT.",
+        epilog="Exit status: 0 when stopped by a signal, 2 for a bad invocation (one line "
+        "on stderr), 1 for any other failure (logged with its traceback), 130 after a "
+        "second SIGINT.",
     )
+    parser.add_argument("--version", action="version", version=_version())
     parser.add_argument(
         "handler",
         nargs="?",
@@ -217,29 +340,64 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--workers",
-        type=_positive_int,
+        type=_checked("--workers", "max_children", _whole_number),
         metavar="N",
-        help="serve from a pool of N worker processes",
+        help="serve from a pool of N worker processes (default: serve in this process)",
     )
     parser.add_argument(
         "--max-connections",
-        type=_positive_int,
+        type=_checked("--max-connections", "max_connections", _whole_number),
         metavar="N",
         help="handle at most N requests at once (per worker); for datagram transports, "
-        "N datagrams",
+        f"N datagrams (default: {_number(ThreadingTCPServer.max_connections)}, "
+        f"or {_number(ThreadingUDPServer.max_concurrent_datagrams)} datagrams)",
     )
     parser.add_argument(
         "--timeout",
-        type=_seconds,
-        metavar="S",
-        help="seconds any one read or write on a connection may wait (stream handlers)",
+        type=_checked("--timeout", "handler_timeout", _seconds_or_none),
+        default=_NOT_GIVEN,
+        metavar="SECONDS",
+        help="seconds any one read or write on a connection may wait for the peer "
+        "(stream handlers whose class sets no timeout); none for no limit "
+        f"(default: {_number(DEFAULT_TIMEOUT)})",
     )
     parser.add_argument(
         "--grace",
-        type=_seconds,
-        default=5.0,
-        metavar="S",
-        help="seconds requests in flight get to finish on shutdown (default: 5)",
+        type=_checked("--grace", "shutdown_grace", _seconds_or_none),
+        default=DEFAULT_GRACE,
+        metavar="SECONDS",
+        help="seconds requests in flight get to finish on shutdown; none to wait for them "
+        f"however long they take (default: {_number(DEFAULT_GRACE)})",
+    )
+    parser.add_argument(
+        "--proxy-protocol",
+        action="store_true",
+        help="expect a PROXY protocol header (v1 or v2) from a load balancer at the start "
+        "of each connection, and serve the connection as the client's it names "
+        "(stream transports; default: off)",
+    )
+    parser.add_argument(
+        "--proxy-trusted",
+        type=_checked("--proxy-trusted", "proxy_trusted", _network),
+        action="append",
+        metavar="NETWORK",
+        help="a network allowed to send the PROXY header, such as 10.0.0.0/8 (repeat for "
+        f"more; default: {' and '.join(DEFAULT_TRUSTED)})",
+    )
+    parser.add_argument(
+        "--proxy-header-timeout",
+        type=_checked("--proxy-header-timeout", "proxy_header_timeout", _seconds_or_none),
+        default=_NOT_GIVEN,
+        metavar="SECONDS",
+        help="seconds a connection has to send its PROXY header; none for no limit "
+        f"(default: {_number(TCPServer.proxy_header_timeout)})",
+    )
+    parser.add_argument(
+        "--unix-socket-mode",
+        type=_checked("--unix-socket-mode", "unix_socket_mode", _octal_mode),
+        metavar="MODE",
+        help="the Unix socket file's mode, in octal such as 660 (--unix and --unix-dgram; "
+        "default: as the umask leaves it)",
     )
     parser.add_argument(
         "--log-level",
@@ -340,9 +498,15 @@ def _transport_and_address(args: argparse.Namespace) -> tuple[Transport, Any]:
 def build_server(args: argparse.Namespace) -> tuple[SocketServer, str]:
     """Build (and bind) the server the arguments describe; return it and its handler's name.
 
+    The option values were checked by the library's checks as they were parsed; what is
+    checked here is how they fit together (an option for another transport, or for
+    another kind of handler).
+
     Raises:
       UsageError: anything wrong with the arguments, the handler, or the address
         (including one that cannot be bound: a port in use, an unknown host).
+      Exception: anything else is a bug (in the handler's module, or in trioserve), and
+        propagates as it is.
     """
     transport, address = _transport_and_address(args)
     if args.handler is None:
@@ -352,26 +516,67 @@ def build_server(args: argparse.Namespace) -> tuple[SocketServer, str]:
         handler_class = load_handler(args.handler)
         name = args.handler
         _check_fit(handler_class, transport, name)
-    if args.timeout is not None and transport.is_datagram:
-        raise UsageError(f"--timeout applies to stream transports only, not --{transport.value}")
-    if args.timeout is not None and not _is_stream_handler(handler_class):
-        raise UsageError(
-            f"--timeout sets a StreamRequestHandler's timeout; {name} is not a stream handler"
-        )
     options: dict[str, Any] = {"shutdown_grace": args.grace}
+    options.update(_timeout_options(args, transport, handler_class, name))
+    options.update(_proxy_options(args, transport))
+    if args.unix_socket_mode is not None:
+        if transport not in (Transport.UNIX, Transport.UNIX_DGRAM):
+            raise UsageError(
+                "--unix-socket-mode applies to Unix transports only (--unix, --unix-dgram), "
+                f"not --{transport.value}"
+            )
+        options["unix_socket_mode"] = args.unix_socket_mode
     if args.max_connections is not None:
         key = "max_concurrent_datagrams" if transport.is_datagram else "max_connections"
         options[key] = args.max_connections
     if args.workers is not None:
         options["max_children"] = args.workers
-    if args.timeout is not None:
-        options["handler_timeout"] = args.timeout
     server_class = _SERVER_CLASSES[(transport, args.workers is not None)]
     try:
         server = server_class(address, handler_class, **options)
-    except (OSError, ValueError, TypeError) as exc:
+    except OSError as exc:  # binding: a port in use, an unknown host, a missing directory
         raise UsageError(_bind_error(exc, transport, address)) from None
     return server, name
+
+
+def _timeout_options(
+    args: argparse.Namespace, transport: Transport, handler_class: _HandlerType, name: str
+) -> dict[str, Any]:
+    """``handler_timeout``: ``--timeout``, or the command's default where it applies."""
+    applies = not transport.is_datagram and _is_stream_handler(handler_class)
+    if args.timeout is _NOT_GIVEN:
+        return {"handler_timeout": DEFAULT_TIMEOUT} if applies else {}
+    if args.timeout is None:
+        return {}  # --timeout none: the handlers' own (the library's default)
+    if transport.is_datagram:
+        raise UsageError(f"--timeout applies to stream transports only, not --{transport.value}")
+    if not applies:
+        raise UsageError(
+            f"--timeout sets a StreamRequestHandler's timeout; {name} is not a stream handler"
+        )
+    return {"handler_timeout": args.timeout}
+
+
+def _proxy_options(args: argparse.Namespace, transport: Transport) -> dict[str, Any]:
+    """``proxy_protocol`` and its options, for a stream transport."""
+    if not args.proxy_protocol:
+        for flag, given in (
+            ("--proxy-trusted", args.proxy_trusted is not None),
+            ("--proxy-header-timeout", args.proxy_header_timeout is not _NOT_GIVEN),
+        ):
+            if given:
+                raise UsageError(f"{flag} applies with --proxy-protocol only")
+        return {}
+    if transport.is_datagram:
+        raise UsageError(
+            f"--proxy-protocol applies to stream transports only, not --{transport.value}"
+        )
+    options: dict[str, Any] = {"proxy_protocol": True}
+    if args.proxy_trusted is not None:  # one tuple of networks per --proxy-trusted
+        options["proxy_trusted"] = tuple(net for nets in args.proxy_trusted for net in nets)
+    if args.proxy_header_timeout is not _NOT_GIVEN:
+        options["proxy_header_timeout"] = args.proxy_header_timeout
+    return options
 
 
 def _bind_error(exc: Exception, transport: Transport, address: Any) -> str:
@@ -423,11 +628,17 @@ async def serve(server: SocketServer, announce: Callable[[], None], grace: float
     *announce* runs once the server serves (for a pool: once every worker is ready).
 
     Raises:
-      UsageError: the server could not start (a process pool whose handler or workers
-        cannot start).
+      UsageError: a process pool refused to start: its handler cannot be sent to a worker
+        process, or the workers cannot load it.
     """
     status = EXIT_OK
     failed_to_start: BaseException | None = None
+    # What a process pool's serve_forever raises, before any worker serves, for what it
+    # refuses: something that cannot be sent to a worker (TypeError), or workers that
+    # cannot load the handler (WorkerStartupError). Anything else is a bug, logged by main.
+    startup_errors: tuple[type[Exception], ...] = (
+        (TypeError, WorkerStartupError) if isinstance(server, ProcessPoolMixIn) else ()
+    )
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
 
@@ -457,7 +668,7 @@ async def serve(server: SocketServer, announce: Callable[[], None], grace: float
             nursery.start_soon(stop_on_signals)
             try:
                 await nursery.start(serve_then_stop)
-            except (TypeError, WorkerStartupError) as exc:
+            except startup_errors as exc:
                 # Raised after the nursery, which would wrap it in an ExceptionGroup.
                 failed_to_start = exc
                 nursery.cancel_scope.cancel()
@@ -486,8 +697,9 @@ def main(argv: Sequence[str] | None = None) -> int:
       argv: the arguments, without the program name; None for ``sys.argv[1:]``.
 
     Returns:
-      0 after a graceful stop, 1 if serving failed, 2 for a bad invocation (one line on
-      stderr says what is wrong), 130 after a second SIGINT.
+      0 after a graceful stop; 2 for a bad invocation (one line on stderr says what is
+      wrong); 1 for any other failure, at start-up or while serving (logged, with its
+      traceback, at critical level); 130 after a second SIGINT.
     """
     try:
         args = build_parser().parse_args(argv)
@@ -502,6 +714,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         server, name = build_server(args)
     except UsageError as exc:
         return _usage_error(exc)
+    except Exception:
+        # Not something the library refuses as bad input: a bug, in the handler's module
+        # (its module-level __getattr__, say) or in trioserve. Its traceback is the report.
+        what = args.handler or "the echo handler"
+        logger.critical("cannot serve %s: unexpected error at start-up", what, exc_info=True)
+        return EXIT_FAILED
 
     def announce() -> None:
         print(describe(server, name, args.workers), flush=True)
@@ -512,7 +730,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except UsageError as exc:
             return _usage_error(exc)
         except Exception:
-            logger.exception("serving %s failed", name)
+            logger.critical("serving %s failed", name, exc_info=True)
             return EXIT_FAILED
 
 
