@@ -8,8 +8,10 @@ What is here
 - `Backend` is one ``trioserve examples/haproxy/app.py`` process on its own loopback port,
   with the PROXY protocol on: started, stopped with a signal, restarted on the same port.
 - `HAProxy` is the ``haproxy -f CFG -db`` process, with its stats socket.
-- `cluster` starts HAProxy and its backends, waits until every backend is up in HAProxy's
-  eyes, and stops everything at the end.
+- `nginx_config` and `Nginx` do the same for nginx's stream module (PROXY protocol v1,
+  no active health checks), for comparison; ``examples/haproxy/nginx.conf`` is tested too.
+- `cluster` starts the balancer and its backends, waits until every backend is up in
+  HAProxy's eyes, and stops everything at the end.
 - `Load` is a steady, bounded HTTP load: a few clients making requests one after another,
   over a new connection each time or over one keep-alive connection, each answer checked.
 
@@ -19,8 +21,9 @@ Every process is started here and stopped by its own handle (its pid), never by 
 Their stdout and stderr go to files in the test's ``tmp_path``: nothing has to drain a pipe,
 a backend restarted five times keeps the logs of all five, and a failing test prints them
 all (`Cluster.logs`). Waiting for an external process to be ready is the one place that
-polls: a file for the line a backend prints once it serves, HAProxy's stats socket for its
-view of the backends. Each of those loops is bounded in time and says what it waited for.
+polls: a file for the line a backend prints once it serves, the balancer's ports, HAProxy's
+stats socket for its view of the backends. Each of those loops is bounded in time and
+says what it waited for.
 
 Every wait is bounded
 ---------------------
@@ -235,6 +238,117 @@ def example_config() -> str:
     return haproxy_config(binds=EXAMPLE_BINDS, servers=EXAMPLE_SERVERS)
 
 
+@dataclass(frozen=True)
+class NginxBinary:
+    """``nginx``, and its stream module's file when it is a dynamic module (Debian's is)."""
+
+    path: str
+    module: str | None
+
+
+#: Where Debian's libnginx-mod-stream puts the module.
+DEBIAN_STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
+NGINX_MISSING = "nginx is not installed (apt-get install nginx libnginx-mod-stream)"
+
+
+def find_nginx() -> NginxBinary:
+    """``nginx`` with its stream module; skip the test without them, or fail it under CI."""
+    path = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
+    reason = NGINX_MISSING
+    if path is not None:
+        result = subprocess.run(
+            [path, "-V"], capture_output=True, text=True, timeout=START_TIMEOUT, check=False
+        )
+        if os.path.exists(DEBIAN_STREAM_MODULE):
+            return NginxBinary(path, DEBIAN_STREAM_MODULE)
+        if "--with-stream " in result.stderr + " ":
+            return NginxBinary(path, None)
+        reason = "nginx has no stream module (apt-get install libnginx-mod-stream)"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{reason}; CI=true, so this fails instead of skipping")
+    pytest.skip(reason)
+
+
+def nginx_config(
+    *,
+    listens: Sequence[str],
+    servers: Sequence[str],
+    module: str | None = DEBIAN_STREAM_MODULE,
+    pid: str = "/run/nginx-trioserve.pid",
+) -> str:
+    """nginx's configuration: its stream module passing connections to trioserve instances.
+
+    Args:
+      listens: the addresses nginx listens on (``127.0.0.1:8080``, ``[::1]:8080``).
+      servers: ``HOST:PORT`` of each trioserve instance.
+      module: the stream module to load, when it is a dynamic module (None: built in).
+      pid: where nginx writes its pid.
+    """
+    lines = [
+        "# nginx in front of trioserve instances that speak the PROXY protocol: the stream",
+        "# module passes each connection on, opening it with a PROXY protocol version 1 line.",
+        "# Tested with Debian's nginx 1.22 by tests/test_haproxy.py, which renders this file",
+        "# with tests/haproxy_support.py:nginx_config() and checks that the two are equal.",
+        "# Run it in the foreground with: nginx -c $PWD/nginx.conf -g 'daemon off;'",
+    ]
+    if module is not None:
+        lines.append(f"load_module {module};")
+    lines += [
+        "worker_processes auto;",
+        f"pid {pid};",
+        "error_log stderr notice;",
+        "",
+        "events {",
+        "    worker_connections 1024;",
+        "}",
+        "",
+        "stream {",
+        "    upstream trioserve {",
+        "        # Open-source nginx has no active health checks: a refused connect (a trioserve",
+        "        # draining after SIGTERM) takes the server out of the rotation for a second.",
+        *(f"        server {server} max_fails=1 fail_timeout=1s;" for server in servers),
+        "    }",
+        "",
+        "    server {",
+        *(f"        listen {listen};" for listen in listens),
+        "        proxy_pass trioserve;",
+        "        # Each connection to a server starts with `PROXY TCP4 <client> ...`",
+        "        # (trioserve --proxy-protocol).",
+        "        proxy_protocol on;",
+        "        proxy_connect_timeout 1s;",
+        "        # A refused connect is tried on the next server (proxy_next_upstream is on by",
+        "        # default), up to three servers in all.",
+        "        proxy_next_upstream_tries 3;",
+        "        # Above the slowest response, and above trioserve's --grace.",
+        "        proxy_timeout 30s;",
+        "    }",
+        "}",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+EXAMPLE_NGINX_CONFIG = EXAMPLE / "nginx.conf"
+
+
+def example_nginx_config() -> str:
+    """What `EXAMPLE_NGINX_CONFIG` must hold."""
+    return nginx_config(listens=EXAMPLE_BINDS, servers=[address for _, address in EXAMPLE_SERVERS])
+
+
+def check_nginx_config(
+    nginx: NginxBinary, path: Path, prefix: Path
+) -> subprocess.CompletedProcess[str]:
+    """``nginx -t``: parse the configuration without starting anything."""
+    return subprocess.run(
+        [nginx.path, "-t", "-p", str(prefix), "-c", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=START_TIMEOUT,
+        check=False,
+    )
+
+
 # -- processes ---------------------------------------------------------------------------------
 
 
@@ -421,7 +535,7 @@ class HAProxy:
         return self.binds[0]
 
     def write_config(self, servers: Sequence[Backend], mode: str) -> None:
-        binds = [f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.binds]
+        binds = [_format_bind(host, port) for host, port in self.binds]
         text = haproxy_config(
             binds=binds,
             servers=[(backend.name, backend.address) for backend in servers],
@@ -450,12 +564,9 @@ class HAProxy:
         try:
             stream = await trio.open_unix_socket(str(self.stats_socket))
             await stream.aclose()
-            for host, port in self.binds:
-                stream = await trio.open_tcp_stream(host, port)
-                await stream.aclose()
         except OSError:
             return False
-        return True
+        return await _accepting(self.binds)
 
     async def command(self, line: str) -> str:
         """Send one command to the stats socket; return the answer (bounded)."""
@@ -518,17 +629,105 @@ class HAProxy:
         )
 
 
+def _format_bind(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@dataclass
+class Nginx:
+    """``nginx -p DIR -c DIR/nginx.conf -g 'daemon off;'`` (in the foreground)."""
+
+    binary: NginxBinary
+    directory: Path
+    binds: list[tuple[str, int]]
+    process: trio.Process | None = None
+
+    @property
+    def config(self) -> Path:
+        return self.directory / "nginx.conf"
+
+    @property
+    def stdout(self) -> Path:
+        return self.directory / "nginx.stdout"
+
+    @property
+    def stderr(self) -> Path:
+        return self.directory / "nginx.stderr"
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.binds[0]
+
+    def write_config(self, servers: Sequence[Backend], mode: str) -> None:
+        """The configuration (*mode* is HAProxy's: nginx's stream module is always TCP)."""
+        text = nginx_config(
+            listens=[_format_bind(host, port) for host, port in self.binds],
+            servers=[backend.address for backend in servers],
+            module=self.binary.module,
+            pid=str(self.directory / "nginx.pid"),
+        )
+        self.config.write_text(text)
+
+    async def start(self) -> None:
+        argv = [self.binary.path, "-p", str(self.directory), "-c", str(self.config)]
+        argv += ["-g", "daemon off;"]
+        self.process = await _open_process(argv, self.directory, self.stdout, self.stderr)
+        with trio.move_on_after(START_TIMEOUT):
+            while not await _accepting(self.binds):
+                if self.process.poll() is not None:
+                    pytest.fail(
+                        f"nginx exited with status {self.process.returncode}:\n"
+                        f"{tail(self.stderr)}",
+                        pytrace=False,
+                    )
+                await trio.sleep(POLL_INTERVAL)
+            return
+        pytest.fail(f"nginx did not start within {START_TIMEOUT:g} s:\n{tail(self.stderr)}")
+
+    async def wait_until_up(self, names: Sequence[str]) -> dict[str, dict[str, str]]:
+        """Nothing to wait for: open-source nginx has no active health checks."""
+        return {}
+
+    async def stop(self) -> None:
+        """SIGTERM (nginx's fast shutdown, which stops its workers); kill if need be."""
+        if self.process is None or self.process.returncode is not None:
+            return
+        with trio.CancelScope(shield=True):
+            self.process.send_signal(signal.SIGTERM)
+            if await _wait_exit(self.process, STOP_TIMEOUT) is None:
+                await _kill(self.process)
+
+    def logs(self) -> str:
+        return f"---- nginx stderr ----\n{tail(self.stderr)}"
+
+
+async def _accepting(binds: Sequence[tuple[str, int]]) -> bool:
+    """Whether every address in *binds* accepts a connection now."""
+    try:
+        for host, port in binds:
+            stream = await trio.open_tcp_stream(host, port)
+            await stream.aclose()
+    except OSError:
+        return False
+    return True
+
+
 @dataclass
 class Cluster:
-    """HAProxy and its backends, as `cluster` started them."""
+    """A balancer (HAProxy or nginx) and its backends, as `cluster` started them."""
 
-    haproxy: HAProxy
+    balancer: HAProxy | Nginx
     backends: list[Backend]
     directory: Path
 
     @property
+    def haproxy(self) -> HAProxy:
+        assert isinstance(self.balancer, HAProxy), "this cluster's balancer is nginx"
+        return self.balancer
+
+    @property
     def address(self) -> tuple[str, int]:
-        return self.haproxy.address
+        return self.balancer.address
 
     def backend_on(self, port: int) -> Backend:
         return next(backend for backend in self.backends if backend.port == port)
@@ -542,7 +741,7 @@ class Cluster:
 
     def logs(self) -> str:
         """Everything the processes said: for the message of a failing test."""
-        return "\n".join([*(backend.logs() for backend in self.backends), self.haproxy.logs()])
+        return "\n".join([*(backend.logs() for backend in self.backends), self.balancer.logs()])
 
 
 def _copy_app(directory: Path) -> None:
@@ -553,7 +752,7 @@ def _copy_app(directory: Path) -> None:
 
 @asynccontextmanager
 async def cluster(
-    haproxy: str,
+    balancer: str | NginxBinary,
     directory: Path,
     *,
     backends: int = 2,
@@ -561,18 +760,19 @@ async def cluster(
     workers: int | None = None,
     ipv6: bool = False,
 ) -> AsyncIterator[Cluster]:
-    """HAProxy on a loopback port in front of *backends* trioserve instances.
+    """HAProxy (or nginx) on a loopback port in front of *backends* trioserve instances.
 
     Yields once every backend serves and HAProxy's health checks say it is UP. At the end
-    (or on failure) HAProxy and every backend are stopped: SIGTERM, then a kill by pid if
+    (or on failure) the balancer and every backend are stopped: SIGTERM, then a kill by pid if
     they have not exited in time (a backend's SIGTERM stops its workers too). If the body
     fails, the processes' logs are printed, so that pytest shows them with the failure.
 
     Args:
-      haproxy: the ``haproxy`` binary (`find_haproxy`).
+      balancer: the ``haproxy`` binary (`find_haproxy`), or nginx (`find_nginx`).
       directory: where the configuration, the app's copy and the logs go (``tmp_path``).
       backends: how many trioserve instances.
-      mode: HAProxy's mode, ``"http"`` or ``"tcp"`` (see `haproxy_config`).
+      mode: HAProxy's mode, ``"http"`` or ``"tcp"`` (see `haproxy_config`); nginx's
+        stream module is TCP.
       workers: ``--workers`` for each instance (None: none, one process).
       ipv6: also bind the frontend on ``[::1]`` (its address is ``binds[1]``).
     """
@@ -580,7 +780,11 @@ async def cluster(
     binds = [("127.0.0.1", free_port())]
     if ipv6:
         binds.append(("::1", free_port("::1")))
-    proxy = HAProxy(haproxy, directory, binds)
+    proxy: HAProxy | Nginx
+    if isinstance(balancer, NginxBinary):
+        proxy = Nginx(balancer, directory, binds)
+    else:
+        proxy = HAProxy(balancer, directory, binds)
     servers = [
         Backend(f"s{i}", free_port(), directory, workers=workers) for i in range(1, backends + 1)
     ]

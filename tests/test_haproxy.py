@@ -12,7 +12,12 @@ checks (`haproxy_support`). The tests check what a deployment relies on:
 - a SIGHUP reload of a ``--workers`` pool under a steady load loses none, and the new
   workers run the code as it is on disk now.
 
-Without ``haproxy`` these tests skip, saying so; under CI (``CI=true``) they fail instead.
+For comparison, nginx's stream module (``proxy_protocol on``, which sends version 1 of
+the protocol, and no active health checks) gets the client-address and rolling-restart
+tests too.
+
+Without ``haproxy`` (or ``nginx`` with its stream module) these tests skip, saying so;
+under CI (``CI=true``) they fail instead.
 Each prints its figures (requests sent and lost, HAProxy's retries): ``pytest -rP
 tests/test_haproxy.py`` shows them.
 """
@@ -32,15 +37,20 @@ import trio
 from .conftest import needs_ipv6
 from .haproxy_support import (
     EXAMPLE_CONFIG,
+    EXAMPLE_NGINX_CONFIG,
     GRACE,
     REQUEST_TIMEOUT,
     START_TIMEOUT,
     Cluster,
     Load,
+    NginxBinary,
     check_config,
+    check_nginx_config,
     cluster,
     example_config,
+    example_nginx_config,
     find_haproxy,
+    find_nginx,
     haproxy_config,
     haproxy_version,
     parse_answer,
@@ -58,6 +68,12 @@ DRAIN_BOUND = GRACE - 1.0
 def haproxy() -> str:
     """The ``haproxy`` binary: skips the test when there is none (fails it under CI)."""
     return find_haproxy()
+
+
+@pytest.fixture
+def nginx() -> NginxBinary:
+    """``nginx`` with its stream module: skips the test without them (fails it under CI)."""
+    return find_nginx()
 
 
 @asynccontextmanager
@@ -385,3 +401,66 @@ async def _assert_exited(pids: set[int], seconds: float) -> None:
         f"old workers {sorted(remaining)} still run {seconds:g} s after the reload, with "
         f"--grace {GRACE:g} and requests of at most 0.2 s: were idle connections kept open?"
     )
+
+
+# -- nginx's stream module, for comparison: PROXY protocol version 1, no health checks ---------
+
+
+def test_the_example_nginx_config_is_the_tested_one() -> None:
+    assert EXAMPLE_NGINX_CONFIG.read_text() == example_nginx_config(), (
+        "examples/haproxy/nginx.conf differs from what tests/haproxy_support.py's "
+        "nginx_config() renders for it: change both (the tests run the rendered one)"
+    )
+
+
+def test_the_example_nginx_config_parses(nginx: NginxBinary, tmp_path: Path) -> None:
+    result = check_nginx_config(nginx, EXAMPLE_NGINX_CONFIG, tmp_path)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    "client",
+    [pytest.param("127.0.0.1", id="tcp4"), pytest.param("::1", id="tcp6", marks=needs_ipv6)],
+)
+async def test_behind_nginx_the_handler_sees_the_clients_own_address(
+    nginx: NginxBinary, tmp_path: Path, client: str
+) -> None:
+    # nginx sends `PROXY TCP4 ...` or `PROXY TCP6 ...`: the text version of the protocol.
+    async with cluster(nginx, tmp_path, backends=1, ipv6=client == "::1") as lb:
+        frontend = lb.balancer.binds[-1]
+        for _ in range(3):
+            answer, own = await whoami(frontend, bind=(client, 0))
+            assert answer.client == own, f"the handler saw {answer.client}; the client is {own}"
+
+
+async def test_a_rolling_restart_behind_nginx_loses_no_request(
+    nginx: NginxBinary, tmp_path: Path
+) -> None:
+    """As with HAProxy in TCP mode: nginx cannot resend what it has passed on."""
+    async with cluster(nginx, tmp_path, backends=3) as lb:
+        load = Load(lb.address)
+        ports = [backend.port for backend in lb.backends]
+        async with running(load):
+            await load.wait_for(
+                f"answers from every backend, and {STEADY} in all",
+                lambda: all(load.pids(p) for p in ports) and load.ok >= STEADY,
+                30,
+            )
+            for backend in lb.backends:
+                mark = load.ok
+                new_pid = await backend.restart()
+                await load.wait_for(
+                    f"an answer from {backend.name}'s new process {new_pid} after its restart",
+                    answered_by(load, new_pid, backend.port, since=mark),
+                    START_TIMEOUT,
+                )
+                await load.wait_for(
+                    f"{STEADY} more answers after restarting {backend.name}",
+                    answered(load, load.ok + STEADY),
+                    30,
+                )
+    print(
+        f"rolling restart behind nginx, a new connection per request: {load.summary()}; "
+        f"seconds from SIGTERM to exit: {[backend.stop_times for backend in lb.backends]}"
+    )
+    assert_no_failures(load, lb)
