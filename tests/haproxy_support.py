@@ -557,7 +557,10 @@ class HAProxy:
                     )
                 await trio.sleep(POLL_INTERVAL)
             return
-        pytest.fail(f"haproxy did not start within {START_TIMEOUT:g} s:\n{tail(self.stderr)}")
+        pytest.fail(
+            f"haproxy did not start within {START_TIMEOUT:g} s:\n{tail(self.stderr)}",
+            pytrace=False,
+        )
 
     async def _accepts(self) -> bool:
         """Whether the stats socket and every frontend address accept connections."""
@@ -682,7 +685,10 @@ class Nginx:
                     )
                 await trio.sleep(POLL_INTERVAL)
             return
-        pytest.fail(f"nginx did not start within {START_TIMEOUT:g} s:\n{tail(self.stderr)}")
+        pytest.fail(
+            f"nginx did not start within {START_TIMEOUT:g} s:\n{tail(self.stderr)}",
+            pytrace=False,
+        )
 
     async def wait_until_up(self, names: Sequence[str]) -> dict[str, dict[str, str]]:
         """Nothing to wait for: open-source nginx has no active health checks."""
@@ -728,9 +734,6 @@ class Cluster:
     @property
     def address(self) -> tuple[str, int]:
         return self.balancer.address
-
-    def backend_on(self, port: int) -> Backend:
-        return next(backend for backend in self.backends if backend.port == port)
 
     def set_version(self, version: str) -> None:
         """Change `VERSION` in the backends' copy of ``app.py`` (a reload then serves it)."""
