@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -317,6 +318,77 @@ async def test_a_handler_in_a_worker_can_ask_for_a_reload(
             assert await ask(server) in {(pid, "two-two") for pid in new}
             server.shutdown()
         assert_reaped(new)
+
+
+async def test_a_reload_that_cannot_send_the_server_keeps_the_old_workers(
+    handler_module: HandlerModule, caplog: pytest.LogCaptureFixture
+) -> None:
+    with ForkingTCPServer(("127.0.0.1", 0), handler_module.handler(), max_children=2) as server:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve_forever)
+            old = set(server.worker_pids)
+            server.lock = threading.Lock()  # type: ignore[attr-defined]
+            with pytest.raises(TypeError, match="cannot send the server attribute 'lock'"):
+                await trio.to_thread.run_sync(server.reload_workers)
+            assert set(server.worker_pids) == old
+            assert await ask(server) in {(pid, "one") for pid in old}
+            server.shutdown()
+        assert_reaped(old)
+    (error,) = [r.getMessage() for r in trioserve_records(caplog, logging.ERROR)]
+    assert "the old workers keep serving: ForkingTCPServer cannot send" in error
+
+
+async def test_reloads_asked_for_together_make_one_reload(
+    handler_module: HandlerModule, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="trioserve")
+    with ForkingTCPServer(("127.0.0.1", 0), handler_module.handler(), max_children=2) as server:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve_forever)
+            old = set(server.worker_pids)
+
+            def reloaded(record: logging.LogRecord) -> bool:
+                return record.msg.startswith("reloaded the workers of")
+
+            with log_event(reloaded) as done:
+                for _ in range(3):
+                    server.reload_workers()
+                with trio.fail_after(PATIENCE):
+                    await done.wait()
+            assert len(server.worker_pids) == 2
+            assert not set(server.worker_pids) & old
+            server.shutdown()
+    starts = [r for r in caplog.records if "starting 2 new workers" in r.getMessage()]
+    assert len(starts) == 1
+
+
+async def test_shutdown_during_a_reload_cuts_the_old_workers_grace_short(
+    handler_module: HandlerModule, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="trioserve")
+    with ForkingTCPServer(
+        ("127.0.0.1", 0), handler_module.handler(), max_children=2, shutdown_grace=10 * PATIENCE
+    ) as server:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve_forever)
+            old = set(server.worker_pids)
+            async with await connect(server) as held:
+                await held.send_all(b"hold\n")
+                reader = LineReader(held)
+                held_pid = int((await reader.readline()).split()[0])
+
+                def old_worker_stops(record: logging.LogRecord) -> bool:
+                    return record.process == held_pid and "stops accepting" in record.msg
+
+                with log_event(old_worker_stops) as stopped:
+                    nursery.start_soon(trio.to_thread.run_sync, server.reload_workers)
+                    with trio.fail_after(PATIENCE):
+                        await stopped.wait()  # draining, with a grace of 300 s
+                new = set(server.worker_pids) - old
+                with trio.fail_after(PATIENCE):
+                    await trio.to_thread.run_sync(server.shutdown, 0.1)
+                    assert await reader.rest() == b""  # cancelled after 0.1 s, and closed
+        assert_reaped(old | new)
 
 
 async def test_reload_workers_when_not_serving_does_nothing(
