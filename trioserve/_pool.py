@@ -47,13 +47,38 @@ spec ends ``serve_forever`` at once with `WorkerStartupError`, rather than being
 
 Supervision
 -----------
-One task per worker slot starts a worker, waits until it reports *ready*, then waits for
-it to exit. A worker that exits while the pool serves (an exception in the loop,
-``os._exit``, SIGKILL) is logged and replaced at once; one that keeps dying within a second
-of starting is replaced after a backoff that doubles up to a few seconds. A worker that
-fails before it is ready (its spec does not load, ``from_socket`` raises, it exits, it is
-silent for a minute) is a start-up failure: retried after the same backoff, until several
-in a row make ``serve_forever`` raise `WorkerStartupError` with the last worker's error.
+Workers come in *generations*: the ``max_children`` workers ``serve_forever`` starts are
+the first, and each reload starts the next. One task per slot of a generation starts a
+worker, waits until it reports *ready*, then waits for it to exit. A worker that exits
+while the pool serves (an exception in the loop, ``os._exit``, SIGKILL) is logged and
+replaced at once; one that keeps dying within a second of starting is replaced after a
+backoff that doubles up to a few seconds. A worker that fails before it is ready (its spec
+does not load, ``from_socket`` raises, it exits, it is silent for a minute) is a start-up
+failure: retried after the same backoff, until several in a row make ``serve_forever``
+raise `WorkerStartupError` with the last worker's error. A generation *retires* when its
+workers are to stop (a reload replaced it, or the pool stops): its slots replace nobody.
+
+Reloading
+---------
+``reload_workers()`` (or SIGHUP) asks for a new generation, as gunicorn's HUP does: the
+spec is packed again (the classes by reference, so the parent imports nothing again, and
+the server's public attributes as they are now), a new generation of ``max_children``
+workers starts *on trial*, and once every one of them is ready the old generation retires
+with the server's default grace (``shutdown_grace``). Each old worker stops accepting at
+once, finishes what it had accepted, and exits; the reload is over when all of them have
+been reaped. While the two generations overlap, both accept on the one listening socket.
+The kernel's queue belongs to that socket, not to a worker, and the parent holds it open
+throughout: a connection no worker has accepted yet waits for whichever accepts next, and
+one an old worker has accepted is that worker's to finish, within the grace. So nothing is
+refused, and nothing is reset (unless a handler outlasts the grace).
+
+A generation on trial that fails to start (a spec that does not load is fatal at once, as
+at ``serve_forever``; other start-up failures after the usual retries) fails the reload,
+not the pool: it retires (those of its workers already serving get the grace too), the
+old generation never stopped, and the error is logged and handed to a caller waiting in
+another thread. Requests for reloads go through a channel from the policy, and are taken
+one reload at a time: every request waiting when a reload begins is answered by that
+reload, so a burst of SIGHUPs makes one reload, not one each.
 
 Stopping
 --------
@@ -63,9 +88,10 @@ its handlers after ``grace`` seconds. A worker still alive ``grace`` plus a marg
 gets SIGTERM, then SIGKILL. Cancelling ``serve_forever`` does the same with a grace of 0,
 inside a shielded, bounded cleanup, so when ``serve_forever`` returns or raises every
 worker has exited and been reaped. SIGTERM to the parent, while it serves in the main
-thread and nobody else handles SIGTERM, is a ``shutdown()``; Ctrl-C is
-``KeyboardInterrupt``, that is, cancellation. If the parent dies without any of this
-(SIGKILL), each worker sees its control socket close and stops on its own.
+thread and nobody else handles SIGTERM, is a ``shutdown()`` (SIGHUP, likewise, is a
+``reload_workers()``); Ctrl-C is ``KeyboardInterrupt``, that is, cancellation. If the
+parent dies without any of this (SIGKILL), each worker sees its control socket close and
+stops on its own.
 """
 
 from __future__ import annotations
@@ -409,10 +435,10 @@ class _Pool:
     ) -> None:
         self.accept_scope = serving.accept_scope
         started = False
+        first = self._new_generation(spec, main, on_trial=False)
         async with trio.open_nursery() as nursery:
             with serving.accept_scope:
-                nursery.start_soon(self._control, nursery)
-                first = self._new_generation(spec, main, on_trial=False)
+                nursery.start_soon(self._control, nursery, first)
                 nursery.start_soon(self._run_generation, first)
                 await first.all_ready.wait()
                 task_status.started()
@@ -444,15 +470,15 @@ class _Pool:
         """The generation serving now (the newest that is not on trial)."""
         return [each for each in self.generations if not each.on_trial][-1]
 
-    async def _control(self, nursery: trio.Nursery) -> None:
-        """Signals, and reload requests (once the first generation is ready)."""
+    async def _control(self, nursery: trio.Nursery, first: _Generation) -> None:
+        """Signals, and reload requests (once the *first* generation is ready)."""
         with self.control_scope:
             async with trio.open_nursery() as control:
                 if _may_handle(signal.SIGTERM):
                     control.start_soon(self._shutdown_on_sigterm)
                 if _may_handle(signal.SIGHUP):
                     control.start_soon(self._reload_on_sighup)
-                await self.current.all_ready.wait()
+                await first.all_ready.wait()
                 control.start_soon(self._reload_when_asked, nursery)
 
     async def _shutdown_on_sigterm(self) -> None:
