@@ -226,8 +226,12 @@ async def test_a_request_in_flight_in_an_old_worker_finishes_during_the_reload(
                 held_pid = int(pid)
                 assert (held_pid, version) in {(p, b"one") for p in old}
 
-                def old_worker_stops(record: logging.LogRecord) -> bool:
-                    return record.process == held_pid and "stops accepting" in record.msg
+                stopping: set[int] = set()
+
+                def old_workers_stop(record: logging.LogRecord) -> bool:
+                    if "stops accepting" in record.msg and record.process in old:
+                        stopping.add(record.process)
+                    return stopping == old
 
                 reloaded = trio.Event()
 
@@ -235,10 +239,10 @@ async def test_a_request_in_flight_in_an_old_worker_finishes_during_the_reload(
                     await trio.to_thread.run_sync(server.reload_workers)
                     reloaded.set()
 
-                with log_event(old_worker_stops) as stopped:
+                with log_event(old_workers_stop) as stopped:
                     nursery.start_soon(reload)
                     with trio.fail_after(PATIENCE):
-                        await stopped.wait()
+                        await stopped.wait()  # no old worker accepts any more
                 # The new generation serves, and the old worker drains: worker_pids has both.
                 new = set(server.worker_pids) - old
                 assert len(new) == 2

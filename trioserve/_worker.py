@@ -28,9 +28,10 @@ one stuck in a blocking call): after end-of-file the thread gives the worker its
 period plus a margin to finish, then ends the process with ``os._exit``. No worker
 outlives its parent by more than that.
 
-Frames written by the worker (ready, failed, log records, a shutdown or a reload asked for
-by a handler) are sent with blocking ``sendall`` under a lock, from whichever thread logs: the
-Trio thread, a sync handler's worker thread, or the main thread before Trio starts.
+Frames written by the worker (ready, failed, log records, a shutdown or a reload asked
+for by a handler) are sent with blocking ``sendall`` under a lock, from whichever thread
+logs: the Trio thread, a sync handler's worker thread, or the main thread before Trio
+starts.
 
 Logging
 -------
