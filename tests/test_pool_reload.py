@@ -420,7 +420,7 @@ async def test_shutdown_during_a_reload_stops_both_generations(
 # -- SIGHUP --------------------------------------------------------------------------------
 
 SIGHUP_SCRIPT = """
-import json, logging, os, sys
+import json, logging, os, signal, sys
 from pathlib import Path
 import trio, trioserve
 
@@ -438,6 +438,7 @@ async def main():
 
 if __name__ == "__main__":
     logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="%(message)s")
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)  # even when started ignoring it (nohup)
     trio.run(main)
 """
 
