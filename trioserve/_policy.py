@@ -360,7 +360,8 @@ class ProcessPoolMixIn:
 
         Called in the serving run, it returns at once. Called from another thread, it
         returns once the reload is over: the new workers serve and the old ones are
-        reaped. Called in a worker (by a handler), it asks the parent, and returns at once.
+        reaped (or the server stopped first). Called in a worker (by a handler), it asks
+        the parent, and returns at once.
         When the server is not serving it does nothing: the next ``serve_forever`` starts
         workers from the code as it is then.
 
