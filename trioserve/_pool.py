@@ -419,7 +419,6 @@ class _Pool:
         self.grace: float | None = 0.0
         #: The generations with workers left, oldest first.
         self.generations: list[_Generation] = []
-        self.serving_generations = 0
         self.error: WorkerStartupError | None = None
         self.control_scope = trio.CancelScope()
         self.accept_scope = trio.CancelScope()
@@ -520,7 +519,7 @@ class _Pool:
     # -- reloading
 
     async def _reload_when_asked(self, nursery: trio.Nursery) -> None:
-        """Reload for each request; requests made while one waits share the next reload."""
+        """Reload when asked; every request waiting when a reload begins shares it."""
         async for first in self.reloads:
             batch = [first]
             for _ in range(self.reloads.statistics().current_buffer_used):
@@ -544,7 +543,12 @@ class _Pool:
             )
             return exc
         new = self._new_generation(spec, main, on_trial=True)
-        logger.info("reloading %r: starting %d new workers", self.server, self.size)
+        logger.info(
+            "reloading %r: starting %d new workers (generation %d)",
+            self.server,
+            self.size,
+            new.number,
+        )
         nursery.start_soon(self._run_generation, new)
         await _first(new.all_ready.wait, new.done.wait)
         if not new.all_ready.is_set():  # it failed to start, or the pool stops
