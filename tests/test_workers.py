@@ -441,7 +441,7 @@ async def test_handlers_past_the_grace_are_cancelled() -> None:
 
 
 PARENT_SCRIPT = """
-import json, os, sys
+import json, os, signal, sys
 import trio, trioserve
 
 class Handler(trioserve.StreamRequestHandler):  # in __main__: workers import this script
@@ -455,6 +455,8 @@ async def main():
             print(json.dumps([server.server_address, server.worker_pids]), flush=True)
 
 if __name__ == "__main__":
+    # Python keeps SIGINT ignored when it starts so (a background job of a shell): undo that.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     trio.run(main)
 """
 

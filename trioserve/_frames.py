@@ -16,6 +16,7 @@ kind           direction  arguments
 ``failed``     to parent  the error text, and whether retrying is pointless
 ``log``        to parent  a log record's attributes (plain values)
 ``shutdown``   to parent  a grace period: a handler called ``server.shutdown()``
+``reload``     to parent  (none): a handler called ``server.reload_workers()``
 =============  =========  ==========================================================
 """
 

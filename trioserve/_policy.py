@@ -32,8 +32,10 @@ from __future__ import annotations
 
 import abc
 import enum
+import math
 import os
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, final
 
 import trio
@@ -58,6 +60,10 @@ __all__ = [
     "policy_for",
     "request_path",
 ]
+
+
+#: What the pool calls, once a reload is over, for a caller waiting in another thread.
+_ReloadDone = Callable[[Exception | None], object]
 
 
 class Concurrency(enum.Enum):
@@ -178,6 +184,9 @@ class ProcessPool(ConcurrencyPolicy):
         self.size = size
         #: The pids of the workers serving now, sorted.
         self.worker_pids: tuple[int, ...] = ()
+        # Reload requests, to the pool while it serves: each a callable told the outcome
+        # (a caller waiting in another thread), or None (nobody waits).
+        self._reloads: trio.MemorySendChannel[_ReloadDone | None] | None = None
 
     async def serve(
         self,
@@ -188,10 +197,51 @@ class ProcessPool(ConcurrencyPolicy):
     ) -> None:
         from ._pool import serve_pool  # the one import of the pool: only when it serves
 
-        await serve_pool(server, serving, self.size, self._set_pids, task_status)
+        send, receive = trio.open_memory_channel[_ReloadDone | None](math.inf)
+        self._reloads = send
+        try:
+            await serve_pool(server, serving, self.size, self._set_pids, receive, task_status)
+        finally:
+            self._reloads = None
+            send.close()
 
     def _set_pids(self, pids: tuple[int, ...]) -> None:
         self.worker_pids = pids
+
+    def reload(self, serving: Serving) -> None:
+        """Ask the pool serving *serving* for new workers (`ProcessPoolMixIn.reload_workers`).
+
+        In the serving run, returns at once; in another thread, waits for the outcome.
+
+        Raises:
+          Exception: in another thread, why the new workers did not start.
+        """
+        if trio.lowlevel.in_trio_run() and trio.lowlevel.current_trio_token() is serving.token:
+            self._ask(None)
+            return
+        outcomes: list[Exception | None] = []
+        over = threading.Event()
+
+        def done(outcome: Exception | None) -> None:
+            outcomes.append(outcome)
+            over.set()
+
+        try:
+            serving.token.run_sync_soon(self._ask, done)
+        except trio.RunFinishedError:
+            return
+        over.wait()  # bounded: the pool answers every request it got, even when it stops
+        if outcomes[0] is not None:
+            raise outcomes[0]
+
+    def _ask(self, done: _ReloadDone | None) -> None:
+        try:
+            if self._reloads is None:
+                raise trio.ClosedResourceError
+            self._reloads.send_nowait(done)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            if done is not None:
+                done(None)  # not serving (any more): the next serve starts new workers anyway
 
     def __repr__(self) -> str:
         return f"ProcessPool(size={self.size!r})"
@@ -324,10 +374,50 @@ class ProcessPoolMixIn:
 
     @property
     def worker_pids(self) -> tuple[int, ...]:
-        """The pids of the workers serving now, sorted (empty when not serving)."""
+        """The pids of the workers serving now, sorted (empty when not serving).
+
+        During `reload_workers`, both generations: the new workers once each is ready,
+        and the old ones until each has exited.
+        """
         serving = self._trioserve.serving  # type: ignore[attr-defined]
         policy = getattr(serving, "policy", None)
         return policy.worker_pids if isinstance(policy, ProcessPool) else ()
+
+    def reload_workers(self) -> None:
+        """Replace every worker with a new one, refusing no connection: from any task or thread.
+
+        Starts ``max_children`` new workers, each a fresh interpreter that imports the
+        handler's module (and the script run, for a handler defined there) again, so code
+        changed on disk takes effect; the parent imports nothing again. The spec sent to
+        them is taken anew, so changed public attributes of the server are sent too. Once
+        every new worker accepts, each old worker stops accepting and gets the default
+        grace of `shutdown` to finish its requests; then it is reaped. Both generations
+        accept on the one listening socket meanwhile, so no connection is refused. If the
+        new workers cannot start, they are stopped, the old ones keep serving, and the
+        error is logged. Requests made while a reload runs share the next one. SIGHUP to
+        the parent calls this (see :doc:`process-pool`).
+
+        Called in the serving run, it returns at once. Called from another thread, it
+        returns once the reload is over: the new workers serve and the old ones are
+        reaped (or the server stopped first). Called in a worker (by a handler), it asks
+        the parent, and returns at once.
+        When the server is not serving it does nothing: the next ``serve_forever`` starts
+        workers from the code as it is then.
+
+        Raises:
+          WorkerStartupError: (another thread only) the new workers could not start; the
+            old ones serve on.
+          TypeError: (another thread only) the server cannot be sent to new workers (see
+            `ProcessPoolMixIn`); the old ones serve on.
+        """
+        in_worker: Callable[[], None] | None = getattr(self, "_trioserve_reload_in_parent", None)
+        if in_worker is not None:
+            in_worker()
+            return
+        serving = self._trioserve.serving  # type: ignore[attr-defined]
+        policy = getattr(serving, "policy", None)
+        if isinstance(policy, ProcessPool):
+            policy.reload(serving)
 
 
 #: socketserver's name for `ProcessPoolMixIn`.

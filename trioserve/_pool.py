@@ -47,13 +47,38 @@ spec ends ``serve_forever`` at once with `WorkerStartupError`, rather than being
 
 Supervision
 -----------
-One task per worker slot starts a worker, waits until it reports *ready*, then waits for
-it to exit. A worker that exits while the pool serves (an exception in the loop,
-``os._exit``, SIGKILL) is logged and replaced at once; one that keeps dying within a second
-of starting is replaced after a backoff that doubles up to a few seconds. A worker that
-fails before it is ready (its spec does not load, ``from_socket`` raises, it exits, it is
-silent for a minute) is a start-up failure: retried after the same backoff, until several
-in a row make ``serve_forever`` raise `WorkerStartupError` with the last worker's error.
+Workers come in *generations*: the ``max_children`` workers ``serve_forever`` starts are
+the first, and each reload starts the next. One task per slot of a generation starts a
+worker, waits until it reports *ready*, then waits for it to exit. A worker that exits
+while the pool serves (an exception in the loop, ``os._exit``, SIGKILL) is logged and
+replaced at once; one that keeps dying within a second of starting is replaced after a
+backoff that doubles up to a few seconds. A worker that fails before it is ready (its spec
+does not load, ``from_socket`` raises, it exits, it is silent for a minute) is a start-up
+failure: retried after the same backoff, until several in a row make ``serve_forever``
+raise `WorkerStartupError` with the last worker's error. A generation *retires* when its
+workers are to stop (a reload replaced it, or the pool stops): its slots replace nobody.
+
+Reloading
+---------
+``reload_workers()`` (or SIGHUP) asks for a new generation, as gunicorn's HUP does: the
+spec is packed again (the classes by reference, so the parent imports nothing again, and
+the server's public attributes as they are now), a new generation of ``max_children``
+workers starts *on trial*, and once every one of them is ready the old generation retires
+with the server's default grace (``shutdown_grace``). Each old worker stops accepting at
+once, finishes what it had accepted, and exits; the reload is over when all of them have
+been reaped. While the two generations overlap, both accept on the one listening socket.
+The kernel's queue belongs to that socket, not to a worker, and the parent holds it open
+throughout: a connection no worker has accepted yet waits for whichever accepts next, and
+one an old worker has accepted is that worker's to finish, within the grace. So nothing is
+refused, and nothing is reset (unless a handler outlasts the grace).
+
+A generation on trial that fails to start (a spec that does not load is fatal at once, as
+at ``serve_forever``; other start-up failures after the usual retries) fails the reload,
+not the pool: it retires (those of its workers already serving get the grace too), the
+old generation never stopped, and the error is logged and handed to a caller waiting in
+another thread. Requests for reloads go through a channel from the policy, and are taken
+one reload at a time: every request waiting when a reload begins is answered by that
+reload, so a burst of SIGHUPs makes one reload, not one each.
 
 Stopping
 --------
@@ -63,9 +88,10 @@ its handlers after ``grace`` seconds. A worker still alive ``grace`` plus a marg
 gets SIGTERM, then SIGKILL. Cancelling ``serve_forever`` does the same with a grace of 0,
 inside a shielded, bounded cleanup, so when ``serve_forever`` returns or raises every
 worker has exited and been reaped. SIGTERM to the parent, while it serves in the main
-thread and nobody else handles SIGTERM, is a ``shutdown()``; Ctrl-C is
-``KeyboardInterrupt``, that is, cancellation. If the parent dies without any of this
-(SIGKILL), each worker sees its control socket close and stops on its own.
+thread and nobody else handles SIGTERM, is a ``shutdown()`` (SIGHUP, likewise, is a
+``reload_workers()``); Ctrl-C is ``KeyboardInterrupt``, that is, cancellation. If the
+parent dies without any of this (SIGKILL), each worker sees its control socket close and
+stops on its own.
 """
 
 from __future__ import annotations
@@ -281,6 +307,10 @@ class _Outcome(enum.Enum):
     DIED_QUICKLY = "died quickly"
 
 
+#: What a reload request carries: called with the reload's error, or None, once it is over.
+ReloadDone = Callable[[Exception | None], object]
+
+
 @final
 class WorkerProcess:
     """One worker process, as the parent sees it."""
@@ -322,43 +352,94 @@ async def _first(*waits: Callable[[], Awaitable[object]]) -> None:
 
 
 @final
+class _Generation:
+    """The workers started together: by ``serve_forever``, or by one reload.
+
+    One supervising task per slot keeps a worker running in that slot until the generation
+    retires. A generation *on trial* is one a reload is starting: its start-up failure
+    fails the reload, while the generation before it keeps serving.
+    """
+
+    def __init__(self, number: int, spec: bytes, setup: Mapping[str, Any], on_trial: bool) -> None:
+        self.number = number
+        self.spec = spec
+        self.setup = setup
+        self.on_trial = on_trial
+        self.workers: dict[int, WorkerProcess] = {}
+        self.ready_slots: set[int] = set()
+        #: Set once every slot has had a worker ready.
+        self.all_ready = trio.Event()
+        #: Set when its workers are to stop (with `grace`), and none is to be replaced.
+        self.retiring = trio.Event()
+        self.grace: float | None = 0.0
+        self.startup_failures = 0
+        #: Why it could not start, when on trial.
+        self.error: WorkerStartupError | None = None
+        #: Set once every worker it started has exited and been reaped.
+        self.done = trio.Event()
+
+    def retire(self, grace: float | None) -> None:
+        """Stop its workers with *grace* (the shorter, if retired twice); replace none."""
+        if not self.retiring.is_set():
+            self.grace = grace
+            self.retiring.set()
+        elif grace is not None and (self.grace is None or grace < self.grace):
+            self.grace = grace
+
+    def live_pids(self) -> list[int]:
+        """The pids of its workers that have been ready and have not exited."""
+        return [
+            worker.pid
+            for worker in self.workers.values()
+            if worker.ready.is_set() and not worker.exited.is_set()
+        ]
+
+
+def _default_grace(server: Any) -> float | None:
+    """The grace ``shutdown()`` gives by default: what retired workers get."""
+    grace: float | None = server.shutdown_grace if server.block_on_close else 0.0
+    return grace
+
+
+@final
 class _Pool:
     def __init__(
         self,
         server: Any,
         size: int,
-        spec: bytes,
-        main: tuple[str, str] | None,
         on_pids: Callable[[tuple[int, ...]], object],
+        reloads: trio.MemoryReceiveChannel[ReloadDone | None],
     ) -> None:
         self.server = server
         self.on_pids = on_pids
         self.size = size
         self.listen_fd = server.fileno()
-        self.setup = {"sys_path": list(sys.path), "main": main, **_logging_setup()}
-        self.spec = spec
+        self.reloads = reloads
         self.stopping = trio.Event()
         self.grace: float | None = 0.0
-        self.workers: dict[int, WorkerProcess] = {}
-        self.ready_slots: set[int] = set()
-        self.all_ready = trio.Event()
-        self.startup_failures = 0
+        #: The generations with workers left, oldest first.
+        self.generations: list[_Generation] = []
         self.error: WorkerStartupError | None = None
-        self.signal_scope = trio.CancelScope()
+        self.control_scope = trio.CancelScope()
         self.accept_scope = trio.CancelScope()
 
     # -- the pool's life
 
-    async def run(self, serving: Serving, task_status: trio.TaskStatus[None]) -> None:
+    async def run(
+        self,
+        serving: Serving,
+        spec: bytes,
+        main: tuple[str, str] | None,
+        task_status: trio.TaskStatus[None],
+    ) -> None:
         self.accept_scope = serving.accept_scope
         started = False
+        first = self._new_generation(spec, main, on_trial=False)
         async with trio.open_nursery() as nursery:
             with serving.accept_scope:
-                if _may_handle_sigterm():
-                    nursery.start_soon(self._shutdown_on_sigterm)
-                for slot in range(self.size):
-                    nursery.start_soon(self._supervise, slot)
-                await self.all_ready.wait()
+                nursery.start_soon(self._control, nursery, first)
+                nursery.start_soon(self._run_generation, first)
+                await first.all_ready.wait()
                 task_status.started()
                 started = True
                 await trio.sleep_forever()
@@ -373,7 +454,9 @@ class _Pool:
         if not self.stopping.is_set():
             self.grace = grace
             self.stopping.set()
-        self.signal_scope.cancel()
+        for generation in self.generations:
+            generation.retire(self.grace)
+        self.control_scope.cancel()
         self.accept_scope.cancel()
 
     def fail(self, error: WorkerStartupError) -> None:
@@ -381,34 +464,128 @@ class _Pool:
             self.error = error
         self.begin_stop(0.0)
 
+    @property
+    def current(self) -> _Generation:
+        """The generation serving now (the newest that is not on trial)."""
+        return [each for each in self.generations if not each.on_trial][-1]
+
+    async def _control(self, nursery: trio.Nursery, first: _Generation) -> None:
+        """Signals, and reload requests (once the *first* generation is ready)."""
+        with self.control_scope:
+            async with trio.open_nursery() as control:
+                if _may_handle(signal.SIGTERM):
+                    control.start_soon(self._shutdown_on_sigterm)
+                if _may_handle(signal.SIGHUP):
+                    control.start_soon(self._reload_on_sighup)
+                await first.all_ready.wait()
+                control.start_soon(self._reload_when_asked, nursery)
+
     async def _shutdown_on_sigterm(self) -> None:
-        with self.signal_scope, trio.open_signal_receiver(signal.SIGTERM) as signals:
+        with trio.open_signal_receiver(signal.SIGTERM) as signals:
             async for _ in signals:
                 logger.info("SIGTERM: shutting down %r", self.server)
                 self.server.shutdown()
 
+    async def _reload_on_sighup(self) -> None:
+        with trio.open_signal_receiver(signal.SIGHUP) as signals:
+            async for _ in signals:
+                logger.info("SIGHUP: reloading the workers of %r", self.server)
+                self.server.reload_workers()
+
     def _update_pids(self) -> None:
-        self.on_pids(
-            tuple(
-                sorted(
-                    worker.pid
-                    for worker in self.workers.values()
-                    if worker.ready.is_set() and not worker.exited.is_set()
-                )
+        self.on_pids(tuple(sorted(pid for each in self.generations for pid in each.live_pids())))
+
+    def _new_generation(
+        self, spec: bytes, main: tuple[str, str] | None, *, on_trial: bool
+    ) -> _Generation:
+        setup = {"sys_path": list(sys.path), "main": main, **_logging_setup()}
+        number = self.generations[-1].number + 1 if self.generations else 0
+        generation = _Generation(number, spec, setup, on_trial)
+        self.generations.append(generation)
+        if self.stopping.is_set():
+            generation.retire(self.grace)
+        return generation
+
+    async def _run_generation(self, generation: _Generation) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                for slot in range(self.size):
+                    nursery.start_soon(self._supervise, generation, slot)
+        finally:
+            self.generations.remove(generation)
+            generation.done.set()
+            self._update_pids()
+
+    # -- reloading
+
+    async def _reload_when_asked(self, nursery: trio.Nursery) -> None:
+        """Reload when asked; every request waiting when a reload begins shares it."""
+        async for first in self.reloads:
+            batch = [first]
+            for _ in range(self.reloads.statistics().current_buffer_used):
+                batch.append(self.reloads.receive_nowait())
+            outcome: Exception | None = None
+            try:
+                outcome = await self._reload(nursery)
+            finally:
+                _tell(batch, outcome)
+
+    async def _reload(self, nursery: trio.Nursery) -> Exception | None:
+        """Start a new generation; once it serves, retire the old one. Its error, or None."""
+        old = self.current
+        try:
+            spec, main = pack_spec(self.server)
+        except TypeError as exc:
+            logger.error(
+                "cannot reload the workers of %r; the old workers keep serving: %s",
+                self.server,
+                exc,
             )
+            return exc
+        new = self._new_generation(spec, main, on_trial=True)
+        logger.info(
+            "reloading %r: starting %d new workers (generation %d)",
+            self.server,
+            self.size,
+            new.number,
         )
+        nursery.start_soon(self._run_generation, new)
+        await _first(new.all_ready.wait, new.done.wait)
+        if not new.all_ready.is_set():  # it failed to start, or the pool stops
+            await new.done.wait()
+            if new.error is not None:
+                logger.error(
+                    "the new workers of %r failed to start; the old workers keep serving: %s",
+                    self.server,
+                    new.error,
+                )
+            return new.error
+        new.on_trial = False
+        grace = _default_grace(self.server)
+        logger.info(
+            "reloading %r: new workers %s serve; old workers %s stop accepting and get %s "
+            "to finish their requests",
+            self.server,
+            sorted(new.live_pids()),
+            sorted(old.live_pids()),
+            "all the time they need" if grace is None else f"{grace:.3g} s",
+        )
+        old.retire(grace)
+        await old.done.wait()
+        logger.info("reloaded the workers of %r", self.server)
+        return None
 
     # -- one slot
 
-    async def _supervise(self, slot: int) -> None:
+    async def _supervise(self, generation: _Generation, slot: int) -> None:
         strikes = 0
-        while not self.stopping.is_set():
+        while not generation.retiring.is_set():
             if strikes:
                 with trio.move_on_after(min(BACKOFF_FIRST * 2 ** (strikes - 1), BACKOFF_MAX)):
-                    await self.stopping.wait()
-                if self.stopping.is_set():
+                    await generation.retiring.wait()
+                if generation.retiring.is_set():
                     return
-            outcome = await self._run_worker(slot)
+            outcome = await self._run_worker(generation, slot)
             if outcome is _Outcome.STOPPED:
                 return
             if outcome is _Outcome.DIED:
@@ -416,28 +593,29 @@ class _Pool:
             else:
                 strikes += 1
 
-    async def _run_worker(self, slot: int) -> _Outcome:
+    async def _run_worker(self, generation: _Generation, slot: int) -> _Outcome:
         try:
             with trio.CancelScope(shield=True):
                 worker = await self._spawn(slot)
         except OSError as exc:
-            return self._start_failed(None, f"cannot start a worker process: {exc}")
-        self.workers[slot] = worker
+            return self._start_failed(generation, None, f"cannot start a worker process: {exc}")
+        generation.workers[slot] = worker
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._receive, worker)
                 nursery.start_soon(self._wait_exit, worker)
-                await worker.send("setup", self.setup)
-                await worker.send("spec", self.spec)
-                outcome = await self._watch(worker)
+                await worker.send("setup", generation.setup)
+                await worker.send("spec", generation.spec)
+                outcome = await self._watch(generation, worker)
                 nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
                 if worker.process.returncode is None:
-                    await self._stop_worker(worker, self.grace if self.stopping.is_set() else 0)
+                    grace = generation.grace if generation.retiring.is_set() else 0
+                    await self._stop_worker(worker, grace)
                 await worker.stream.aclose()
-                if self.workers.get(slot) is worker:
-                    del self.workers[slot]
+                if generation.workers.get(slot) is worker:
+                    del generation.workers[slot]
                 self._update_pids()
         return outcome
 
@@ -465,12 +643,13 @@ class _Pool:
         stream = trio.SocketStream(trio.socket.from_stdlib_socket(parent_end))
         return WorkerProcess(slot, process, stream)
 
-    async def _watch(self, worker: WorkerProcess) -> _Outcome:
+    async def _watch(self, generation: _Generation, worker: WorkerProcess) -> _Outcome:
         """Follow *worker* from its start to its end; say how it ended."""
+        retiring = generation.retiring
         with trio.move_on_after(START_TIMEOUT) as start:
-            await _first(worker.ready.wait, worker.exited.wait, self.stopping.wait)
+            await _first(worker.ready.wait, worker.exited.wait, retiring.wait)
         if not worker.ready.is_set() and not worker.exited.is_set():
-            if self.stopping.is_set():
+            if retiring.is_set():
                 await self._stop_worker(worker, 0)
                 await self._drain(worker)
                 return _Outcome.STOPPED
@@ -479,20 +658,20 @@ class _Pool:
                 await self._stop_worker(worker, 0)
         if not worker.ready.is_set():
             await self._drain(worker)
-            if self.stopping.is_set():
+            if retiring.is_set():
                 return _Outcome.STOPPED
-            return self._start_failed(worker, worker.failure)
+            return self._start_failed(generation, worker, worker.failure)
         worker.ready_at = trio.current_time()
-        self.startup_failures = 0
-        self.ready_slots.add(worker.slot)
-        if len(self.ready_slots) == self.size:
-            self.all_ready.set()
+        generation.startup_failures = 0
+        generation.ready_slots.add(worker.slot)
+        if len(generation.ready_slots) == self.size:
+            generation.all_ready.set()
         self._update_pids()
-        await _first(worker.exited.wait, self.stopping.wait)
+        await _first(worker.exited.wait, retiring.wait)
         if not worker.exited.is_set():
-            await self._stop_worker(worker, self.grace)
+            await self._stop_worker(worker, generation.grace)
         await self._drain(worker)
-        if self.stopping.is_set():
+        if retiring.is_set():
             return _Outcome.STOPPED
         status = _describe_exit(worker.process.returncode)
         log = logger.warning if worker.process.returncode == 0 else logger.error
@@ -501,18 +680,25 @@ class _Pool:
             return _Outcome.DIED_QUICKLY
         return _Outcome.DIED
 
-    def _start_failed(self, worker: WorkerProcess | None, failure: str | None) -> _Outcome:
+    def _start_failed(
+        self, generation: _Generation, worker: WorkerProcess | None, failure: str | None
+    ) -> _Outcome:
         if worker is not None:
             status = _describe_exit(worker.process.returncode)
             failure = f"worker pid {worker.pid} ({status}): {failure or 'no error reported'}"
-        self.startup_failures += 1
-        if (worker is not None and worker.fatal) or self.startup_failures >= MAX_STARTUP_FAILURES:
-            self.fail(
-                WorkerStartupError(
-                    f"worker processes of {self.server!r} failed to start "
-                    f"({self.startup_failures} in a row); the last one: {failure}"
-                )
+        generation.startup_failures += 1
+        failures = generation.startup_failures
+        if (worker is not None and worker.fatal) or failures >= MAX_STARTUP_FAILURES:
+            error = WorkerStartupError(
+                f"worker processes of {self.server!r} failed to start "
+                f"({failures} in a row); the last one: {failure}"
             )
+            if generation.on_trial:
+                # A reload's new workers: those already serving finish their requests.
+                generation.error = generation.error or error
+                generation.retire(_default_grace(self.server))
+            else:
+                self.fail(error)
             return _Outcome.STOPPED
         logger.error("a worker failed to start; starting another: %s", failure)
         return _Outcome.START_FAILED
@@ -553,6 +739,8 @@ class _Pool:
             grace = message[1]
             self.server.shutdown(grace)
             self.begin_stop(grace)
+        elif kind == "reload":
+            self.server.reload_workers()
 
     async def _stop_worker(self, worker: WorkerProcess, grace: float | None) -> None:
         """Stop *worker* with *grace*, then SIGTERM, then SIGKILL; reap it in any case."""
@@ -571,10 +759,18 @@ class _Pool:
         await process.wait()
 
 
-def _may_handle_sigterm() -> bool:
+def _tell(requests: list[ReloadDone | None], outcome: Exception | None) -> None:
+    """Tell each waiting caller of ``reload_workers`` how its reload ended."""
+    for done in requests:
+        if done is not None:
+            done(outcome)
+
+
+def _may_handle(signum: signal.Signals) -> bool:
+    """Whether the pool may handle *signum*: in the main thread, with nobody else handling it."""
     return (
         threading.current_thread() is threading.main_thread()
-        and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+        and signal.getsignal(signum) == signal.SIG_DFL
     )
 
 
@@ -583,12 +779,16 @@ async def serve_pool(
     serving: Serving,
     size: int,
     on_pids: Callable[[tuple[int, ...]], object],
+    reloads: trio.MemoryReceiveChannel[ReloadDone | None],
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve *server* from a pool of *size* worker processes until *serving* stops.
 
     What the `~trioserve._policy.ProcessPool` policy runs. *on_pids* is called with the
     pids of the workers serving, sorted, whenever they change, and with ``()`` at the end.
+    Each item received from *reloads* asks for a reload (see `_Pool._reload`); a callable
+    item is called with the reload's error, or None, once the reload is over, or the pool
+    has stopped without it.
 
     Raises:
       TypeError: the handler class, the server class or an attribute of the server cannot
@@ -598,17 +798,25 @@ async def serve_pool(
 
     Resource handling:
       When this returns or raises, every worker process it started has exited and has
-      been reaped. The listening socket stays open until ``server_close``.
+      been reaped, every reload request received has been answered, and *reloads* is
+      closed. The listening socket stays open until ``server_close``.
     """
-    if _frames.importing_main:
-        raise RuntimeError(
-            f"{server!r} was started while a worker process imported the main script: "
-            "start servers under `if __name__ == '__main__':` in a script that uses a "
-            "process pool"
-        )
-    spec, main = pack_spec(server)
-    pool = _Pool(server, size, spec, main, on_pids)
     try:
-        await pool.run(serving, task_status)
+        if _frames.importing_main:
+            raise RuntimeError(
+                f"{server!r} was started while a worker process imported the main script: "
+                "start servers under `if __name__ == '__main__':` in a script that uses a "
+                "process pool"
+            )
+        spec, main = pack_spec(server)
+        pool = _Pool(server, size, on_pids, reloads)
+        try:
+            await pool.run(serving, spec, main, task_status)
+        finally:
+            on_pids(())
     finally:
-        on_pids(())
+        # Requests the pool never took: no reload happens now. Closed at once after, so
+        # any later request is refused at once (the channel is broken).
+        for _ in range(reloads.statistics().current_buffer_used):
+            _tell([reloads.receive_nowait()], None)
+        reloads.close()

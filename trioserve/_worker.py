@@ -28,9 +28,10 @@ one stuck in a blocking call): after end-of-file the thread gives the worker its
 period plus a margin to finish, then ends the process with ``os._exit``. No worker
 outlives its parent by more than that.
 
-Frames written by the worker (ready, failed, log records, a shutdown asked for by a
-handler) are sent with blocking ``sendall`` under a lock, from whichever thread logs: the
-Trio thread, a sync handler's worker thread, or the main thread before Trio starts.
+Frames written by the worker (ready, failed, log records, a shutdown or a reload asked
+for by a handler) are sent with blocking ``sendall`` under a lock, from whichever thread
+logs: the Trio thread, a sync handler's worker thread, or the main thread before Trio
+starts.
 
 Logging
 -------
@@ -208,6 +209,15 @@ class WorkerRun:
         self.stopped_from_outside = False
         default = server.shutdown_grace if server.block_on_close else 0.0
         self.orphan_grace = ORPHAN_GRACE if default is None else min(default, ORPHAN_GRACE)
+        # What the server's reload_workers() does here: the parent reloads the pool.
+        server._trioserve_reload_in_parent = self.ask_reload  # type: ignore[attr-defined]
+
+    def ask_reload(self) -> None:
+        """Ask the parent to reload the pool (a handler called ``reload_workers()``)."""
+        try:
+            self.channel.send("reload")
+        except OSError:
+            logger.warning("cannot ask the parent to reload the workers: it is gone")
 
     def stop(self, grace: float | None) -> None:
         """Stop serving; give running handlers *grace* seconds. In the Trio thread."""
