@@ -493,3 +493,22 @@ async def test_no_worker_outlives_its_parent(signum: int, tmp_path: Path) -> Non
             await parent.wait()
         if parent.stdout is not None:
             await parent.stdout.aclose()
+
+
+async def test_a_graceful_stop_refuses_new_connections_and_the_next_serve_listens_again() -> None:
+    with ForkingTCPServer(("127.0.0.1", 0), PidHandler, max_children=2) as server:
+        address = server.server_address
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve_forever)
+            pids = server.worker_pids
+            assert await ask_pid(server) in pids
+            server.shutdown()
+        assert_reaped(pids)
+        # The parent and every worker let go of the socket: refused, not queued.
+        with pytest.raises(OSError, match="failed"):
+            await connect(server)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve_forever)
+            assert server.server_address == address
+            assert await ask_pid(server) in server.worker_pids
+            server.shutdown()

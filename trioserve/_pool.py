@@ -445,6 +445,8 @@ class _Pool:
                 await trio.sleep_forever()
             if not self.stopping.is_set():
                 self.begin_stop(serving.remaining_grace())
+            if serving.draining.is_set():
+                self._close_listener()
         if self.error is not None:
             raise self.error
         if not started:
@@ -458,6 +460,17 @@ class _Pool:
             generation.retire(self.grace)
         self.control_scope.cancel()
         self.accept_scope.cancel()
+
+    def _close_listener(self) -> None:
+        """A graceful stop: the parent lets go of the listening socket at once.
+
+        Each worker, told to stop, takes what is queued and closes its own copy (the nursery
+        policy's drain); once the last copy is closed the kernel refuses new connections,
+        and a load balancer sends them elsewhere. The next ``serve_forever`` binds again.
+        """
+        close = getattr(self.server, "_trioserve_close_listener", None)
+        if close is not None:
+            close()
 
     def fail(self, error: WorkerStartupError) -> None:
         if self.error is None:

@@ -201,9 +201,13 @@ class TCPServer(SocketServer):
                     break  # nothing more is waiting (or it failed: it is the client's)
                 stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
                 waiting.append((stream, client_address))
+        self._trioserve_close_listener()
+        return waiting
+
+    def _trioserve_close_listener(self) -> None:
+        """Close the listening socket for a drain; the next serve binds it again."""
         self.socket.close()
         self._trioserve_drained = True
-        return waiting
 
     def _trioserve_preparer(
         self,
