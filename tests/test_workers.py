@@ -97,15 +97,15 @@ class LoopBlockingHandler(StreamRequestHandler):
 
 
 class StuckHandler(StreamRequestHandler):
-    """Sends the worker's pid; at the next line, ignores SIGTERM and blocks the worker's
-    whole event loop (no checkpoint in sight) until the client writes again: a handler
-    that nothing short of SIGKILL stops."""
+    """Sends the worker's pid; at the next line, sets SIGTERM's disposition to the
+    server's ``on_sigterm`` and blocks the worker's whole event loop (no checkpoint in
+    sight) until the client writes again: a handler that ignores a stop."""
 
     async def handle(self) -> None:
         assert isinstance(self.request, trio.SocketStream)
         await self.wfile.write(b"%d\n" % os.getpid())
         await self.rfile.readline()
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, self.server.on_sigterm)  # type: ignore[attr-defined]
         select.select([self.request.socket.fileno()], [], [], PATIENCE)
 
 
@@ -453,11 +453,20 @@ async def test_handlers_past_the_grace_are_cancelled() -> None:
         assert_reaped(pids)
 
 
-async def test_a_worker_whose_loop_is_blocked_past_the_grace_is_terminated_then_killed(
-    mock_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize(
+    ("on_sigterm", "killed"),
+    [(signal.SIG_DFL, False), (signal.SIG_IGN, True)],
+    ids=["dies-of-sigterm", "ignores-sigterm"],
+)
+async def test_a_worker_whose_loop_is_blocked_past_the_grace_is_terminated_or_killed(
+    on_sigterm: signal.Handlers,
+    killed: bool,
+    mock_clock: trio.testing.MockClock,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.WARNING, logger="trioserve")
     with ForkingTCPServer(("127.0.0.1", 0), StuckHandler, max_children=1) as server:
+        server.on_sigterm = on_sigterm  # type: ignore[attr-defined]
         async with trio.open_nursery() as nursery:
             await nursery.start(server.serve_forever)
             (pid,) = server.worker_pids
@@ -468,11 +477,11 @@ async def test_a_worker_whose_loop_is_blocked_past_the_grace_is_terminated_then_
                 # own deadlines, so the clock may jump whenever it has been idle a while.
                 mock_clock.autojump_threshold = 0.2
                 server.shutdown(grace=0)
-                assert await receive_until_eof(stream) == b""  # killed at last
+                assert await receive_until_eof(stream) == b""  # ended at last
         assert_reaped([pid])
     messages = [r.getMessage() for r in trioserve_records(caplog, logging.WARNING)]
     assert f"worker pid {pid} did not stop in time; terminating it" in messages
-    assert f"worker pid {pid} did not terminate; killing it" in messages
+    assert (f"worker pid {pid} did not terminate; killing it" in messages) is killed
 
 
 PARENT_SCRIPT = """
