@@ -331,6 +331,31 @@ def test_handler_from_a_module_workers_cannot_import_fails_before_any_worker_sta
         del sys.modules["made_up_at_runtime"]
 
 
+def test_a_handler_defined_in_python_c_fails_before_any_worker_starts() -> None:
+    script = textwrap.dedent(
+        """
+        import trio, trioserve
+
+        class Handler(trioserve.StreamRequestHandler):
+            pass
+
+        with trioserve.ForkingTCPServer(("127.0.0.1", 0), Handler) as server:
+            try:
+                trio.run(server.serve_forever)
+            except TypeError as exc:
+                print(exc)
+            print(server.worker_pids)
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=PATIENCE
+    )
+    assert result.returncode == 0, result.stderr
+    assert "ForkingTCPServer cannot send Handler to its worker processes" in result.stdout
+    assert "`python -c`" in result.stdout
+    assert result.stdout.endswith("()\n")  # no worker was started
+
+
 def test_unpicklable_server_attribute_is_named() -> None:
     with ForkingTCPServer(("127.0.0.1", 0), PidHandler) as server:
         server.lock = threading.Lock()  # type: ignore[attr-defined]
