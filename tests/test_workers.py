@@ -39,7 +39,7 @@ from trioserve import (
 )
 from trioserve.testing import connect, exchange_datagram, serving
 
-from .helpers import PATIENCE, read_line, trioserve_records
+from .helpers import PATIENCE, read_line, receive_until_eof, trioserve_records
 
 pytestmark = pytest.mark.usefixtures("fd_leak_check")
 
@@ -94,6 +94,19 @@ class LoopBlockingHandler(StreamRequestHandler):
         os.write(fd, b"%d\n" % os.getpid())  # no checkpoint between this and the block
         select.select([fd], [], [], PATIENCE)
         await self.rfile.read1()
+
+
+class StuckHandler(StreamRequestHandler):
+    """Sends the worker's pid; at the next line, sets SIGTERM's disposition to the
+    server's ``on_sigterm`` and blocks the worker's whole event loop (no checkpoint in
+    sight) until the client writes again: a handler that ignores a stop."""
+
+    async def handle(self) -> None:
+        assert isinstance(self.request, trio.SocketStream)
+        await self.wfile.write(b"%d\n" % os.getpid())
+        await self.rfile.readline()
+        signal.signal(signal.SIGTERM, self.server.on_sigterm)  # type: ignore[attr-defined]
+        select.select([self.request.socket.fileno()], [], [], PATIENCE)
 
 
 class StatefulHandler(StreamRequestHandler):
@@ -318,6 +331,31 @@ def test_handler_from_a_module_workers_cannot_import_fails_before_any_worker_sta
         del sys.modules["made_up_at_runtime"]
 
 
+def test_a_handler_defined_in_python_c_fails_before_any_worker_starts() -> None:
+    script = textwrap.dedent(
+        """
+        import trio, trioserve
+
+        class Handler(trioserve.StreamRequestHandler):
+            pass
+
+        with trioserve.ForkingTCPServer(("127.0.0.1", 0), Handler) as server:
+            try:
+                trio.run(server.serve_forever)
+            except TypeError as exc:
+                print(exc)
+            print(server.worker_pids)
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=PATIENCE
+    )
+    assert result.returncode == 0, result.stderr
+    assert "ForkingTCPServer cannot send Handler to its worker processes" in result.stdout
+    assert "`python -c`" in result.stdout
+    assert result.stdout.endswith("()\n")  # no worker was started
+
+
 def test_unpicklable_server_attribute_is_named() -> None:
     with ForkingTCPServer(("127.0.0.1", 0), PidHandler) as server:
         server.lock = threading.Lock()  # type: ignore[attr-defined]
@@ -438,6 +476,37 @@ async def test_handlers_past_the_grace_are_cancelled() -> None:
                     await trio.to_thread.run_sync(server.shutdown, 0.1)
                 assert await read_line(stream) == b""  # cancelled, and closed
         assert_reaped(pids)
+
+
+@pytest.mark.parametrize(
+    ("on_sigterm", "killed"),
+    [(signal.SIG_DFL, False), (signal.SIG_IGN, True)],
+    ids=["dies-of-sigterm", "ignores-sigterm"],
+)
+async def test_a_worker_whose_loop_is_blocked_past_the_grace_is_terminated_or_killed(
+    on_sigterm: signal.Handlers,
+    killed: bool,
+    mock_clock: trio.testing.MockClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="trioserve")
+    with ForkingTCPServer(("127.0.0.1", 0), StuckHandler, max_children=1) as server:
+        server.on_sigterm = on_sigterm  # type: ignore[attr-defined]
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve_forever)
+            (pid,) = server.worker_pids
+            async with await connect(server) as stream:
+                assert int(await read_line(stream)) == pid
+                await stream.send_all(b"block\n")  # its loop is blocked from now
+                # The worker is up and stuck: from here on the parent only waits, on its
+                # own deadlines, so the clock may jump whenever it has been idle a while.
+                mock_clock.autojump_threshold = 0.2
+                server.shutdown(grace=0)
+                assert await receive_until_eof(stream) == b""  # ended at last
+        assert_reaped([pid])
+    messages = [r.getMessage() for r in trioserve_records(caplog, logging.WARNING)]
+    assert f"worker pid {pid} did not stop in time; terminating it" in messages
+    assert (f"worker pid {pid} did not terminate; killing it" in messages) is killed
 
 
 PARENT_SCRIPT = """
