@@ -246,8 +246,11 @@ class WorkerRun:
         ready = _ReadyReporter(self.channel)
         await serve(server, policy, task_status=ready, on_stop=self._stopping)
 
-    async def stop_on_signals(self) -> None:
+    async def stop_on_signals(
+        self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            task_status.started()  # only now may the worker say it is ready
             async for _ in signals:
                 self.stop(0.0)
 
@@ -291,7 +294,9 @@ async def _run(worker: WorkerRun) -> None:
     )
     thread.start()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(worker.stop_on_signals)
+        # Installed before the worker reports ready: SIGTERM from then on is a stop, never
+        # the default action that kills the process mid-request.
+        await nursery.start(worker.stop_on_signals)
         await worker.serve()
         nursery.cancel_scope.cancel()
 
