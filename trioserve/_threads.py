@@ -62,6 +62,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ABANDON_AFTER",
+    "THREAD_NAME",
     "ThreadSocket",
     "descends_from",
     "run_in_handler_thread",
@@ -76,6 +77,10 @@ T = TypeVar("T")
 #: Seconds a cancelled sync handler may take to return once its connection is shut down,
 #: before its thread is abandoned (and logged).
 ABANDON_AFTER = 5.0
+
+#: The name of a worker thread while it runs a sync handler (Trio names an idle one
+#: ``Trio thread N``).
+THREAD_NAME = "trioserve sync handler"
 
 #: The timeout that stands for "blocking" on a shared `ThreadSocket`.
 _BLOCKING_TIMEOUT = 24 * 3600.0
@@ -204,7 +209,8 @@ async def run_in_handler_thread(
             pass  # an abandoned thread, ending after the run: no one is waiting
 
     try:
-        trio.lowlevel.start_thread_soon(run, deliver)
+        # Named while it runs a handler: a leak check tells it from an idle cached thread.
+        trio.lowlevel.start_thread_soon(run, deliver, name=THREAD_NAME)
     except BaseException:
         state.limiter.release_on_behalf_of(borrower)
         raise

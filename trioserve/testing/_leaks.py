@@ -21,12 +21,12 @@ looks only for what appeared during the block and is still there at the end:
   such as other fixtures' tasks in a pytest-trio session, are not this server's.
 * **Threads** that are busy: alive and not one of Trio's idle cached worker threads. Trio
   keeps a worker thread for a few seconds after its job ends, waiting for the next job;
-  such an idle thread is not a leak. Which threads are idle is read from Trio's thread
-  cache (Trio marks a worker idle before it hands back the result, so there is no race
-  with the task that waited for it); with a Trio that hides its cache, a thread named
-  ``Trio thread N`` counts as idle, since Trio names a worker after its job while it runs
-  one that has a name. A thread that was busy already when the block started is not
-  counted.
+  such an idle thread is not a leak. Trio names a cached worker ``Trio thread N`` while it
+  is idle, and after its job while it runs one that has a name; trioserve names its sync
+  handlers' jobs, as `trio.to_thread.run_sync` names its own, so a thread of that name is
+  idle (Trio gives the name back before it hands back the result, so there is no race
+  with the task that waited for it). No private part of Trio is read. A thread that was
+  busy already when the block started is not counted.
 """
 
 from __future__ import annotations
@@ -65,23 +65,14 @@ def _subtree(task: trio.lowlevel.Task) -> Iterator[trio.lowlevel.Task]:
             yield from _subtree(child)
 
 
-def _idle_trio_workers() -> frozenset[threading.Thread] | None:
-    """The threads waiting in Trio's thread cache for a job, if Trio lets us see them."""
-    try:
-        from trio._core._thread_cache import THREAD_CACHE
-
-        return frozenset(worker._thread for worker in list(THREAD_CACHE._idle_workers))
-    except (ImportError, AttributeError, RuntimeError):  # pragma: no cover - other Trio
-        return None
-
-
 def _busy_threads() -> frozenset[threading.Thread]:
-    idle = _idle_trio_workers()
+    # Trio names a cached worker thread "Trio thread N" while it is idle, and after the
+    # job it runs while it runs one with a name (trioserve's sync handlers and
+    # trio.to_thread.run_sync name theirs), so a thread of that name is idle.
     return frozenset(
         thread
         for thread in threading.enumerate()
-        if thread.is_alive()
-        and not (thread in idle if idle is not None else _IDLE_TRIO_WORKER.fullmatch(thread.name))
+        if thread.is_alive() and not _IDLE_TRIO_WORKER.fullmatch(thread.name)
     )
 
 
