@@ -157,7 +157,3 @@ class ServerState:
             if self.serving is serving:
                 self.serving = None
         serving.stopped.set()
-
-    def current(self) -> Serving | None:
-        """The run in progress, if any."""
-        return self.serving
