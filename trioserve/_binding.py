@@ -201,12 +201,15 @@ class SocketServer(BaseServer):
             adopted = socket.socket(self.address_family, self.socket_type)
         self._trioserve_use(adopted)
         if bind_and_activate:
-            try:
-                self.server_bind()
-                self.server_activate()
-            except BaseException:
-                self.server_close()
-                raise
+            self._trioserve_bind_and_activate()
+
+    def _trioserve_bind_and_activate(self) -> None:
+        try:
+            self.server_bind()
+            self.server_activate()
+        except BaseException:
+            self.server_close()
+            raise
 
     def _trioserve_use(self, raw: socket.socket) -> None:
         self._trioserve_raw_socket = raw
@@ -225,12 +228,7 @@ class SocketServer(BaseServer):
             )
         self._trioserve_drained = False
         self._trioserve_use(socket.socket(self.address_family, self.socket_type))
-        try:
-            self.server_bind()
-            self.server_activate()
-        except BaseException:
-            self.server_close()
-            raise
+        self._trioserve_bind_and_activate()
 
     @classmethod
     def from_socket(
