@@ -13,7 +13,18 @@ Threads, limits, cancellation
 Worker threads come from Trio's thread cache (`trio.lowlevel.start_thread_soon`), and how
 many run handlers at once is bounded per server by ``max_handler_threads`` (a
 `trio.CapacityLimiter`). A request past the limit waits, accepted and unrefused, until a
-thread is free.
+thread is free. Waiting is logged (`THREAD_WAIT_COMPLAINT`): a server whose idle
+connections hold every thread must not starve its new clients silently. The first wait is a
+warning, the others for a minute (`COMPLAINT_INTERVAL`) are logged at debug level only.
+
+Out of file descriptors
+-----------------------
+A thread's socket is a duplicate of the connection's descriptor, made in the thread once
+it runs (`ThreadSocket.duplicate`). At the process's descriptor limit that fails with
+``EMFILE`` (or ``ENFILE``); `run_in_handler_thread` then does what the accept loop does:
+the thread is given back, the failure logged (an error once a minute, debug otherwise),
+and after a pause (`CAPACITY_PAUSE`) the request waits for a thread and tries again. The
+request is served once a descriptor is free, instead of ending in a traceback.
 
 Cancelling the task of a sync handler cannot interrupt Python code in another thread.
 What it can do is reach the place where such a thread nearly always waits, its
@@ -51,17 +62,23 @@ import math
 import os
 import socket
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar, final
 
 import trio
 
+from ._errors import CAPACITY_ERRNOS
+
 if TYPE_CHECKING:
     import outcome
 
 __all__ = [
     "ABANDON_AFTER",
+    "CAPACITY_PAUSE",
+    "COMPLAINT_INTERVAL",
+    "OutOfDescriptorsError",
     "ThreadSocket",
     "descends_from",
     "run_in_handler_thread",
@@ -76,6 +93,14 @@ T = TypeVar("T")
 #: Seconds a cancelled sync handler may take to return once its connection is shut down,
 #: before its thread is abandoned (and logged).
 ABANDON_AFTER = 5.0
+
+#: How long a request waits before trying again when a thread's socket could not be made
+#: for want of file descriptors (the accept loop's pause too).
+CAPACITY_PAUSE = 0.1
+
+#: After a complaint is logged (out of descriptors, waiting for a thread), the same one
+#: for the same server is logged at debug level only for this many seconds.
+COMPLAINT_INTERVAL = 60.0
 
 #: The timeout that stands for "blocking" on a shared `ThreadSocket`.
 _BLOCKING_TIMEOUT = 24 * 3600.0
@@ -120,13 +145,37 @@ def descends_from(task: trio.lowlevel.Task, ancestor: trio.lowlevel.Task) -> boo
 class _ThreadState:
     """One server's sync handler threads within one Trio run."""
 
-    __slots__ = ("limiter", "lock", "running", "token")
+    __slots__ = ("complaints", "limiter", "lock", "running", "token")
 
     def __init__(self, token: trio.lowlevel.TrioToken, total: float) -> None:
         self.token = token
         self.limiter = trio.CapacityLimiter(total)
         self.lock = threading.Lock()
         self.running = 0
+        #: When each kind of complaint was last logged at its own level (time.monotonic).
+        self.complaints: dict[str, float] = {}
+
+    def complain(self, kind: str, level: int, message: str, *args: object) -> None:
+        """Log *message* at *level*, or at debug level if *kind* was logged in the last
+        `COMPLAINT_INTERVAL` seconds: one line a minute, however often it happens."""
+        now = time.monotonic()
+        last = self.complaints.get(kind)
+        if last is None or now - last >= COMPLAINT_INTERVAL:
+            self.complaints[kind] = now
+        else:
+            level = logging.DEBUG
+        logger.log(level, message, *args)
+
+
+@final
+class OutOfDescriptorsError(OSError):
+    """Raised in a worker thread when its socket could not be made: no descriptor was free.
+
+    `run_in_handler_thread` catches it, logs it, pauses and tries again.
+    """
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(error.errno, error.strerror)
 
 
 _states: weakref.WeakKeyDictionary[object, _ThreadState] = weakref.WeakKeyDictionary()
@@ -154,8 +203,11 @@ async def run_in_handler_thread(
 ) -> T:
     """Run *work* in a worker thread, as one of *owner*'s at most *limit* handler threads.
 
-    Waits for a free slot first (cancellable). While *work* runs, the thread is marked as
-    working for the calling task (`waiting_task`).
+    Waits for a free slot first (cancellable; a wait is logged, see the module
+    documentation). While *work* runs, the thread is marked as working for the calling
+    task (`waiting_task`). When *work* raises `OutOfDescriptorsError` (it could not make
+    its socket), the thread is given back and, after `CAPACITY_PAUSE`, *work* is run again
+    in a thread: it must raise it only before it has done anything.
 
     Args:
       owner: the server whose threads these are (weakly referenced).
@@ -173,8 +225,38 @@ async def run_in_handler_thread(
       thread still running then is abandoned, and logged as an error.
     """
     state = _thread_state(owner, limit)
+    while True:  # ends when work runs; each turn waits for a descriptor to come free
+        try:
+            return await _run_once(state, owner, work, on_cancel)
+        except OutOfDescriptorsError as exc:
+            state.complain(
+                "descriptors",
+                logging.ERROR,
+                "%r: no file descriptor for a sync handler's socket (%s); the request "
+                "waits %.1f s and tries again",
+                owner,
+                exc.strerror,
+                CAPACITY_PAUSE,
+            )
+        await trio.sleep(CAPACITY_PAUSE)
+
+
+async def _run_once(
+    state: _ThreadState, owner: object, work: Callable[[], T], on_cancel: Callable[[], object]
+) -> T:
+    """`run_in_handler_thread`, once: wait for a slot, run *work* in a thread."""
     borrower = object()
-    await state.limiter.acquire_on_behalf_of(borrower)
+    limiter = state.limiter
+    if limiter.available_tokens < 1:
+        state.complain(
+            "threads",
+            logging.WARNING,
+            "%r: a sync handler waits for a worker thread: all %s of max_handler_threads "
+            "are busy (a sync connection holds its thread while it is open)",
+            owner,
+            limiter.total_tokens,
+        )
+    await limiter.acquire_on_behalf_of(borrower)
     done = trio.Event()
     results: list[outcome.Outcome[T]] = []
     context = contextvars.copy_context()
@@ -260,8 +342,17 @@ class ThreadSocket(socket.socket):
         """A new socket on a duplicate of *sock*'s descriptor, in blocking mode.
 
         The timeout is `socket.getdefaulttimeout`, as for any new socket.
+
+        Raises:
+          OutOfDescriptorsError: no descriptor is free (``EMFILE``, ``ENFILE``):
+            `run_in_handler_thread` waits and runs the caller again.
         """
-        fd = os.dup(sock.fileno())
+        try:
+            fd = os.dup(sock.fileno())
+        except OSError as exc:
+            if exc.errno in CAPACITY_ERRNOS:
+                raise OutOfDescriptorsError(exc) from exc
+            raise
         try:
             thread_socket = cls(sock.family, sock.type, sock.proto, fileno=fd)
         except BaseException:
