@@ -437,3 +437,51 @@ def test_http_servers_have_timeouts_by_default() -> None:
     ) as server:
         assert server.keep_alive_timeout is None
         assert server.handler_timeout is None
+
+
+# -- memory a set of clients can pin ---------------------------------------------------------
+
+
+class Lines(trioserve.StreamRequestHandler):
+    async def handle(self) -> None:
+        async for line in self.rfile:
+            await self.wfile.write(line.upper())
+
+
+async def test_clients_holding_unfinished_lines_share_one_budget_and_others_are_served(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from trioserve._buffer import INPUT_ALLOWANCE, input_budget
+
+    unfinished = b"x" * 20_000  # 11,808 bytes past the allowance of its connection
+    with ThreadingTCPServer(LOCALHOST, Lines) as server:
+        server.max_buffered_input = 40_000  # type: ignore[attr-defined]
+        budget = input_budget(server)
+        assert budget is not None
+        async with serving(server):
+            hostile = [await connect(server) for _ in range(4)]
+            try:
+                for number, client in enumerate(hostile[:3], 1):
+                    await client.send_all(unfinished)
+                    with trio.fail_after(5):
+                        expected = 40_000 - number * (len(unfinished) - INPUT_ALLOWANCE)
+                        while budget.available != expected:
+                            await trio.testing.wait_all_tasks_blocked()
+                # The fourth finds 4,576 bytes left: refused, and disconnected.
+                await hostile[3].send_all(unfinished)
+                with trio.fail_after(5):
+                    assert await receive_until_eof(hostile[3]) == b""
+                # A client with ordinary lines is served all along.
+                async with await connect(server) as client:
+                    await client.send_all(b"hello\n")
+                    assert await LineReader(client).readline() == b"HELLO\n"
+                # The first three finish their lines and are served too.
+                for client in hostile[:3]:
+                    await client.send_all(b"\n")
+                    assert await LineReader(client).readline() == unfinished.upper() + b"\n"
+            finally:
+                for client in hostile:
+                    await client.aclose()
+        assert budget.available == 40_000
+    [refused] = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert "max_buffered_input" in refused.getMessage()
