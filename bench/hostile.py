@@ -35,6 +35,7 @@ import resource
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -119,20 +120,25 @@ def _serve_emfile() -> None:
 
 
 @contextlib.contextmanager
-def _server(name: str) -> Iterator[tuple[subprocess.Popen[str], list[int]]]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "bench.hostile", "--serve", name],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None
-        ports = [int(port) for port in process.stdout.readline().split()]
-        yield process, ports
-    finally:
-        process.kill()  # by PID: the process started above
-        process.wait(timeout=30)
+def _server(name: str) -> Iterator[tuple[subprocess.Popen[str], list[int], Path]]:
+    """The scenario's server process, its ports, and the file its stderr goes to."""
+    with tempfile.TemporaryDirectory() as directory:
+        log = Path(directory) / "stderr"
+        with log.open("w") as stderr:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "bench.hostile", "--serve", name],
+                stdout=subprocess.PIPE,
+                stderr=stderr,  # a file, not a pipe: a full pipe would stop the server
+                text=True,
+            )
+        try:
+            assert process.stdout is not None
+            ports = [int(port) for port in process.stdout.readline().split()]
+            yield process, ports, log
+        finally:
+            process.kill()  # by PID: the process started above
+            process.wait(timeout=30)
+            process.stdout.close()  # type: ignore[union-attr]
 
 
 def _round_trip_ms(port: int) -> float:
@@ -149,7 +155,7 @@ def _settle(pid: int) -> int:
 
 
 def _idle(name: str, connections: int) -> str:
-    with _server(name) as (process, [port]):
+    with _server(name) as (process, [port], _log):
         _round_trip_ms(port)  # warm up: the first thread, the first request
         before = _settle(process.pid)
         socks = []
@@ -173,26 +179,45 @@ def _idle(name: str, connections: int) -> str:
 
 
 def _partial(name: str, connections: int) -> str:
-    with _server(name) as (process, [port]):
+    with _server(name) as (process, [port], _log):
         before = _settle(process.pid)
-        socks = []
+        socks: list[tuple[socket.socket, list[int]]] = []
         for _ in range(connections):
-            sock = socket.create_connection((HOST, port), timeout=10)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
-            sock.sendall(b"x" * LINE)
-            socks.append(sock)
+            sock = socket.create_connection((HOST, port), timeout=30)
+            sock.setblocking(False)
+            done = [0]
+            with contextlib.suppress(BlockingIOError):
+                while done[0] < LINE:  # what the kernel takes now; the rest later
+                    done[0] += sock.send(b"x" * (LINE - done[0]))
+            socks.append((sock, done))
+        for _ in range(100):  # the rest of each line, as the server makes room
+            waiting = [(sock, done) for sock, done in socks if done[0] < LINE]
+            if not waiting:
+                break
+            for sock, done in waiting:
+                with contextlib.suppress(BlockingIOError, ConnectionError):
+                    done[0] += sock.send(b"x" * (LINE - done[0]))
+            time.sleep(0.05)
         held = _settle(process.pid)
-        for sock in socks:
+        refused = 0
+        for sock, _sent in socks:
+            try:
+                refused += sock.recv(1) == b""
+            except BlockingIOError:
+                pass  # still open: its line is held
+            except ConnectionError:
+                refused += 1
             sock.close()
     pinned = (held - before) / 1024
     return (
         f"| `{name}` | {connections} connections, each an unfinished {LINE + 1 >> 10} KiB line "
-        f"| {pinned:.0f} MiB pinned ({(held - before) / connections:.1f} KiB each) |"
+        f"| {pinned:.0f} MiB RSS ({(held - before) / connections:.1f} KiB a connection); "
+        f"{refused} connections refused |"
     )
 
 
 def _resets(name: str, connections: int) -> str:
-    with _server(name) as (process, [port]):
+    with _server(name) as (process, [port], log):
         for i in range(connections):
             sock = socket.create_connection((HOST, port), timeout=10)
             if i % 2:
@@ -205,7 +230,8 @@ def _resets(name: str, connections: int) -> str:
             sock.close()
         fresh = _round_trip_ms(port)
         process.kill()
-        _, err = process.communicate(timeout=30)
+        process.wait(timeout=30)
+        err = log.read_text()
     lines = [line for line in err.splitlines() if line.split(" ", 1)[0] in _LOUD]
     return (
         f"| `{name}` | {connections} clients reset mid-request or mid-response | "
@@ -217,7 +243,7 @@ _LOUD = {"WARNING", "ERROR", "CRITICAL"}
 
 
 def _emfile(name: str, connections: int) -> str:
-    with _server(name) as (process, [tcp_port, udp_port]):
+    with _server(name) as (process, [tcp_port, udp_port], log):
         socks = []
         for _ in range(100):
             socks.append(socket.create_connection((HOST, tcp_port), timeout=10))
@@ -241,7 +267,8 @@ def _emfile(name: str, connections: int) -> str:
                 replies += 1
         udp.close()
         process.kill()
-        _, err = process.communicate(timeout=30)
+        process.wait(timeout=30)
+        err = log.read_text()
     errors = [line for line in err.splitlines() if line.startswith(("ERROR", "Traceback"))]
     return (
         f"| `{name}` | 10 spare descriptors; 100 sync TCP clients, 300 datagrams | "
