@@ -13,6 +13,7 @@ import logging
 import os
 import resource
 import socket
+import threading
 import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,9 +24,9 @@ import trio
 import trio.testing
 
 import trioserve
-from trioserve import HTTPServer, TCPServer, ThreadingHTTPServer, ThreadingTCPServer
+from trioserve import HTTPServer, TCPServer, ThreadingHTTPServer, ThreadingTCPServer, _threads
 from trioserve._sync import run_sync_handler
-from trioserve._threads import CAPACITY_PAUSE, running_handler_threads
+from trioserve._threads import running_handler_threads
 from trioserve.testing import connect, serving
 
 from .helpers import LineReader, receive_until_eof, trioserve_records
@@ -312,25 +313,15 @@ def descriptor_limit() -> Iterator[Any]:
         restore()
 
 
-class _Logged(logging.Handler):
-    """Hands each record of the ``trioserve`` logger to the test (logged in the Trio thread)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.send, self.records = trio.open_memory_channel[logging.LogRecord](100)
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.send.send_nowait(record)
-
-
 @pytest.mark.parametrize("kind", ["stream", "datagram"])
-async def test_a_sync_handler_waits_for_a_descriptor_and_is_then_served(
+async def test_without_a_free_descriptor_a_sync_handler_borrows_its_connections(
     kind: str,
     descriptor_limit: Any,
     caplog: pytest.LogCaptureFixture,
-    mock_clock: trio.testing.MockClock,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="trioserve")
+    monkeypatch.setattr(_threads, "_borrow_complaint", [])  # as if nothing was logged yet
     served: list[bytes] = []
 
     class Echo(trioserve.BaseRequestHandler):
@@ -338,53 +329,83 @@ async def test_a_sync_handler_waits_for_a_descriptor_and_is_then_served(
             if kind == "stream":
                 data = self.request.recv(100)
                 self.request.sendall(data.upper())
+                self.request.close()  # leaves the connection's descriptor open
             else:
                 data, sock = self.request
                 sock.sendto(data.upper(), self.client_address)
+                sock.close()
             served.append(data)
 
-    logged = _Logged()
-    logging.getLogger("trioserve").addHandler(logged)
+    if kind == "stream":
+        client_sock, server_sock = trio.socket.socketpair()
+    else:
+        server_sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        client_sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        await server_sock.bind(("127.0.0.1", 0))
+        await client_sock.bind(("127.0.0.1", 0))
     try:
-        if kind == "stream":
-            client_sock, server_sock = trio.socket.socketpair()
-            request: Any = trio.SocketStream(server_sock)
-            client: Any = trio.SocketStream(client_sock)
-            await client.send_all(b"ping")
-            address: Any = "peer"
-        else:
-            server_sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            client_sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            await server_sock.bind(("127.0.0.1", 0))
-            await client_sock.bind(("127.0.0.1", 0))
-            request = (b"ping", server_sock)
-            address = client_sock.getsockname()
         with TCPServer(LOCALHOST, Echo, bind_and_activate=False) as server:
-            descriptor_limit()
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(run_sync_handler, Echo, request, address, server)
+            for number in range(2):
+                payload = b"ping %d" % number
+                if kind == "stream":
+                    await client_sock.send(payload)
+                    request: Any = trio.SocketStream(server_sock)
+                    address: Any = "peer"
+                else:
+                    request = (payload, server_sock)
+                    address = client_sock.getsockname()
+                descriptor_limit()
+                try:
+                    with trio.fail_after(5):
+                        await run_sync_handler(Echo, request, address, server)
+                finally:
+                    descriptor_limit.restore()
                 with trio.fail_after(5):
-                    first = await logged.records.receive()  # no socket: it waits
-                    assert first.levelno == logging.ERROR
-                    assert served == []
-                    mock_clock.jump(CAPACITY_PAUSE)  # still no descriptor: it waits again
-                    again = await logged.records.receive()
-                    assert again.levelno == logging.DEBUG  # an error once a minute
-                descriptor_limit.restore()
-                mock_clock.jump(CAPACITY_PAUSE)
-            if kind == "stream":
-                assert await client.receive_some() == b"PING"
-            else:
-                assert await client_sock.recv(100) == b"PING"
+                    assert await client_sock.recv(100) == payload.upper()
+            os.fstat(server_sock.fileno())  # still open
     finally:
-        logging.getLogger("trioserve").removeHandler(logged)
         client_sock.close()
         server_sock.close()
-    assert served == [b"ping"]
+    assert served == [b"ping 0", b"ping 1"]
     [error] = trioserve_records(caplog, logging.ERROR)
     assert "Too many open files" in error.getMessage()
     assert error.exc_info is None
-    assert len(trioserve_records(caplog, logging.DEBUG, exactly=True)) >= 1
+    [again] = trioserve_records(caplog, logging.DEBUG, exactly=True)  # once a minute
+    assert "Too many open files" in again.getMessage()
+
+
+async def test_an_abandoned_thread_keeps_a_borrowed_descriptor_until_it_ends(
+    descriptor_limit: Any, autojump_clock: trio.testing.MockClock
+) -> None:
+    stuck = threading.Event()
+    release = threading.Event()
+
+    class Stuck(trioserve.BaseRequestHandler):
+        def handle(self) -> None:
+            stuck.set()
+            release.wait(30)  # somewhere the server cannot reach
+
+    client_sock, server_sock = trio.socket.socketpair()
+    fd = server_sock.fileno()
+    try:
+        with TCPServer(LOCALHOST, Stuck, bind_and_activate=False) as server:
+            descriptor_limit()
+            try:
+                with trio.move_on_after(1):  # cancelled; abandoned ABANDON_AFTER later
+                    await run_sync_handler(Stuck, trio.SocketStream(server_sock), "p", server)
+            finally:
+                descriptor_limit.restore()
+            assert stuck.is_set()
+            # The Trio side let go of the descriptor: the stuck thread owns it now.
+            assert server_sock.fileno() == -1
+            os.fstat(fd)
+            release.set()
+            with trio.fail_after(5):
+                while running_handler_threads(server):
+                    await trio.to_thread.run_sync(release.wait)
+    finally:
+        client_sock.close()
+        server_sock.close()
 
 
 # -- clients that reset ----------------------------------------------------------------------

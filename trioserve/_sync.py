@@ -23,7 +23,7 @@ request a blocking handler can use, and the thread:
 
 The blocking socket is made in the thread, once a thread is free: a request waiting for
 a thread holds no descriptor of its own (a sync connection holds two descriptors, its own
-and the thread's duplicate; without a free one, the request waits and tries again, see
+and the thread's duplicate; without a free one, the thread borrows the connection's, see
 `trioserve._threads`). A server's ``handler_timeout`` becomes the socket's timeout before
 the handler runs (socketserver's own handler classes set theirs in their constructor,
 over it, if their ``timeout`` is not None).
@@ -128,8 +128,11 @@ async def run_sync_handler(
     def run(blocking_request: Any) -> None:
         run_steps_sync(handler_steps(handler_class, blocking_request, client_address, server))
 
+    thread_socket: list[ThreadSocket] = []  # for an abandoned thread (_adopt)
+
     def run_on(trio_sock: trio.socket.SocketType, *, exclusive: bool, data: Any = None) -> None:
         sock = ThreadSocket.duplicate(trio_sock, exclusive=exclusive)
+        thread_socket.append(sock)
         try:
             if timeout is not None:
                 sock.settimeout(timeout)
@@ -144,7 +147,11 @@ async def run_sync_handler(
             _shut_down(trio_sock)
 
         await run_in_handler_thread(
-            server, limit, lambda: run_on(trio_sock, exclusive=True), shut_down
+            server,
+            limit,
+            lambda: run_on(trio_sock, exclusive=True),
+            shut_down,
+            lambda: _adopt(thread_socket, trio_sock),
         )
     elif isinstance(request, trio.abc.Stream):
         view = StreamSocket(request, trio.lowlevel.current_trio_token())
@@ -170,6 +177,12 @@ def _is_datagram(request: Any) -> bool:
 
 def _nothing() -> None:
     return None
+
+
+def _adopt(sockets: list[ThreadSocket], trio_sock: trio.socket.SocketType) -> None:
+    """An abandoned thread keeps a borrowed descriptor: the Trio side lets go of it."""
+    if sockets and sockets[0].adopt():
+        trio_sock.detach()
 
 
 def _shut_down(trio_sock: trio.socket.SocketType) -> None:
@@ -330,7 +343,9 @@ class _KeepAlive:
             while True:  # one turn per request, until the connection ends
                 if not await self._wait_for_request(wait):
                     break
-                if await run_in_handler_thread(self.server, limit, self._serve_one, shut_down):
+                if await run_in_handler_thread(
+                    self.server, limit, self._serve_one, shut_down, self._adopt
+                ):
                     return
                 if keep_alive is not None:
                     wait = keep_alive
@@ -357,6 +372,11 @@ class _KeepAlive:
             return True
         logger.debug("%r: closing an idle connection after %s s", self.client_address, timeout)
         return False
+
+    def _adopt(self) -> None:
+        sock = self.sock
+        if sock is not None and sock.adopt():
+            self.trio_sock.detach()
 
     def _start(self) -> _BaseHTTP:
         """In the thread, before the first request: the socket, the handler, ``setup()``."""

@@ -20,26 +20,18 @@ warning, the others for a minute (`COMPLAINT_INTERVAL`) are logged at debug leve
 Out of file descriptors
 -----------------------
 A thread's socket is a duplicate of the connection's descriptor, made in the thread once
-it runs (`ThreadSocket.duplicate`). At the process's descriptor limit that fails with
-``EMFILE`` (or ``ENFILE``); `run_in_handler_thread` then does what the accept loop does:
-the thread is given back, the failure logged (an error once a minute, debug otherwise),
-and after a pause (`CAPACITY_PAUSE`) the request waits for a thread and tries again. The
-request is served once a descriptor is free, instead of ending in a traceback.
-
-Cancelling the task of a sync handler cannot interrupt Python code in another thread.
-What it can do is reach the place where such a thread nearly always waits, its
-connection: the caller's ``on_cancel`` shuts it down, so a blocked ``recv`` returns end of
-file at once and a blocked ``send`` fails; the handler then returns. The task waits for
-that, so normally no handler thread outlives ``serve_forever``. A thread stuck somewhere
-the server cannot reach (``time.sleep(3600)``, a lock, another socket) is waited for
-`ABANDON_AFTER` seconds, then logged as an error and abandoned: the server never waits
-forever for a stuck thread. Its thread slot is only given back when it really ends.
-
-`trio.to_thread.run_sync` is not used because its cancellation is all or nothing: with
-``abandon_on_cancel=False`` the task cannot react to being cancelled until the thread is
-done, which is exactly when the connection needs to be shut down. Here the task waits on
-an event that the thread sets when it ends; cancellation interrupts that wait, shuts the
-connection down, and then waits again, shielded, for the thread.
+it runs (`ThreadSocket.duplicate`), so a sync connection holds two descriptors. At the
+process's descriptor limit the duplicate fails with ``EMFILE`` (or ``ENFILE``). Waiting
+for one to come free, as the accept loop does, would not do: each waiting connection
+holds a descriptor of its own, and the accept loop takes every one that comes free, so
+the waiting connections would wait for each other (measured: 5 of 100 clients served in
+90 s). Instead the thread then *borrows* the connection's own descriptor: its socket is
+that descriptor, and everything the handler does with it (even ``close()``) leaves the
+descriptor open, exactly as with a duplicate. The request is served at once, and the
+failure is logged once a minute at error level (`COMPLAINT_INTERVAL`), at debug level
+otherwise. If such a thread is ever abandoned (below), the descriptor is handed over to it
+(`ThreadSocket.adopt`) rather than closed under it, so that a number reused by the next
+connection can never reach a stuck handler.
 
 Which run a thread serves
 -------------------------
@@ -76,9 +68,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ABANDON_AFTER",
-    "CAPACITY_PAUSE",
     "COMPLAINT_INTERVAL",
-    "OutOfDescriptorsError",
     "ThreadSocket",
     "descends_from",
     "run_in_handler_thread",
@@ -94,12 +84,8 @@ T = TypeVar("T")
 #: before its thread is abandoned (and logged).
 ABANDON_AFTER = 5.0
 
-#: How long a request waits before trying again when a thread's socket could not be made
-#: for want of file descriptors (the accept loop's pause too).
-CAPACITY_PAUSE = 0.1
-
 #: After a complaint is logged (out of descriptors, waiting for a thread), the same one
-#: for the same server is logged at debug level only for this many seconds.
+#: is logged at debug level only for this many seconds.
 COMPLAINT_INTERVAL = 60.0
 
 #: The timeout that stands for "blocking" on a shared `ThreadSocket`.
@@ -167,17 +153,6 @@ class _ThreadState:
         logger.log(level, message, *args)
 
 
-@final
-class OutOfDescriptorsError(OSError):
-    """Raised in a worker thread when its socket could not be made: no descriptor was free.
-
-    `run_in_handler_thread` catches it, logs it, pauses and tries again.
-    """
-
-    def __init__(self, error: OSError) -> None:
-        super().__init__(error.errno, error.strerror)
-
-
 _states: weakref.WeakKeyDictionary[object, _ThreadState] = weakref.WeakKeyDictionary()
 
 
@@ -199,15 +174,17 @@ def running_handler_threads(owner: object) -> int:
 
 
 async def run_in_handler_thread(
-    owner: object, limit: int | None, work: Callable[[], T], on_cancel: Callable[[], object]
+    owner: object,
+    limit: int | None,
+    work: Callable[[], T],
+    on_cancel: Callable[[], object],
+    on_abandon: Callable[[], object] = lambda: None,
 ) -> T:
     """Run *work* in a worker thread, as one of *owner*'s at most *limit* handler threads.
 
     Waits for a free slot first (cancellable; a wait is logged, see the module
     documentation). While *work* runs, the thread is marked as working for the calling
-    task (`waiting_task`). When *work* raises `OutOfDescriptorsError` (it could not make
-    its socket), the thread is given back and, after `CAPACITY_PAUSE`, *work* is run again
-    in a thread: it must raise it only before it has done anything.
+    task (`waiting_task`).
 
     Args:
       owner: the server whose threads these are (weakly referenced).
@@ -215,6 +192,8 @@ async def run_in_handler_thread(
       work: what to run in the thread.
       on_cancel: called in the Trio thread, once, if this task is cancelled while *work*
         runs: it must make *work* return soon (shut its connection down).
+      on_abandon: called in the Trio thread if the thread is abandoned (still running
+        `ABANDON_AFTER` seconds after *on_cancel*): hand it what it must keep.
 
     Returns:
       What *work* returned; what it raised is raised here.
@@ -225,26 +204,6 @@ async def run_in_handler_thread(
       thread still running then is abandoned, and logged as an error.
     """
     state = _thread_state(owner, limit)
-    while True:  # ends when work runs; each turn waits for a descriptor to come free
-        try:
-            return await _run_once(state, owner, work, on_cancel)
-        except OutOfDescriptorsError as exc:
-            state.complain(
-                "descriptors",
-                logging.ERROR,
-                "%r: no file descriptor for a sync handler's socket (%s); the request "
-                "waits %.1f s and tries again",
-                owner,
-                exc.strerror,
-                CAPACITY_PAUSE,
-            )
-        await trio.sleep(CAPACITY_PAUSE)
-
-
-async def _run_once(
-    state: _ThreadState, owner: object, work: Callable[[], T], on_cancel: Callable[[], object]
-) -> T:
-    """`run_in_handler_thread`, once: wait for a slot, run *work* in a thread."""
     borrower = object()
     limiter = state.limiter
     if limiter.available_tokens < 1:
@@ -297,6 +256,7 @@ async def _run_once(
         with trio.move_on_after(ABANDON_AFTER, shield=True):
             await done.wait()
         if not results:
+            on_abandon()
             logger.error(
                 "a sync handler of %r did not return within %.1f s of its connection being "
                 "shut down; abandoning its thread",
@@ -312,6 +272,25 @@ async def _run_once(
 
 
 # -- a thread's own socket -------------------------------------------------------------------
+
+
+#: When a thread last had to borrow a connection's descriptor, logged at error level.
+_borrow_complaint: list[float] = []
+
+
+def _complain_of_borrowing(error: OSError) -> None:
+    now = time.monotonic()
+    if not _borrow_complaint or now - _borrow_complaint[0] >= COMPLAINT_INTERVAL:
+        _borrow_complaint[:] = [now]
+        level = logging.ERROR
+    else:
+        level = logging.DEBUG
+    logger.log(
+        level,
+        "no file descriptor for a sync handler's own socket (%s): it uses its "
+        "connection's; raise the descriptor limit or lower max_connections",
+        error.strerror,
+    )
 
 
 @final
@@ -332,36 +311,62 @@ class ThreadSocket(socket.socket):
       descriptor must stay non-blocking, so blocking mode is emulated with a timeout of a
       day (``gettimeout()`` still says None; ``settimeout(None)`` and
       ``setblocking(True)`` keep the emulation).
+
+    Without a free descriptor for the duplicate, the socket *borrows* the Trio socket's
+    own (see the module documentation): closing it then leaves the descriptor open, and
+    `release` lets it go without closing it, unless `adopt` handed it over.
     """
 
     _origin: trio.socket.SocketType
     _shared: bool
+    _borrowed: bool
+    _owned: bool
+    _lock: threading.Lock
 
     @classmethod
     def duplicate(cls, sock: trio.socket.SocketType, *, exclusive: bool) -> ThreadSocket:
         """A new socket on a duplicate of *sock*'s descriptor, in blocking mode.
 
-        The timeout is `socket.getdefaulttimeout`, as for any new socket.
-
-        Raises:
-          OutOfDescriptorsError: no descriptor is free (``EMFILE``, ``ENFILE``):
-            `run_in_handler_thread` waits and runs the caller again.
+        The timeout is `socket.getdefaulttimeout`, as for any new socket. Without a free
+        descriptor (``EMFILE``, ``ENFILE``...), the socket is on *sock*'s own, borrowed.
         """
+        borrowed = False
         try:
             fd = os.dup(sock.fileno())
         except OSError as exc:
-            if exc.errno in CAPACITY_ERRNOS:
-                raise OutOfDescriptorsError(exc) from exc
-            raise
+            if exc.errno not in CAPACITY_ERRNOS:
+                raise
+            _complain_of_borrowing(exc)
+            fd = sock.fileno()
+            borrowed = True
         try:
             thread_socket = cls(sock.family, sock.type, sock.proto, fileno=fd)
         except BaseException:
-            os.close(fd)
+            if not borrowed:
+                os.close(fd)
             raise
         thread_socket._origin = sock
         thread_socket._shared = not exclusive
+        thread_socket._borrowed = borrowed
+        thread_socket._owned = False
+        thread_socket._lock = threading.Lock()
         thread_socket.settimeout(socket.getdefaulttimeout())
         return thread_socket
+
+    @property
+    def borrowed(self) -> bool:
+        """Whether this socket is on the Trio socket's own descriptor (none was free)."""
+        return self._borrowed
+
+    def _real_close(self, _ss: type[socket.socket] = socket.socket) -> None:
+        # close(), directly or once the last file from makefile() is closed: a borrowed
+        # descriptor is let go, not closed (it is the connection's own).
+        if self._borrowed:
+            with self._lock:
+                if not self._owned:
+                    _ss.detach(self)
+                    return
+        _ss.close(self)
 
     def settimeout(self, value: float | None) -> None:
         """As `socket.socket.settimeout`; on a shared socket None is emulated."""
@@ -378,11 +383,27 @@ class ThreadSocket(socket.socket):
         timeout = super().gettimeout()
         return None if timeout == _BLOCKING_TIMEOUT else timeout
 
+    def adopt(self) -> bool:
+        """From the Trio thread, for an abandoned thread: hand a borrowed descriptor over.
+
+        Returns:
+          True if this socket now owns the descriptor (it closes it in `release`): the
+          Trio side must then let go of it (``detach``) instead of closing it.
+        """
+        with self._lock:
+            if self._borrowed and not self._owned and self.fileno() >= 0:
+                self._owned = True
+                return True
+        return False
+
     def release(self) -> None:
         """Close the duplicate; for an exclusive one, make the descriptor non-blocking again."""
-        fd = self.detach()
-        if fd >= 0:
-            os.close(fd)
+        with self._lock:
+            fd = self.detach()
+            if fd >= 0 and (not self._borrowed or self._owned):
+                os.close(fd)
+            if self._owned:
+                return
         if not self._shared:
             origin = self._origin.fileno()
             if origin >= 0:
