@@ -78,7 +78,7 @@ class InputBudgetError(LineTooLongError):
 
     Attributes:
       max_line_length: the server's budget, in bytes.
-      separator: ``b"\n"``.
+      separator: ``b"\\n"``.
     """
 
     def __init__(self, max_line_length: int, separator: bytes = b"\n") -> None:
