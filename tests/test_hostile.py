@@ -13,6 +13,7 @@ import logging
 import os
 import resource
 import socket
+import sys
 import threading
 import tracemalloc
 from collections.abc import Iterator
@@ -193,6 +194,65 @@ async def test_stopping_the_server_finishes_idle_keep_alive_connections(
             await client.aclose()
 
 
+def test_which_handlers_are_run_request_by_request(hello: type[Hello]) -> None:
+    import socketserver
+    import wsgiref.simple_server
+
+    from trioserve._sync import keep_alive_handler
+
+    class OwnInit(hello):  # type: ignore[valid-type, misc]
+        def __init__(self, *args: Any) -> None:
+            self.extra = 1
+            super().__init__(*args)
+
+    simple = functools.partial(http.server.SimpleHTTPRequestHandler, directory="/")
+    for eligible in (hello, http.server.SimpleHTTPRequestHandler, simple):
+        assert keep_alive_handler(eligible) is not None, eligible
+    others: tuple[object, ...] = (
+        OwnInit,  # code of its own around the connection
+        wsgiref.simple_server.WSGIRequestHandler,  # a handle of its own
+        socketserver.StreamRequestHandler,
+        trioserve.StreamRequestHandler,
+        print,
+    )
+    for other in others:
+        assert keep_alive_handler(other) is None, other
+
+
+async def test_a_failing_request_is_reported_and_the_handler_finished(
+    hello: type[Hello], caplog: pytest.LogCaptureFixture
+) -> None:
+    class Failing(hello):  # type: ignore[valid-type, misc]
+        def do_GET(self) -> None:
+            if self.path == "/fail":
+                raise RuntimeError("the handler failed on purpose")
+            super().do_GET()
+
+    with ThreadingHTTPServer(LOCALHOST, Failing) as server:
+        async with serving(server), await connect(server) as client:
+            reader = LineReader(client)
+            assert await get(reader, client, "/ok") == b"hello /ok"
+            await client.send_all(b"GET /fail HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert await receive_until_eof(client) == b""
+    assert len(hello.finished) == 1
+    [error] = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert error.levelno == logging.ERROR
+    assert error.exc_info is not None
+    assert "failed on purpose" in str(error.exc_info[1])
+
+
+async def test_a_failing_setup_releases_the_threads_socket(hello: type[Hello]) -> None:
+    class FailingSetup(hello):  # type: ignore[valid-type, misc]
+        def setup(self) -> None:
+            raise RuntimeError("setup failed on purpose")
+
+    with ThreadingHTTPServer(LOCALHOST, FailingSetup) as server:
+        async with serving(server), await connect(server) as client:
+            await client.send_all(REQUEST)
+            assert await receive_until_eof(client) == b""
+    assert hello.finished == []  # as in socketserver: no finish() after a failed setup()
+
+
 def traced_bytes() -> int:
     gc.collect()
     return sum(stat.size for stat in tracemalloc.take_snapshot().statistics("filename"))
@@ -231,7 +291,8 @@ async def test_an_idle_keep_alive_connection_costs_less_than_10_kib(hello: type[
                 tracemalloc.stop()
                 for sock in socks:
                     sock.close()
-    assert per_connection < 10 * 1024, per_connection
+    # (Under coverage, its tracer's own allocations are counted as well.)
+    assert per_connection < (10 if sys.gettrace() is None else 12) * 1024, per_connection
 
 
 # -- thread limits ---------------------------------------------------------------------------
@@ -375,7 +436,9 @@ async def test_without_a_free_descriptor_a_sync_handler_borrows_its_connections(
 
 
 async def test_an_abandoned_thread_keeps_a_borrowed_descriptor_until_it_ends(
-    descriptor_limit: Any, autojump_clock: trio.testing.MockClock
+    descriptor_limit: Any,
+    autojump_clock: trio.testing.MockClock,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     stuck = threading.Event()
     release = threading.Event()
@@ -385,24 +448,38 @@ async def test_an_abandoned_thread_keeps_a_borrowed_descriptor_until_it_ends(
             stuck.set()
             release.wait(30)  # somewhere the server cannot reach
 
+    released = threading.Event()
+    original_release = _threads.ThreadSocket.release
+
+    def release_and_tell(sock: _threads.ThreadSocket) -> None:
+        original_release(sock)
+        released.set()
+
+    monkeypatch.setattr(_threads.ThreadSocket, "release", release_and_tell)
     client_sock, server_sock = trio.socket.socketpair()
     fd = server_sock.fileno()
+    scope = trio.CancelScope()
+
+    async def run(server: TCPServer) -> None:
+        with scope:
+            await run_sync_handler(Stuck, trio.SocketStream(server_sock), "p", server)
+
     try:
         with TCPServer(LOCALHOST, Stuck, bind_and_activate=False) as server:
-            descriptor_limit()
-            try:
-                with trio.move_on_after(1):  # cancelled; abandoned ABANDON_AFTER later
-                    await run_sync_handler(Stuck, trio.SocketStream(server_sock), "p", server)
-            finally:
-                descriptor_limit.restore()
-            assert stuck.is_set()
+            async with trio.open_nursery() as nursery:
+                descriptor_limit()
+                try:
+                    nursery.start_soon(run, server)
+                    assert await trio.to_thread.run_sync(stuck.wait, 5)  # in the handler
+                finally:
+                    descriptor_limit.restore()
+                scope.cancel()  # abandoned ABANDON_AFTER later (virtual time)
             # The Trio side let go of the descriptor: the stuck thread owns it now.
             assert server_sock.fileno() == -1
             os.fstat(fd)
             release.set()
-            with trio.fail_after(5):
-                while running_handler_threads(server):
-                    await trio.to_thread.run_sync(release.wait)
+            # The thread closes it as it ends (the leak check of this module sees to it).
+            assert await trio.to_thread.run_sync(released.wait, 5)
     finally:
         client_sock.close()
         server_sock.close()
