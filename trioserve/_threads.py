@@ -13,9 +13,24 @@ Threads, limits, cancellation
 Worker threads come from Trio's thread cache (`trio.lowlevel.start_thread_soon`), and how
 many run handlers at once is bounded per server by ``max_handler_threads`` (a
 `trio.CapacityLimiter`). A request past the limit waits, accepted and unrefused, until a
-thread is free. Waiting is logged (`THREAD_WAIT_COMPLAINT`): a server whose idle
-connections hold every thread must not starve its new clients silently. The first wait is a
-warning, the others for a minute (`COMPLAINT_INTERVAL`) are logged at debug level only.
+thread is free. Waiting is logged: a server whose idle connections hold every thread must
+not starve its new clients silently. The first wait is a warning, the others for a minute
+(`COMPLAINT_INTERVAL`) are logged at debug level only.
+
+Cancelling the task of a sync handler cannot interrupt Python code in another thread.
+What it can do is reach the place where such a thread nearly always waits, its
+connection: the caller's ``on_cancel`` shuts it down, so a blocked ``recv`` returns end of
+file at once and a blocked ``send`` fails; the handler then returns. The task waits for
+that, so normally no handler thread outlives ``serve_forever``. A thread stuck somewhere
+the server cannot reach (``time.sleep(3600)``, a lock, another socket) is waited for
+`ABANDON_AFTER` seconds, then logged as an error and abandoned: the server never waits
+forever for a stuck thread. Its thread slot is only given back when it really ends.
+
+`trio.to_thread.run_sync` is not used because its cancellation is all or nothing: with
+``abandon_on_cancel=False`` the task cannot react to being cancelled until the thread is
+done, which is exactly when the connection needs to be shut down. Here the task waits on
+an event that the thread sets when it ends; cancellation interrupts that wait, shuts the
+connection down, and then waits again, shielded, for the thread.
 
 Out of file descriptors
 -----------------------
@@ -29,7 +44,7 @@ the waiting connections would wait for each other (measured: 5 of 100 clients se
 that descriptor, and everything the handler does with it (even ``close()``) leaves the
 descriptor open, exactly as with a duplicate. The request is served at once, and the
 failure is logged once a minute at error level (`COMPLAINT_INTERVAL`), at debug level
-otherwise. If such a thread is ever abandoned (below), the descriptor is handed over to it
+otherwise. If such a thread is ever abandoned (above), the descriptor is handed over to it
 (`ThreadSocket.adopt`) rather than closed under it, so that a number reused by the next
 connection can never reach a stuck handler.
 
