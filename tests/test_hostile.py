@@ -119,6 +119,22 @@ async def test_pipelined_requests_are_answered_in_order(hello: type[Hello]) -> N
             assert answers[-1] == b"hello /c"
 
 
+@pytest.mark.parametrize("rbufsize", [0, 1024])
+async def test_other_read_buffers_hold_no_thread_either(hello: type[Hello], rbufsize: int) -> None:
+    class Buffered(hello):  # type: ignore[valid-type, misc]
+        pass
+
+    Buffered.rbufsize = rbufsize
+    with ThreadingHTTPServer(LOCALHOST, Buffered, max_handler_threads=1) as server:
+        async with (
+            serving(server),
+            await connect(server) as first,
+            await connect(server) as second,
+        ):
+            for client in (first, second, first):
+                assert await get(LineReader(client), client) == b"hello /"
+
+
 async def test_an_idle_keep_alive_connection_is_closed_quietly_after_keep_alive_timeout(
     hello: type[Hello], caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -278,6 +278,8 @@ def _has_buffered_input(rfile: Any, sock: socket.socket) -> bool:
     empty buffer reads what the kernel holds, or nothing. A file without ``peek`` counts
     as holding bytes: the thread then waits in it, as ``http.server`` does.
     """
+    if isinstance(rfile, socket.SocketIO):
+        return False  # unbuffered (rbufsize = 0): it holds nothing
     peek = getattr(rfile, "peek", None)
     if peek is None or getattr(rfile, "closed", False):
         return peek is None
