@@ -210,6 +210,23 @@ async def test_stopping_the_server_finishes_idle_keep_alive_connections(
             await client.aclose()
 
 
+async def test_a_keep_alive_connection_closes_after_its_request_once_the_server_stops(
+    hello: type[Hello],
+) -> None:
+    class Stopping(hello):  # type: ignore[valid-type, misc]
+        def do_GET(self) -> None:
+            self.server.shutdown()  # from a handler thread: returns at once
+            super().do_GET()
+
+    with ThreadingHTTPServer(LOCALHOST, Stopping, shutdown_grace=30) as server:
+        async with serving(server), await connect(server) as client:
+            reader = LineReader(client)
+            assert await get(reader, client) == b"hello /"
+            with trio.fail_after(5):  # not shutdown_grace: it does not wait for a request
+                assert await receive_until_eof(client) == b""
+    assert len(hello.finished) == 1
+
+
 def test_which_handlers_are_run_request_by_request(hello: type[Hello]) -> None:
     import socketserver
     import wsgiref.simple_server

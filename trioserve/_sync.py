@@ -50,7 +50,8 @@ Trio (``epoll``), holding no thread, until its next request arrives. A request t
 a thread only while it is read and answered, and an idle keep-alive connection costs a
 few KiB instead of a thread. The wait between requests lasts the server's
 ``keep_alive_timeout`` (`trioserve.HTTPServer` has one, 75 s), or else the handler's
-timeout, as in ``http.server``; when it runs out the connection is closed quietly.
+timeout, as in ``http.server``; when it runs out the connection is closed quietly. Once
+the server is draining, a connection closes after its request instead of waiting.
 Bytes of a next request already in the handler's buffer (pipelining) are served at once.
 A handler that overrides ``handle`` or ``__init__`` runs as any other sync handler.
 """
@@ -358,6 +359,8 @@ class _KeepAlive:
 
     async def _wait_for_request(self, timeout: float | None) -> bool:  # noqa: ASYNC109
         """Wait in Trio until the next request can be read; False if none came in time."""
+        if getattr(self.server, "draining", False):
+            return False  # the server is stopping: no next request (as gunicorn does)
         handler = self.handler
         if handler is not None:
             assert self.sock is not None
