@@ -17,6 +17,8 @@ Scenarios:
 * ``partial-lines``: N connections to an async line server, each sending an unfinished
   64 KiB line; the RSS they pin, with the default input budget.
 * ``partial-lines-unbudgeted``: the same with the budget lifted, as before it existed.
+* ``partial-http``: the same unfinished line as the request line of an ``http.server``
+  handler on `trioserve.ThreadingHTTPServer` (``http.server`` reads it itself, in a thread).
 * ``resets``: 200 clients that reset a `SimpleHTTPRequestHandler` connection mid-request or
   mid-response; the lines the server logged at WARNING or above.
 * ``emfile``: a sync stream handler and a sync UDP handler in a process left with ten
@@ -82,7 +84,7 @@ def _serve(name: str) -> None:
         stream=sys.stderr, level=logging.WARNING, format="%(levelname)s %(message)s"
     )
     address = (HOST, 0)
-    if name in ("idle-http",):
+    if name in ("idle-http", "partial-http"):
         server: Any = trioserve.ThreadingHTTPServer(address, HTTPHello)
     elif name == "idle-sync":
         server = trioserve.ThreadingTCPServer(address, SyncHello)
@@ -180,13 +182,15 @@ def _idle(name: str, connections: int) -> str:
 
 
 def _partial(name: str, connections: int) -> str:
+    prefix = b"GET /" if name == "partial-http" else b""
     with _server(name) as (process, [port], _log):
         before = _settle(process.pid)
         socks: list[tuple[socket.socket, list[int]]] = []
         for _ in range(connections):
             sock = socket.create_connection((HOST, port), timeout=30)
             sock.setblocking(False)
-            done = [0]
+            done = [len(prefix)]
+            sock.send(prefix)
             with contextlib.suppress(BlockingIOError):
                 while done[0] < LINE:  # what the kernel takes now; the rest later
                     done[0] += sock.send(b"x" * (LINE - done[0]))
@@ -200,6 +204,7 @@ def _partial(name: str, connections: int) -> str:
                     done[0] += sock.send(b"x" * (LINE - done[0]))
             time.sleep(0.05)
         held = _settle(process.pid)
+        threads = thread_count(process.pid)
         refused = 0
         for sock, _sent in socks:
             try:
@@ -212,8 +217,8 @@ def _partial(name: str, connections: int) -> str:
     pinned = (held - before) / 1024
     return (
         f"| `{name}` | {connections} connections, each an unfinished {LINE + 1 >> 10} KiB line "
-        f"| {pinned:.0f} MiB RSS ({(held - before) / connections:.1f} KiB a connection); "
-        f"{refused} connections refused |"
+        f"| {pinned:.0f} MiB RSS ({(held - before) / connections:.1f} KiB a connection), "
+        f"{threads} threads; {refused} connections refused |"
     )
 
 
@@ -284,6 +289,7 @@ SCENARIOS: dict[str, Callable[[str, int], str]] = {
     "idle-sync": _idle,
     "partial-lines": _partial,
     "partial-lines-unbudgeted": _partial,
+    "partial-http": _partial,
     "resets": lambda name, n: _resets(name, 200),
     "emfile": _emfile,
 }
