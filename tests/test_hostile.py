@@ -351,6 +351,22 @@ def test_the_thread_bound_follows_max_connections_by_default() -> None:
         assert thread_limit(udp) == 5
 
 
+def test_http_handlers_run_request_by_request_have_256_threads_by_default() -> None:
+    from trioserve._sync import REQUEST_THREADS, thread_limit
+
+    assert REQUEST_THREADS == 256
+    with ThreadingHTTPServer(LOCALHOST, Hello, bind_and_activate=False) as server:
+        assert thread_limit(server, per_request=True) == 256
+    with ThreadingHTTPServer(
+        LOCALHOST, Hello, bind_and_activate=False, max_connections=7
+    ) as server:
+        assert thread_limit(server, per_request=True) == 7
+    with ThreadingHTTPServer(
+        LOCALHOST, Hello, bind_and_activate=False, max_handler_threads=1000
+    ) as server:
+        assert thread_limit(server, per_request=True) == 1000
+
+
 class HeldUntilEOF(trioserve.SyncStreamRequestHandler):
     def handle(self) -> None:
         for line in self.rfile:

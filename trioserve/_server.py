@@ -154,7 +154,8 @@ class BaseServer:
         a request past the limit waits for a free thread (logged at warning, once a
         minute). None (the default) follows the bound on concurrent requests
         (``max_connections``), so every connection can have a thread, as in
-        socketserver's ``ThreadingMixIn``.
+        socketserver's ``ThreadingMixIn``; for ``http.server`` handlers, run request by
+        request (an idle connection holds no thread), None means 256.
       handler_timeout: the ``timeout`` of every handler whose class leaves it None
         (seconds each read or write on the connection may wait for the peer); None (the
         default) leaves the handlers' own. The command line's ``--timeout``.

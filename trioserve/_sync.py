@@ -34,7 +34,9 @@ At most ``server.max_handler_threads`` handlers run at once. None, the default, 
 the server's bound on concurrent requests (``max_connections``, or a datagram server's
 ``max_concurrent_datagrams``), as socketserver's ``ThreadingMixIn`` gives every
 connection a thread: a handler holds its thread for its connection's whole life, idle or
-not, so a lower bound lets idle clients lock new ones out.
+not, so a lower bound lets idle clients lock new ones out. ``http.server`` handlers run
+request by request (below) are the exception: their threads serve requests, never idle
+connections, and None bounds them at `REQUEST_THREADS` (256).
 
 Keep-alive HTTP without a thread
 --------------------------------
@@ -73,21 +75,32 @@ from ._handlers import HandlerClass, handler_steps, run_steps_sync
 from ._streamsocket import StreamSocket
 from ._threads import ABANDON_AFTER, ThreadSocket, run_in_handler_thread
 
-__all__ = ["keep_alive_handler", "run_sync_handler", "thread_limit"]
+__all__ = ["REQUEST_THREADS", "keep_alive_handler", "run_sync_handler", "thread_limit"]
 
 logger = logging.getLogger("trioserve")
 
 
-def thread_limit(server: Any) -> int | None:
+#: The default bound on the threads of ``http.server`` handlers run request by request: a
+#: thread there serves one request, never an idle connection, so it need not follow
+#: ``max_connections``; and a request being read holds its thread and what
+#: ``http.server`` buffered of it (up to 64 KiB a line), so ten thousand slow clients
+#: must not take ten thousand threads (measured: 795 MiB).
+REQUEST_THREADS = 256
+
+
+def thread_limit(server: Any, *, per_request: bool = False) -> int | None:
     """How many sync handlers of *server* may run at once; None for no limit.
 
     ``max_handler_threads``, or when that is None the server's bound on concurrent
-    requests (``max_connections``; ``max_concurrent_datagrams`` on datagram servers).
+    requests (``max_connections``; ``max_concurrent_datagrams`` on datagram servers), at
+    most `REQUEST_THREADS` for handlers run request by request (*per_request*).
     """
     limit: int | None = getattr(server, "max_handler_threads", None)
     if limit is None:
         option = getattr(server, "_trioserve_limit_option", "max_connections")
         limit = getattr(server, option, None)
+        if per_request and (limit is None or limit > REQUEST_THREADS):
+            limit = REQUEST_THREADS
     return limit
 
 
@@ -117,14 +130,14 @@ async def run_sync_handler(
       A socket given to the handler is closed when the handler returns; *request* itself
       stays open, for the server to shut down and close.
     """
-    limit = thread_limit(server)
     timeout: float | None = getattr(server, "handler_timeout", None)
     if isinstance(request, trio.SocketStream):
         http_handler = keep_alive_handler(handler_class)
         if http_handler is not None:
             connection = _KeepAlive(http_handler, request.socket, client_address, server, timeout)
-            await connection.serve(limit)
+            await connection.serve(thread_limit(server, per_request=True))
             return
+    limit = thread_limit(server)
 
     def run(blocking_request: Any) -> None:
         run_steps_sync(handler_steps(handler_class, blocking_request, client_address, server))
