@@ -169,3 +169,44 @@ def test_take_until_matches_split_however_fed(
         assert at_eof == (end < 0)
         position += len(piece)
     assert not buffer
+
+
+# -- the server's budget for unread input ----------------------------------------------------
+
+
+def test_input_budget_grants_what_it_has_left_and_takes_it_back() -> None:
+    from trioserve._buffer import InputBudget
+
+    budget = InputBudget(100)
+    assert budget.reserve(60) == 60
+    assert budget.reserve(60) == 40  # what is left
+    assert budget.reserve(1) == 0
+    assert isinstance(budget.refusal(), LineTooLongError)
+    assert "max_buffered_input" in str(budget.refusal())
+    budget.release(50)
+    assert budget.available == 50
+    budget.resize(10)  # what is reserved stays reserved
+    assert budget.available == -40
+    assert budget.reserve(5) == 0
+    budget.release(50)
+    assert budget.reserve(20) == 10
+
+
+def test_input_budget_is_one_per_server_and_follows_its_setting() -> None:
+    from trioserve._buffer import DEFAULT_MAX_BUFFERED_INPUT, input_budget
+
+    class Server:
+        pass
+
+    server, other = Server(), Server()
+    budget = input_budget(server)
+    assert budget is not None
+    assert budget is input_budget(server)
+    assert budget is not input_budget(other)
+    assert budget.total == DEFAULT_MAX_BUFFERED_INPUT
+    server.max_buffered_input = 1000  # type: ignore[attr-defined]
+    assert input_budget(server) is budget
+    assert budget.total == budget.available == 1000
+    server.max_buffered_input = None  # type: ignore[attr-defined]
+    assert input_budget(server) is None
+    assert input_budget("not weakly referenceable") is None

@@ -290,3 +290,49 @@ async def test_a_too_long_line_never_buffers_more_than_the_limit() -> None:
     # Exactly the limit was taken from the stream, and nothing of it was lost.
     assert await reader.read1() == b"x" * 1000
     assert len(await reader.read1()) > 0  # the rest is still in the stream
+
+
+# -- the server's budget for unread input ----------------------------------------------------
+
+
+async def test_readers_of_one_server_share_its_budget_for_unfinished_lines() -> None:
+    from trioserve import InputBudgetError
+    from trioserve._buffer import INPUT_ALLOWANCE, InputBudget
+
+    budget = InputBudget(10_000)
+    line = b"x" * (INPUT_ALLOWANCE + 6_000)
+    half = len(line) // 2
+    first = AsyncReader(ChunkedStream(line, [len(line)]), budget=budget)
+    second = AsyncReader(ChunkedStream(line + b"\n", [half, half]), budget=budget)
+    ordinary = AsyncReader(ChunkedStream(b"short\n" * 1000, [6000]), budget=budget)
+    # The first holds an unfinished line: 5,999 bytes past its allowance, from the budget.
+    assert await first.read1(1) == b"x"
+    assert budget.available == 10_000 - (len(line) - 1 - INPUT_ALLOWANCE)
+    # The second needs 6,000 too, and 4,001 are left: refused, its bytes kept.
+    with pytest.raises(InputBudgetError, match="max_buffered_input"):
+        await second.readline()
+    # An ordinary client, within its allowance, is served all along.
+    assert await ordinary.readline() == b"short\n"
+    # Once the first is closed, the second gets its line, whole.
+    first.close()
+    assert await second.readline() == line + b"\n"
+    assert budget.available == 10_000
+    second.close()
+    ordinary.close()
+    assert budget.available == 10_000
+
+
+async def test_a_reader_dropped_without_close_gives_its_budget_back() -> None:
+    import gc
+
+    from trioserve._buffer import INPUT_ALLOWANCE, InputBudget
+
+    budget = InputBudget(100_000)
+    reader = AsyncReader(
+        ChunkedStream(b"y" * (INPUT_ALLOWANCE * 2), [INPUT_ALLOWANCE * 2]), budget=budget
+    )
+    assert await reader.read1(1) == b"y"
+    assert budget.available < 100_000
+    del reader
+    gc.collect()
+    assert budget.available == 100_000

@@ -59,7 +59,7 @@ def test_max_handler_threads_is_checked() -> None:
         LOCALHOST, EchoHandler, bind_and_activate=False, max_handler_threads=None
     ) as server:
         assert server.max_handler_threads is None
-    assert trioserve.BaseServer.max_handler_threads == 256
+    assert trioserve.BaseServer.max_handler_threads is None  # follows max_connections
 
 
 @pytest.mark.parametrize(("value", "error"), [(0, ValueError), ("2", TypeError)])

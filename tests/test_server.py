@@ -860,7 +860,7 @@ def test_ctrl_c_around_trio_run_prints_a_short_traceback(tmp_path: Any) -> None:
     script.write_text(
         "import sys, trio, trioserve\n"
         "server = trioserve.ThreadingTCPServer(('127.0.0.1', 0), trioserve.EchoHandler)\n"
-        "print('serving', flush=True)\n"
+        "print(server.server_address[1], flush=True)\n"
         "trio.run(server.serve_forever)\n"
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
@@ -871,7 +871,12 @@ def test_ctrl_c_around_trio_run_prints_a_short_traceback(tmp_path: Any) -> None:
         env=env,
     ) as process:
         assert process.stdout is not None
-        assert process.stdout.readline() == b"serving\n"
+        port = int(process.stdout.readline())
+        # An answer means the run is serving (its Ctrl-C handling installed).
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as client:
+            client.sendall(b"up")
+            client.shutdown(socket.SHUT_WR)  # the echo handler answers until end of file
+            assert client.makefile("rb").read() == b"up"
         process.send_signal(signal.SIGINT)
         _, stderr = process.communicate(timeout=30)
     lines = stderr.decode().splitlines()

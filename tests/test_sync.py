@@ -1242,3 +1242,28 @@ async def test_sync_files_have_the_connections_fileno_for_select() -> None:
         ):
             await client.send_all(b"selected\n")
             assert await receive_exactly(client, 9) == b"selected\n"
+
+
+def test_sync_reader_takes_a_long_unfinished_line_from_the_budget() -> None:
+    from trioserve import InputBudgetError
+    from trioserve._buffer import INPUT_ALLOWANCE, InputBudget
+
+    budget = InputBudget(10_000)
+    line = b"x" * (INPUT_ALLOWANCE + 20_000) + b"\n"
+    ours, peer = socket.socketpair()
+    with ours, peer:
+        ours.settimeout(5)
+        reader = SyncReader(ours, budget=budget)
+        peer.sendall(line + b"next\n")
+        # Its allowance and the whole budget are not enough for this line: refused.
+        with pytest.raises(InputBudgetError, match="max_buffered_input"):
+            reader.readline()
+        assert budget.available == 10_000  # a call's reservation ends with the call
+        # Nothing is lost: the bytes it held are read first, the rest fits now.
+        assert reader.readline() == line
+        assert reader.readline() == b"next\n"
+        # Ordinary reads never touch the budget.
+        peer.sendall(b"a" * 5000)
+        assert reader.read(5000) == b"a" * 5000
+        assert budget.available == 10_000
+        reader.close()

@@ -20,6 +20,7 @@ from ._datagram import UDPServer as UDPServer
 from ._datagram import UnixDatagramServer as UnixDatagramServer
 from ._datagram_handler import DatagramRequestHandler as DatagramRequestHandler
 from ._exceptions import BrokenConnectionError as BrokenConnectionError
+from ._exceptions import InputBudgetError as InputBudgetError
 from ._exceptions import LineTooLongError as LineTooLongError
 from ._exceptions import PeerTimeoutError as PeerTimeoutError
 from ._exceptions import ProxyProtocolError as ProxyProtocolError
@@ -61,6 +62,7 @@ __all__ = [
     "ForkingUnixDatagramServer",
     "ForkingUnixStreamServer",
     "HTTPServer",
+    "InputBudgetError",
     "LineTooLongError",
     "NurseryMixIn",
     "PeerTimeoutError",

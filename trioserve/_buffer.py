@@ -38,13 +38,105 @@ consumed line by line until the buffer is empty again.
   ``read(n)``) are they gathered in a `bytearray`, compacted as new bytes come.
 * When the last byte is taken the buffer drops its storage, so an idle connection holds
   no leftover request.
+
+What a server may hold
+----------------------
+``max_line_length`` bounds one connection; ten thousand connections that each hold an
+unfinished 64 KiB line still pin 640 MiB. So the input a server's readers hold, unread, is
+bounded as a whole too (`InputBudget`, one per server, `input_budget`): each reader holds up
+to `INPUT_ALLOWANCE` bytes for free, which covers a whole request of any ordinary protocol,
+and reserves what it holds beyond that from the server's budget, ``max_buffered_input``
+(`DEFAULT_MAX_BUFFERED_INPUT`), giving it back as soon as the bytes are read. When the
+budget is spent, the read that would hold more raises `trioserve.InputBudgetError` (a
+`trioserve.LineTooLongError`): the clients that hold the budget keep their connections until
+their timeout, and a client with an ordinary request is served all along. The memory that
+hostile clients can pin is then at most the budget plus the allowance of each connection:
+32 MiB + 8 KiB x 10,000 = 112 MiB with the defaults.
 """
 
 from __future__ import annotations
 
-from ._exceptions import LineTooLongError
+import threading
+import weakref
+from typing import Any, final
 
-__all__ = ["ReceiveBuffer"]
+from ._exceptions import InputBudgetError, LineTooLongError
+
+__all__ = [
+    "DEFAULT_MAX_BUFFERED_INPUT",
+    "INPUT_ALLOWANCE",
+    "InputBudget",
+    "ReceiveBuffer",
+    "input_budget",
+]
+
+#: The bytes of unread input a server's connections may hold together beyond their
+#: allowances (``max_buffered_input``).
+DEFAULT_MAX_BUFFERED_INPUT = 32 * 1024 * 1024
+
+#: The bytes of unread input each connection holds without asking the budget (a sync
+#: reader's whole buffer, so its ordinary receives never do).
+INPUT_ALLOWANCE = 8 * 1024
+
+
+@final
+class InputBudget:
+    """The unread input a server's connections may hold beyond their allowance, shared.
+
+    Readers in the Trio thread and in worker threads take from it, so it is locked.
+
+    Args:
+      total: bytes in all.
+    """
+
+    __slots__ = ("_lock", "available", "total")
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.available = total
+        self._lock = threading.Lock()
+
+    def reserve(self, wanted: int) -> int:
+        """Take up to *wanted* bytes; return how many were granted (maybe 0)."""
+        with self._lock:
+            granted = wanted if wanted <= self.available else max(self.available, 0)
+            self.available -= granted
+        return granted
+
+    def release(self, count: int) -> None:
+        """Give back *count* bytes that were granted."""
+        with self._lock:
+            self.available += count
+
+    def resize(self, total: int) -> None:
+        """Change the total (what is reserved stays reserved)."""
+        with self._lock:
+            self.available += total - self.total
+            self.total = total
+
+    def refusal(self) -> InputBudgetError:
+        """The error for a reader that needs more than the budget has left."""
+        return InputBudgetError(self.total)
+
+
+_budgets: weakref.WeakKeyDictionary[Any, InputBudget] = weakref.WeakKeyDictionary()
+
+
+def input_budget(server: Any) -> InputBudget | None:
+    """*server*'s budget for unread input (its ``max_buffered_input``); None for no limit."""
+    total = getattr(server, "max_buffered_input", DEFAULT_MAX_BUFFERED_INPUT)
+    if total is None:
+        return None
+    try:
+        budget = _budgets.get(server)
+    except TypeError:  # not weakly referenceable (a test's stand-in): no budget to share
+        return None
+    if budget is None:
+        budget = _budgets[server] = InputBudget(total)
+    elif budget.total != total:
+        budget.resize(total)
+    return budget
+
 
 _EMPTY = b""
 

@@ -17,6 +17,7 @@ import trio
 
 __all__ = [
     "BrokenConnectionError",
+    "InputBudgetError",
     "LineTooLongError",
     "PeerTimeoutError",
     "PortOutOfRangeError",
@@ -71,6 +72,30 @@ class PortOutOfRangeError(ValueError, OverflowError):
     Both a `ValueError` (what trioserve documents for a malformed address) and an
     `OverflowError` (what `socket.socket.bind` raises, and socketserver code expects).
     """
+
+
+class InputBudgetError(LineTooLongError):
+    """A connection's unread input outgrew what the server may hold for it.
+
+    Each connection may hold a few KiB of input it has not read yet for free (a
+    partial line, a request not read to its end); what it holds beyond that comes out
+    of the server's budget, ``max_buffered_input``, which all its connections share. When
+    the budget is spent (clients holding unfinished lines), a read that would hold more
+    raises this instead. It is a `LineTooLongError`, so handlers and the server treat it
+    alike: nothing read is lost, and a handler that does not catch it ends, logged in one
+    line.
+
+    Attributes:
+      max_line_length: the server's budget, in bytes.
+      separator: ``b"\\n"``.
+    """
+
+    def __init__(self, max_line_length: int, separator: bytes = b"\n") -> None:
+        super().__init__(max_line_length, separator)
+        self.args = (
+            f"the server holds {max_line_length} bytes of unread input already "
+            "(max_buffered_input): no more for this connection",
+        )
 
 
 class PeerTimeoutError(TimeoutError):

@@ -34,7 +34,7 @@ from typing import final
 
 import trio
 
-from ._buffer import ReceiveBuffer
+from ._buffer import INPUT_ALLOWANCE, InputBudget, ReceiveBuffer
 from ._direct import DirectSocket, direct
 from ._errors import broken, peer_timeout
 from ._exceptions import BrokenConnectionError, LineTooLongError
@@ -55,6 +55,9 @@ DEFAULT_RECEIVE_SIZE = 65536
 #: The longest line ``readline()`` without a limit returns (asyncio's default too).
 DEFAULT_MAX_LINE_LENGTH = 65536
 
+#: The allowance of a reader with no budget: every size is within it.
+_UNBOUNDED = 1 << 62
+
 
 _Receiver = DirectSocket | trio.abc.ReceiveStream
 _Sender = DirectSocket | trio.abc.SendStream
@@ -71,6 +74,10 @@ class AsyncReader:
         ``readline()`` must receive its whole line within it.
       max_line_length: the longest line, terminator included, that ``readline()`` without
         a limit accepts; None accepts any length (and buffers without bound).
+      budget: the server's budget for unread input (`trioserve._buffer.input_budget`):
+        the reader holds `INPUT_ALLOWANCE` bytes unread for free and reserves the rest
+        from it, until they are read; a read that would hold more than the budget has
+        left raises `InputBudgetError`. None for no such bound.
 
     Scheduling:
       A read served from the buffer returns without a checkpoint. A read that receives
@@ -80,9 +87,12 @@ class AsyncReader:
     """
 
     __slots__ = (
+        "_allowance",
+        "_budget",
         "_buffer",
         "_closed",
         "_eof",
+        "_reserved",
         "_stream",
         "max_line_length",
         "receive_size",
@@ -96,7 +106,9 @@ class AsyncReader:
         receive_size: int = DEFAULT_RECEIVE_SIZE,
         timeout: float | None = None,
         max_line_length: int | None = DEFAULT_MAX_LINE_LENGTH,
+        budget: InputBudget | None = None,
     ) -> None:
+        self._reserved = 0  # first: __del__ looks at it, even if this raises
         if receive_size < 1:
             raise ValueError(f"receive_size must be >= 1, not {receive_size}")
         if max_line_length is not None and max_line_length < 1:
@@ -105,6 +117,9 @@ class AsyncReader:
         self._buffer = ReceiveBuffer()
         self._eof = False
         self._closed = False
+        self._budget = budget
+        #: Bytes held beyond this were reserved from the budget (``_reserved`` of them).
+        self._allowance = INPUT_ALLOWANCE if budget is not None else _UNBOUNDED
         self.receive_size = receive_size
         self.timeout = timeout
         self.max_line_length = max_line_length
@@ -115,8 +130,42 @@ class AsyncReader:
         return self._closed
 
     def close(self) -> None:
-        """Close this file; the stream itself stays open (the server closes it)."""
+        """Close this file; the stream itself stays open (the server closes it).
+
+        What it reserved of the server's budget is given back.
+        """
         self._closed = True
+        if self._reserved:
+            self._unreserve(0)
+
+    def __del__(self) -> None:
+        # A reader dropped without close() (a handler whose setup failed half-way) must
+        # not keep its share of the server's budget.
+        if self._reserved:
+            self._unreserve(0)
+
+    def _reserve(self) -> None:
+        """After a receive: reserve what the buffer holds beyond the allowance, or refuse."""
+        budget = self._budget
+        assert budget is not None
+        wanted = len(self._buffer) - self._allowance - self._reserved
+        granted = budget.reserve(wanted)
+        self._reserved += granted
+        if granted < wanted:
+            raise budget.refusal()
+
+    def _unreserve(self, keep: int) -> None:
+        """Give back what is reserved beyond *keep* bytes."""
+        budget = self._budget
+        assert budget is not None
+        budget.release(self._reserved - keep)
+        self._reserved = keep
+
+    def _settle(self) -> None:
+        """After bytes were read: give back the reservation they no longer need."""
+        keep = len(self._buffer) - self._allowance
+        if keep < self._reserved:
+            self._unreserve(keep if keep > 0 else 0)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -147,7 +196,10 @@ class AsyncReader:
         if not data:
             self._eof = True
             return False
-        self._buffer.feed(data)
+        buffer = self._buffer
+        buffer.feed(data)
+        if len(buffer) > self._allowance + self._reserved:
+            self._reserve()
         return True
 
     async def read(self, size: int | None = -1) -> bytes:
@@ -157,17 +209,24 @@ class AsyncReader:
         if size is None or size < 0:
             while await self._fill():
                 pass
-            return buffer.take_all()
-        while len(buffer) < size and await self._fill():
-            pass
-        return buffer.take(size)
+            data = buffer.take_all()
+        else:
+            while len(buffer) < size and await self._fill():
+                pass
+            data = buffer.take(size)
+        if self._reserved:
+            self._settle()
+        return data
 
     async def read1(self, size: int = -1) -> bytes:
         """Read up to *size* bytes with at most one receive; b"" only at end of file."""
         self._check_open()
         if not self._buffer:
             await self._fill()
-        return self._buffer.take(len(self._buffer) if size < 0 else size)
+        data = self._buffer.take(len(self._buffer) if size < 0 else size)
+        if self._reserved:
+            self._settle()
+        return data
 
     async def readline(self, limit: int | None = -1) -> bytes:
         """Read one line, with its b"\\n"; the unterminated rest at end of file; b"" at EOF.
@@ -195,6 +254,8 @@ class AsyncReader:
         while True:
             line = buffer.take_line(limit)
             if line is not None:
+                if self._reserved:
+                    self._settle()
                 return line
             size = self.receive_size
             if limit < 0 and self.max_line_length:
@@ -204,12 +265,12 @@ class AsyncReader:
                 # than the line may still take, so a too-long line never buffers more.
                 size = min(size, self.max_line_length - len(buffer))
             if self._eof:
-                return buffer.take_all()
+                return self._take_rest()
             if self.timeout is not None:
                 if deadline is None:  # a slow drip must not renew the timeout per byte
                     deadline = trio.current_time() + self.timeout
                 if not await self._fill(size, deadline):
-                    return buffer.take_all()
+                    return self._take_rest()
                 continue
             try:
                 data = await self._stream.receive_some(size)
@@ -219,8 +280,17 @@ class AsyncReader:
                 raise broken(exc) from exc
             if not data:
                 self._eof = True
-                return buffer.take_all()
+                return self._take_rest()
             buffer.feed(data)
+            if len(buffer) > self._allowance + self._reserved:
+                self._reserve()
+
+    def _take_rest(self) -> bytes:
+        """Everything buffered (at end of file), the budget's share given back."""
+        data = self._buffer.take_all()
+        if self._reserved:
+            self._unreserve(0)
+        return data
 
     async def readuntil(self, separator: bytes = b"\n", limit: int | None = -1) -> bytes:
         """Read up to and including *separator*; the unterminated rest at end of file.
@@ -256,16 +326,18 @@ class AsyncReader:
         while True:
             piece = buffer.take_until(separator, limit)
             if piece is not None:
+                if self._reserved:
+                    self._settle()
                 return piece
             if self._eof:
-                return buffer.take_all()
+                return self._take_rest()
             size = self.receive_size
             if limit >= 0:
                 size = min(size, limit - len(buffer))
             if self.timeout is not None and deadline is None:
                 deadline = trio.current_time() + self.timeout  # one timeout for the call
             if not await self._fill(size, deadline):
-                return buffer.take_all()
+                return self._take_rest()
 
     async def readlines(self, hint: int | None = -1) -> list[bytes]:
         """Read lines until end of file, or until they add up to more than *hint* bytes."""

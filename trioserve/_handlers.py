@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias, final
 
 import trio
 
+from ._buffer import input_budget
 from ._exceptions import BrokenConnectionError
 from ._files import DEFAULT_MAX_LINE_LENGTH, DEFAULT_RECEIVE_SIZE, AsyncReader, AsyncWriter
 from ._streamsocket import SyncConnection
@@ -314,19 +315,24 @@ class _StreamHandlerBase(BaseRequestHandler):
         """Create ``self.connection``, ``self.rfile`` and ``self.wfile``."""
         receive_size = self.rbufsize if self.rbufsize > 0 else DEFAULT_RECEIVE_SIZE
         request = self.connection = self.request
+        budget = input_budget(self.server)  # the server's bound on unread input
         if isinstance(request, trio.abc.Stream):
             self.rfile = AsyncReader(
                 request,
                 receive_size=receive_size,
                 timeout=self.timeout,
                 max_line_length=self.max_line_length,
+                budget=budget,
             )
             self.wfile = AsyncWriter(request, bufsize=self.wbufsize, timeout=self.timeout)
             return _DONE
         if self.timeout is not None:
             request.settimeout(self.timeout)
         self.rfile = SyncReader(
-            request, receive_size=receive_size, max_line_length=self.max_line_length
+            request,
+            receive_size=receive_size,
+            max_line_length=self.max_line_length,
+            budget=budget,
         )
         self.wfile = SyncWriter(request, bufsize=self.wbufsize)
         return _DONE

@@ -163,7 +163,11 @@ class BaseServer:
       block_on_close: socketserver's switch for waiting on handlers; False makes the
         default grace 0 (handlers are cancelled at once).
       max_handler_threads: how many sync handlers run at once, each in a worker thread;
-        a request past the limit waits for a free thread. None for no limit. Default 256.
+        a request past the limit waits for a free thread (logged at warning, once a
+        minute). None (the default) follows the bound on concurrent requests
+        (``max_connections``), so every connection can have a thread, as in
+        socketserver's ``ThreadingMixIn``; for ``http.server`` handlers, run request by
+        request (an idle connection holds no thread), None means 256.
       handler_timeout: the ``timeout`` of every handler whose class leaves it None
         (seconds each read or write on the connection may wait for the peer); None (the
         default) leaves the handlers' own. The command line's ``--timeout``.
@@ -178,7 +182,7 @@ class BaseServer:
     max_connections: int | None = 10_000
     shutdown_grace: float | None = 5.0
     block_on_close: bool = True
-    max_handler_threads: int | None = 256
+    max_handler_threads: int | None = None
     handler_timeout: float | None = None
 
     _trioserve_options: ClassVar[Mapping[str, _options.Check]] = {

@@ -47,6 +47,7 @@ class Serving:
         "draining",
         "grace",
         "handler_scope",
+        "idle",
         "on_stop",
         "policy",
         "stopped",
@@ -70,6 +71,9 @@ class Serving:
         self.grace: float | None = None
         #: Called with the grace, in the Trio thread, when stopping begins.
         self.on_stop: list[Callable[[float | None], object]] = []
+        #: Scopes of connections waiting, idle, for their next request: cancelled by `stop`,
+        #: so an idle keep-alive connection closes at once when the server drains.
+        self.idle: set[trio.CancelScope] = set()
         #: The scope of a sequential server's wait for its next request, if it waits.
         self.waiting: trio.CancelScope | None = None
 
@@ -95,6 +99,8 @@ class Serving:
         self.accept_scope.cancel()
         if self.waiting is not None:
             self.waiting.cancel()
+        for scope in self.idle:
+            scope.cancel()
         if grace is not None:
             deadline = trio.current_time() + grace
             self.handler_scope.deadline = min(self.handler_scope.deadline, deadline)

@@ -22,23 +22,86 @@ request a blocking handler can use, and the thread:
 * anything else is passed through.
 
 The blocking socket is made in the thread, once a thread is free: a request waiting for
-a thread holds no descriptor of its own. A server's ``handler_timeout`` becomes the
-socket's timeout before the handler runs (socketserver's own handler classes set theirs
-in their constructor, over it, if their ``timeout`` is not None).
+a thread holds no descriptor of its own (a sync connection holds two descriptors, its own
+and the thread's duplicate; without a free one, the thread borrows the connection's, see
+`trioserve._threads`). A server's ``handler_timeout`` becomes the socket's timeout before
+the handler runs (socketserver's own handler classes set theirs in their constructor,
+over it, if their ``timeout`` is not None).
+
+How many threads
+----------------
+At most ``server.max_handler_threads`` handlers run at once. None, the default, follows
+the server's bound on concurrent requests (``max_connections``, or a datagram server's
+``max_concurrent_datagrams``), as socketserver's ``ThreadingMixIn`` gives every
+connection a thread: a handler holds its thread for its connection's whole life, idle or
+not, so a lower bound lets idle clients lock new ones out. ``http.server`` handlers run
+request by request (below) are the exception: their threads serve requests, never idle
+connections, and None bounds them at `REQUEST_THREADS` (256).
+
+Keep-alive HTTP without a thread
+--------------------------------
+``http.server``'s handlers are the exception, and the common case: their ``handle`` loops
+over ``handle_one_request()`` until the connection closes, and a keep-alive client is
+idle between requests most of its life. When the handler class is a
+``BaseHTTPRequestHandler`` whose ``handle`` and ``__init__`` are the standard library's
+own (``SimpleHTTPRequestHandler``, and any subclass that only adds ``do_GET``...), over
+a plain TCP or Unix connection, this module runs that loop itself, as gunicorn's threaded
+worker does (`_KeepAlive`): ``setup()``, then each ``handle_one_request()``, then
+``finish()``, each in a worker thread, and between two requests the connection waits in
+Trio (``epoll``), holding no thread, until its next request arrives. A request then takes
+a thread only while it is read and answered, and an idle keep-alive connection costs a
+few KiB instead of a thread. The wait between requests lasts the server's
+``keep_alive_timeout`` (`trioserve.HTTPServer` has one, 75 s), or else the handler's
+timeout, as in ``http.server``; when it runs out the connection is closed quietly. Once
+the server is draining, a connection closes after its request instead of waiting.
+Bytes of a next request already in the handler's buffer (pipelining) are served at once.
+A handler that overrides ``handle`` or ``__init__`` runs as any other sync handler.
 """
 
 from __future__ import annotations
 
+import functools
+import http.server
+import io
+import logging
+import math
 import socket
-from typing import Any
+import socketserver
+from typing import Any, Final, final
 
 import trio
 
 from ._handlers import HandlerClass, handler_steps, run_steps_sync
 from ._streamsocket import StreamSocket
-from ._threads import ThreadSocket, run_in_handler_thread
+from ._threads import ABANDON_AFTER, ThreadSocket, run_in_handler_thread
 
-__all__ = ["run_sync_handler"]
+__all__ = ["REQUEST_THREADS", "keep_alive_handler", "run_sync_handler", "thread_limit"]
+
+logger = logging.getLogger("trioserve")
+
+
+#: The default bound on the threads of ``http.server`` handlers run request by request: a
+#: thread there serves one request, never an idle connection, so it need not follow
+#: ``max_connections``; and a request being read holds its thread and what
+#: ``http.server`` buffered of it (up to 64 KiB a line), so ten thousand slow clients
+#: must not take ten thousand threads (measured: 795 MiB).
+REQUEST_THREADS = 256
+
+
+def thread_limit(server: Any, *, per_request: bool = False) -> int | None:
+    """How many sync handlers of *server* may run at once; None for no limit.
+
+    ``max_handler_threads``, or when that is None the server's bound on concurrent
+    requests (``max_connections``; ``max_concurrent_datagrams`` on datagram servers), at
+    most `REQUEST_THREADS` for handlers run request by request (*per_request*).
+    """
+    limit: int | None = getattr(server, "max_handler_threads", None)
+    if limit is None:
+        option = getattr(server, "_trioserve_limit_option", "max_connections")
+        limit = getattr(server, option, None)
+        if per_request and (limit is None or limit > REQUEST_THREADS):
+            limit = REQUEST_THREADS
+    return limit
 
 
 async def run_sync_handler(
@@ -48,7 +111,9 @@ async def run_sync_handler(
 
     The handler gets a blocking, socket-like ``request`` (see the module documentation);
     ``setup``, ``handle`` and ``finish`` run in a worker thread, ``finish`` even when
-    ``handle`` raised, at most ``server.max_handler_threads`` at once.
+    ``handle`` raised, at most `thread_limit` at once. An ``http.server`` handler on a
+    TCP or Unix connection runs request by request instead, and waits for each next
+    request in Trio (`keep_alive_handler`).
 
     Args:
       handler_class: a trioserve handler class with a plain-``def`` ``handle``, a
@@ -65,14 +130,23 @@ async def run_sync_handler(
       A socket given to the handler is closed when the handler returns; *request* itself
       stays open, for the server to shut down and close.
     """
-    limit: int | None = server.max_handler_threads
     timeout: float | None = getattr(server, "handler_timeout", None)
+    if isinstance(request, trio.SocketStream):
+        http_handler = keep_alive_handler(handler_class)
+        if http_handler is not None:
+            connection = _KeepAlive(http_handler, request.socket, client_address, server, timeout)
+            await connection.serve(thread_limit(server, per_request=True))
+            return
+    limit = thread_limit(server)
 
     def run(blocking_request: Any) -> None:
         run_steps_sync(handler_steps(handler_class, blocking_request, client_address, server))
 
+    thread_socket: list[ThreadSocket] = []  # for an abandoned thread (_adopt)
+
     def run_on(trio_sock: trio.socket.SocketType, *, exclusive: bool, data: Any = None) -> None:
         sock = ThreadSocket.duplicate(trio_sock, exclusive=exclusive)
+        thread_socket.append(sock)
         try:
             if timeout is not None:
                 sock.settimeout(timeout)
@@ -84,13 +158,14 @@ async def run_sync_handler(
         trio_sock = request.socket
 
         def shut_down() -> None:
-            try:
-                trio_sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass  # not connected any more: the handler's calls return already
+            _shut_down(trio_sock)
 
         await run_in_handler_thread(
-            server, limit, lambda: run_on(trio_sock, exclusive=True), shut_down
+            server,
+            limit,
+            lambda: run_on(trio_sock, exclusive=True),
+            shut_down,
+            lambda: _adopt(thread_socket, trio_sock),
         )
     elif isinstance(request, trio.abc.Stream):
         view = StreamSocket(request, trio.lowlevel.current_trio_token())
@@ -116,3 +191,284 @@ def _is_datagram(request: Any) -> bool:
 
 def _nothing() -> None:
     return None
+
+
+def _adopt(sockets: list[ThreadSocket], trio_sock: trio.socket.SocketType) -> None:
+    """An abandoned thread keeps a borrowed descriptor: the Trio side lets go of it."""
+    if sockets and sockets[0].adopt():
+        trio_sock.detach()
+
+
+def _shut_down(trio_sock: trio.socket.SocketType) -> None:
+    try:
+        trio_sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # not connected any more: the handler's calls return already
+
+
+# -- http.server handlers, request by request ------------------------------------------------
+
+#: The ``__init__`` of the standard library's handler classes: they only store their
+#: arguments (and ``directory``) before socketserver's runs the connection.
+_STDLIB_MODULES: Final = frozenset({"socketserver", "http.server"})
+
+_BaseHTTP = http.server.BaseHTTPRequestHandler
+
+
+@final
+class _HTTPHandler:
+    """How to construct an ``http.server`` handler without running its connection."""
+
+    __slots__ = ("args", "cls", "keywords")
+
+    def __init__(self, cls: type[_BaseHTTP], args: tuple[Any, ...], keywords: dict[str, Any]):
+        self.cls = cls
+        self.args = args
+        self.keywords = keywords
+
+    def construct(self, request: Any, client_address: Any, server: Any) -> _BaseHTTP:
+        """The handler, set up as its constructor leaves it, minus the connection's loop.
+
+        socketserver's ``__init__`` stores its arguments, then runs ``setup()``,
+        ``handle()`` and ``finish()``: those three are shadowed on the instance by no-ops
+        while it runs, so ``__init__`` (``SimpleHTTPRequestHandler``'s sets
+        ``directory``) does everything but serve.
+        """
+        cls = self.cls
+        handler = cls.__new__(cls)
+        shadows = handler.__dict__
+        for name in ("setup", "handle", "finish"):
+            shadows[name] = _nothing
+        try:
+            init: Any = cls.__init__
+            init(handler, *self.args, request, client_address, server, **self.keywords)
+        finally:
+            for name in ("setup", "handle", "finish"):
+                shadows.pop(name, None)
+        return handler
+
+
+def keep_alive_handler(handler_class: object) -> _HTTPHandler | None:
+    """How to run *handler_class* request by request; None if it is not that simple.
+
+    Not None for a subclass of ``http.server.BaseHTTPRequestHandler`` (or a
+    `functools.partial` of one) whose ``handle`` and ``__init__`` are the standard
+    library's own: its connection is ``setup()``, ``handle_one_request()`` until
+    ``close_connection``, ``finish()``, and nothing else.
+    """
+    args: tuple[Any, ...] = ()
+    keywords: dict[str, Any] = {}
+    if isinstance(handler_class, functools.partial):
+        args, keywords = handler_class.args, handler_class.keywords
+        handler_class = handler_class.func
+    if not (isinstance(handler_class, type) and issubclass(handler_class, _BaseHTTP)):
+        return None
+    if handler_class.handle is not _BaseHTTP.handle:
+        return None
+    if getattr(handler_class.__init__, "__module__", None) not in _STDLIB_MODULES:
+        return None
+    return _HTTPHandler(handler_class, args, keywords)
+
+
+def _close_when_draining(handler: _BaseHTTP, server: Any) -> None:
+    """Make a response begun while the server drains say ``Connection: close``.
+
+    So the client (or the load balancer) sends its next request elsewhere rather than on
+    a connection about to close.
+    """
+    end_headers = handler.end_headers
+
+    def end_headers_then_close() -> None:
+        if not handler.close_connection and getattr(server, "draining", False):
+            handler.send_header("Connection", "close")  # sets close_connection too
+        end_headers()
+
+    handler.end_headers = end_headers_then_close  # type: ignore[method-assign]
+
+
+def _idle_file() -> io.BufferedReader:
+    reader: io.BufferedReader = io.BufferedReader(io.BytesIO(), buffer_size=1)
+    reader.close()
+    return reader
+
+
+#: What an idle connection's ``rfile`` is while its buffer is released: a closed file,
+#: so that a ``finish()`` meanwhile closes it again, which does nothing.
+_IDLE_RFILE: Final = _idle_file()
+
+#: The ``setup`` whose ``rfile`` is ``connection.makefile("rb", rbufsize)``: an idle
+#: connection's may be dropped, and made again for the next request.
+_STDLIB_SETUP: Final = socketserver.StreamRequestHandler.setup
+
+
+def _has_buffered_input(rfile: Any, sock: socket.socket) -> bool:
+    """Whether *rfile* holds bytes of a next request already (the client pipelines).
+
+    Peeks without blocking: the socket is non-blocking for the moment, so a peek at an
+    empty buffer reads what the kernel holds, or nothing. A file without ``peek`` counts
+    as holding bytes: the thread then waits in it, as ``http.server`` does.
+    """
+    if isinstance(rfile, socket.SocketIO):
+        return False  # unbuffered (rbufsize = 0): it holds nothing
+    peek = getattr(rfile, "peek", None)
+    if peek is None or getattr(rfile, "closed", False):
+        return peek is None
+    timeout = sock.gettimeout()
+    sock.settimeout(0.0)
+    try:
+        return bool(peek(1))
+    except OSError:
+        return True  # let the next request find out what is wrong, and report it
+    finally:
+        sock.settimeout(timeout)
+
+
+@final
+class _KeepAlive:
+    """One ``http.server`` connection, served request by request (see the module docs).
+
+    The state between thread hops: the handler and its socket. ``busy`` is True while a
+    thread works on them, so the Trio side never touches them at the same time, even
+    when a thread was abandoned.
+    """
+
+    __slots__ = (
+        "busy",
+        "client_address",
+        "handler",
+        "http",
+        "request_timeout",
+        "server",
+        "sock",
+        "trio_sock",
+    )
+
+    def __init__(
+        self,
+        http: _HTTPHandler,
+        trio_sock: trio.socket.SocketType,
+        client_address: Any,
+        server: Any,
+        timeout: float | None,
+    ) -> None:
+        self.http = http
+        self.trio_sock = trio_sock
+        self.client_address = client_address
+        self.server = server
+        #: The socket's timeout: the handler class's own, or else the server's.
+        own = getattr(http.cls, "timeout", None)
+        self.request_timeout: float | None = own if own is not None else timeout
+        self.handler: _BaseHTTP | None = None
+        self.sock: ThreadSocket | None = None
+        self.busy = False
+
+    async def serve(self, limit: int | None) -> None:
+        """Serve the connection until it closes; ``finish()`` runs whatever happens."""
+        trio_sock = self.trio_sock
+
+        def shut_down() -> None:
+            _shut_down(trio_sock)
+
+        keep_alive: float | None = getattr(self.server, "keep_alive_timeout", None)
+        wait = self.request_timeout
+        try:
+            while True:  # one turn per request, until the connection ends
+                if not await self._wait_for_request(wait):
+                    break
+                if await run_in_handler_thread(
+                    self.server, limit, self._serve_one, shut_down, self._adopt
+                ):
+                    return
+                if keep_alive is not None:
+                    wait = keep_alive
+        finally:
+            if self.handler is not None and not self.busy:  # (a busy one was abandoned)
+                with trio.move_on_after(ABANDON_AFTER, shield=True):
+                    await run_in_handler_thread(self.server, limit, self._end, _nothing)
+
+    async def _wait_for_request(self, timeout: float | None) -> bool:  # noqa: ASYNC109
+        """Wait in Trio until the next request can be read; False if none came in time."""
+        if getattr(self.server, "draining", False):
+            return False  # the server is stopping: no next request (as gunicorn does)
+        handler = self.handler
+        if handler is not None:
+            assert self.sock is not None
+            rfile = handler.rfile
+            if _has_buffered_input(rfile, self.sock):
+                return True
+            if type(handler).setup is _STDLIB_SETUP and type(rfile) is io.BufferedReader:
+                # Its buffer (8 KiB) is most of what an idle connection costs: let it go
+                # while the connection waits (`_serve_one` makes the file again).
+                rfile.close()
+                handler.rfile = _IDLE_RFILE
+        state = getattr(self.server, "_trioserve", None)
+        serving = state.serving if state is not None else None
+        with trio.move_on_after(math.inf if timeout is None else timeout) as scope:
+            if serving is not None:
+                serving.idle.add(scope)  # a drain cancels it: the connection closes at once
+            try:
+                await trio.lowlevel.wait_readable(self.trio_sock)
+            finally:
+                if serving is not None:
+                    serving.idle.discard(scope)
+            return True
+        if serving is not None and serving.draining.is_set():
+            logger.debug("%r: closing an idle connection: the server stops", self.client_address)
+        else:
+            logger.debug("%r: closing an idle connection after %s s", self.client_address, timeout)
+        return False
+
+    def _adopt(self) -> None:
+        sock = self.sock
+        if sock is not None and sock.adopt():
+            self.trio_sock.detach()
+
+    def _start(self) -> _BaseHTTP:
+        """In the thread, before the first request: the socket, the handler, ``setup()``."""
+        sock = self.sock = ThreadSocket.duplicate(self.trio_sock, exclusive=True)
+        try:
+            if self.request_timeout is not None:
+                sock.settimeout(self.request_timeout)
+            handler = self.http.construct(sock, self.client_address, self.server)
+            handler.setup()
+        except BaseException:
+            self.sock = None
+            sock.release()
+            raise
+        handler.close_connection = True  # as BaseHTTPRequestHandler.handle begins
+        _close_when_draining(handler, self.server)
+        self.handler = handler
+        return handler
+
+    def _serve_one(self) -> bool:
+        """In the thread: one ``handle_one_request()``; True once the connection ended."""
+        self.busy = True
+        try:
+            handler = self.handler
+            if handler is None:
+                handler = self._start()
+            elif handler.rfile is _IDLE_RFILE:
+                handler.rfile = handler.connection.makefile("rb", handler.rbufsize)
+            try:
+                handler.handle_one_request()
+            except BaseException:
+                self._end()
+                raise
+            if handler.close_connection:
+                self._end()
+                return True
+            return False
+        finally:
+            self.busy = False
+
+    def _end(self) -> None:
+        """In the thread: ``finish()``, then the thread's socket is closed."""
+        handler = self.handler
+        sock = self.sock
+        self.handler = self.sock = None
+        try:
+            if handler is not None:
+                handler.finish()
+        finally:
+            if sock is not None:
+                sock.release()

@@ -22,8 +22,14 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
+from ._buffer import INPUT_ALLOWANCE, InputBudget
 from ._errors import broken, peer_timeout
-from ._exceptions import BrokenConnectionError, LineTooLongError, PeerTimeoutError
+from ._exceptions import (
+    BrokenConnectionError,
+    InputBudgetError,
+    LineTooLongError,
+    PeerTimeoutError,
+)
 from ._files import DEFAULT_RECEIVE_SIZE
 
 if TYPE_CHECKING:
@@ -66,11 +72,17 @@ class _ConnectionRaw(io.RawIOBase):
     which would drop what it had read so far: it is kept in ``error`` and reported as end
     of file, and the `SyncReader` gives the bytes back and raises it. Not for use on its
     own.
+
+    With a *budget* (the server's, for unread input), the bytes one call of the
+    `SyncReader` receives beyond `INPUT_ALLOWANCE` are reserved from it until the call
+    returns (`end_call`): a call that needs more than the budget has left ends as a
+    timeout does, with `InputBudgetError` in ``error``.
     """
 
     __slots__ = (
         "_gettimeout",
         "_recv_into",
+        "budget",
         "deadline",
         "error",
         "holding",
@@ -79,13 +91,21 @@ class _ConnectionRaw(io.RawIOBase):
         "pending",
         "per_receive",
         "receive_size",
+        "received",
+        "reserved",
         "sock",
     )
 
-    def __init__(self, sock: SocketLike, receive_size: int) -> None:
+    def __init__(
+        self, sock: SocketLike, receive_size: int, budget: InputBudget | None = None
+    ) -> None:
         super().__init__()
         self.sock: Any = sock
         self.receive_size = receive_size
+        self.budget = budget
+        #: Bytes received by the current call of the reader, and reserved for it.
+        self.received = 0
+        self.reserved = 0
         self._recv_into: Callable[[Buffer, int], int] = getattr(
             sock, "recv_into", self._recv_into_with_recv
         )
@@ -106,8 +126,8 @@ class _ConnectionRaw(io.RawIOBase):
         self.line_state = 0
         self.deadline = 0.0
         self.line_timeout = 0.0
-        #: The timeout that ended a receive, for the `SyncReader` to raise.
-        self.error: PeerTimeoutError | None = None
+        #: The timeout (or the spent budget) that ended a receive, for the `SyncReader` to raise.
+        self.error: PeerTimeoutError | InputBudgetError | None = None
 
     def readable(self) -> bool:
         """Always True."""
@@ -124,6 +144,10 @@ class _ConnectionRaw(io.RawIOBase):
         size = len(buffer)  # type: ignore[arg-type]  # a memoryview or a bytearray
         if size > self.receive_size:
             size = self.receive_size
+        if self.budget is not None and self.received + size > INPUT_ALLOWANCE + self.reserved:
+            size = self._within_budget(size)
+            if not size:
+                return 0
         if not self.per_receive:
             if self.line_state:
                 if not self._lower_timeout():
@@ -136,7 +160,9 @@ class _ConnectionRaw(io.RawIOBase):
                     self.deadline = time.monotonic() + timeout
                     self.line_state = 1
         try:
-            return self._recv_into(buffer, size)
+            count = self._recv_into(buffer, size)
+            self.received += count
+            return count
         except BrokenConnectionError:
             raise
         except (ConnectionResetError, ConnectionAbortedError, BrokenPipeError) as exc:
@@ -151,6 +177,28 @@ class _ConnectionRaw(io.RawIOBase):
             if not self.per_receive and not self.line_state:
                 self.line_state = 1  # so that the readline looks at error
             return 0
+
+    def _within_budget(self, size: int) -> int:
+        """How much of *size* this receive may take, reserving it; 0 (``error`` set) if none."""
+        budget = self.budget
+        assert budget is not None
+        room = INPUT_ALLOWANCE + self.reserved - self.received
+        granted = budget.reserve(size - room)
+        self.reserved += granted
+        if room + granted > 0:
+            return room + granted
+        self.error = budget.refusal()
+        if not self.per_receive and not self.line_state:
+            self.line_state = 1  # so that the readline looks at error
+        return 0
+
+    def end_call(self) -> None:
+        """After a call of the reader that received: give its reservation back."""
+        self.received = 0
+        if self.reserved:
+            assert self.budget is not None
+            self.budget.release(self.reserved)
+            self.reserved = 0
 
     def _recv_into_with_recv(self, buffer: Buffer, size: int) -> int:
         data = self.sock.recv(size)
@@ -219,6 +267,10 @@ class SyncReader(io.BufferedIOBase):
       receive_size: the most bytes one receive asks for.
       max_line_length: the longest line ``readline()`` without a limit accepts; None for
         no limit.
+      budget: the server's budget for unread input (`trioserve._buffer.input_budget`):
+        what one call receives beyond `INPUT_ALLOWANCE` bytes is reserved from it until
+        the call returns, and a call that needs more than it has left raises
+        `InputBudgetError` (the bytes stay readable). None for no such bound.
     """
 
     # Slots, not the instance dict, for what readline() touches on every call: faster.
@@ -230,11 +282,12 @@ class SyncReader(io.BufferedIOBase):
         *,
         receive_size: int = DEFAULT_RECEIVE_SIZE,
         max_line_length: int | None = None,
+        budget: InputBudget | None = None,
     ) -> None:
         super().__init__()
         if receive_size < 1:
             raise ValueError(f"receive_size must be >= 1, not {receive_size}")
-        self._raw = _ConnectionRaw(sock, receive_size)
+        self._raw = _ConnectionRaw(sock, receive_size, budget)
         # Each open connection of a sync handler holds this buffer, idle or not, and the
         # C reader allocates it up front: io.DEFAULT_BUFFER_SIZE at most, as
         # socketserver's rfile has, not receive_size (64 KiB by default) per connection.
@@ -309,6 +362,8 @@ class SyncReader(io.BufferedIOBase):
             data = read(size)
         finally:
             raw.per_receive = False
+            if raw.received:
+                raw.end_call()
         if raw.error is not None:
             self._raise_error(data)
         return data
@@ -329,6 +384,8 @@ class SyncReader(io.BufferedIOBase):
             size = self._reader.readinto(buffer)
         finally:
             raw.per_receive = False
+            if raw.received:
+                raw.end_call()
         if raw.error is not None:
             self._raise_error(memoryview(buffer).cast("B")[:size].tobytes())
         return size
@@ -359,7 +416,11 @@ class SyncReader(io.BufferedIOBase):
         except BaseException:
             if raw.line_state:
                 raw.end_line()
+            if raw.received:
+                raw.end_call()
             raise
+        if raw.received:
+            raw.end_call()
         if raw.line_state:
             # This line took receives under a timeout: restore it; did it run out?
             raw.end_line()
@@ -408,6 +469,8 @@ class SyncReader(io.BufferedIOBase):
             return self._read_until(separator, limit, receive_size)
         finally:
             raw.receive_size = receive_size
+            if raw.received:
+                raw.end_call()
             if raw.line_state:
                 raw.end_line()  # the receives shared one timeout: give the socket its own
 

@@ -13,7 +13,9 @@ Threads, limits, cancellation
 Worker threads come from Trio's thread cache (`trio.lowlevel.start_thread_soon`), and how
 many run handlers at once is bounded per server by ``max_handler_threads`` (a
 `trio.CapacityLimiter`). A request past the limit waits, accepted and unrefused, until a
-thread is free.
+thread is free. Waiting is logged: a server whose idle connections hold every thread must
+not starve its new clients silently. The first wait is a warning, the others for a minute
+(`COMPLAINT_INTERVAL`) are logged at debug level only.
 
 Cancelling the task of a sync handler cannot interrupt Python code in another thread.
 What it can do is reach the place where such a thread nearly always waits, its
@@ -29,6 +31,22 @@ forever for a stuck thread. Its thread slot is only given back when it really en
 done, which is exactly when the connection needs to be shut down. Here the task waits on
 an event that the thread sets when it ends; cancellation interrupts that wait, shuts the
 connection down, and then waits again, shielded, for the thread.
+
+Out of file descriptors
+-----------------------
+A thread's socket is a duplicate of the connection's descriptor, made in the thread once
+it runs (`ThreadSocket.duplicate`), so a sync connection holds two descriptors. At the
+process's descriptor limit the duplicate fails with ``EMFILE`` (or ``ENFILE``). Waiting
+for one to come free, as the accept loop does, would not do: each waiting connection
+holds a descriptor of its own, and the accept loop takes every one that comes free, so
+the waiting connections would wait for each other (measured: 5 of 100 clients served in
+90 s). Instead the thread then *borrows* the connection's own descriptor: its socket is
+that descriptor, and everything the handler does with it (even ``close()``) leaves the
+descriptor open, exactly as with a duplicate. The request is served at once, and the
+failure is logged once a minute at error level (`COMPLAINT_INTERVAL`), at debug level
+otherwise. If such a thread is ever abandoned (above), the descriptor is handed over to it
+(`ThreadSocket.adopt`) rather than closed under it, so that a number reused by the next
+connection can never reach a stuck handler.
 
 Which run a thread serves
 -------------------------
@@ -51,17 +69,21 @@ import math
 import os
 import socket
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar, final
 
 import trio
 
+from ._errors import CAPACITY_ERRNOS
+
 if TYPE_CHECKING:
     import outcome
 
 __all__ = [
     "ABANDON_AFTER",
+    "COMPLAINT_INTERVAL",
     "THREAD_NAME",
     "ThreadSocket",
     "descends_from",
@@ -81,6 +103,10 @@ ABANDON_AFTER = 5.0
 #: The name of a worker thread while it runs a sync handler (Trio names an idle one
 #: ``Trio thread N``).
 THREAD_NAME = "trioserve sync handler"
+
+#: After a complaint is logged (out of descriptors, waiting for a thread), the same one
+#: is logged at debug level only for this many seconds.
+COMPLAINT_INTERVAL = 60.0
 
 #: The timeout that stands for "blocking" on a shared `ThreadSocket`.
 _BLOCKING_TIMEOUT = 24 * 3600.0
@@ -125,13 +151,26 @@ def descends_from(task: trio.lowlevel.Task, ancestor: trio.lowlevel.Task) -> boo
 class _ThreadState:
     """One server's sync handler threads within one Trio run."""
 
-    __slots__ = ("limiter", "lock", "running", "token")
+    __slots__ = ("complaints", "limiter", "lock", "running", "token")
 
     def __init__(self, token: trio.lowlevel.TrioToken, total: float) -> None:
         self.token = token
         self.limiter = trio.CapacityLimiter(total)
         self.lock = threading.Lock()
         self.running = 0
+        #: When each kind of complaint was last logged at its own level (time.monotonic).
+        self.complaints: dict[str, float] = {}
+
+    def complain(self, kind: str, level: int, message: str, *args: object) -> None:
+        """Log *message* at *level*, or at debug level if *kind* was logged in the last
+        `COMPLAINT_INTERVAL` seconds: one line a minute, however often it happens."""
+        now = time.monotonic()
+        last = self.complaints.get(kind)
+        if last is None or now - last >= COMPLAINT_INTERVAL:
+            self.complaints[kind] = now
+        else:
+            level = logging.DEBUG
+        logger.log(level, message, *args)
 
 
 _states: weakref.WeakKeyDictionary[object, _ThreadState] = weakref.WeakKeyDictionary()
@@ -155,12 +194,17 @@ def running_handler_threads(owner: object) -> int:
 
 
 async def run_in_handler_thread(
-    owner: object, limit: int | None, work: Callable[[], T], on_cancel: Callable[[], object]
+    owner: object,
+    limit: int | None,
+    work: Callable[[], T],
+    on_cancel: Callable[[], object],
+    on_abandon: Callable[[], object] = lambda: None,
 ) -> T:
     """Run *work* in a worker thread, as one of *owner*'s at most *limit* handler threads.
 
-    Waits for a free slot first (cancellable). While *work* runs, the thread is marked as
-    working for the calling task (`waiting_task`).
+    Waits for a free slot first (cancellable; a wait is logged, see the module
+    documentation). While *work* runs, the thread is marked as working for the calling
+    task (`waiting_task`).
 
     Args:
       owner: the server whose threads these are (weakly referenced).
@@ -168,6 +212,8 @@ async def run_in_handler_thread(
       work: what to run in the thread.
       on_cancel: called in the Trio thread, once, if this task is cancelled while *work*
         runs: it must make *work* return soon (shut its connection down).
+      on_abandon: called in the Trio thread if the thread is abandoned (still running
+        `ABANDON_AFTER` seconds after *on_cancel*): hand it what it must keep.
 
     Returns:
       What *work* returned; what it raised is raised here.
@@ -179,7 +225,17 @@ async def run_in_handler_thread(
     """
     state = _thread_state(owner, limit)
     borrower = object()
-    await state.limiter.acquire_on_behalf_of(borrower)
+    limiter = state.limiter
+    if limiter.available_tokens < 1:
+        state.complain(
+            "threads",
+            logging.WARNING,
+            "%r: a sync handler waits for a worker thread: all %s of max_handler_threads "
+            "are busy (a sync connection holds its thread while it is open)",
+            owner,
+            limiter.total_tokens,
+        )
+    await limiter.acquire_on_behalf_of(borrower)
     done = trio.Event()
     results: list[outcome.Outcome[T]] = []
     context = contextvars.copy_context()
@@ -221,6 +277,7 @@ async def run_in_handler_thread(
         with trio.move_on_after(ABANDON_AFTER, shield=True):
             await done.wait()
         if not results:
+            on_abandon()
             logger.error(
                 "a sync handler of %r did not return within %.1f s of its connection being "
                 "shut down; abandoning its thread",
@@ -236,6 +293,25 @@ async def run_in_handler_thread(
 
 
 # -- a thread's own socket -------------------------------------------------------------------
+
+
+#: When a thread last had to borrow a connection's descriptor, logged at error level.
+_borrow_complaint: list[float] = []
+
+
+def _complain_of_borrowing(error: OSError) -> None:
+    now = time.monotonic()
+    if not _borrow_complaint or now - _borrow_complaint[0] >= COMPLAINT_INTERVAL:
+        _borrow_complaint[:] = [now]
+        level = logging.ERROR
+    else:
+        level = logging.DEBUG
+    logger.log(
+        level,
+        "no file descriptor for a sync handler's own socket (%s): it uses its "
+        "connection's; raise the descriptor limit or lower max_connections",
+        error.strerror,
+    )
 
 
 @final
@@ -256,27 +332,62 @@ class ThreadSocket(socket.socket):
       descriptor must stay non-blocking, so blocking mode is emulated with a timeout of a
       day (``gettimeout()`` still says None; ``settimeout(None)`` and
       ``setblocking(True)`` keep the emulation).
+
+    Without a free descriptor for the duplicate, the socket *borrows* the Trio socket's
+    own (see the module documentation): closing it then leaves the descriptor open, and
+    `release` lets it go without closing it, unless `adopt` handed it over.
     """
 
     _origin: trio.socket.SocketType
     _shared: bool
+    _borrowed: bool
+    _owned: bool
+    _lock: threading.Lock
 
     @classmethod
     def duplicate(cls, sock: trio.socket.SocketType, *, exclusive: bool) -> ThreadSocket:
         """A new socket on a duplicate of *sock*'s descriptor, in blocking mode.
 
-        The timeout is `socket.getdefaulttimeout`, as for any new socket.
+        The timeout is `socket.getdefaulttimeout`, as for any new socket. Without a free
+        descriptor (``EMFILE``, ``ENFILE``...), the socket is on *sock*'s own, borrowed.
         """
-        fd = os.dup(sock.fileno())
+        borrowed = False
+        try:
+            fd = os.dup(sock.fileno())
+        except OSError as exc:
+            if exc.errno not in CAPACITY_ERRNOS:
+                raise
+            _complain_of_borrowing(exc)
+            fd = sock.fileno()
+            borrowed = True
         try:
             thread_socket = cls(sock.family, sock.type, sock.proto, fileno=fd)
         except BaseException:
-            os.close(fd)
+            if not borrowed:
+                os.close(fd)
             raise
         thread_socket._origin = sock
         thread_socket._shared = not exclusive
+        thread_socket._borrowed = borrowed
+        thread_socket._owned = False
+        thread_socket._lock = threading.Lock()
         thread_socket.settimeout(socket.getdefaulttimeout())
         return thread_socket
+
+    @property
+    def borrowed(self) -> bool:
+        """Whether this socket is on the Trio socket's own descriptor (none was free)."""
+        return self._borrowed
+
+    def _real_close(self, _ss: type[socket.socket] = socket.socket) -> None:
+        # close(), directly or once the last file from makefile() is closed: a borrowed
+        # descriptor is let go, not closed (it is the connection's own).
+        if self._borrowed:
+            with self._lock:
+                if not self._owned:
+                    _ss.detach(self)
+                    return
+        _ss.close(self)
 
     def settimeout(self, value: float | None) -> None:
         """As `socket.socket.settimeout`; on a shared socket None is emulated."""
@@ -293,11 +404,27 @@ class ThreadSocket(socket.socket):
         timeout = super().gettimeout()
         return None if timeout == _BLOCKING_TIMEOUT else timeout
 
+    def adopt(self) -> bool:
+        """From the Trio thread, for an abandoned thread: hand a borrowed descriptor over.
+
+        Returns:
+          True if this socket now owns the descriptor (it closes it in `release`): the
+          Trio side must then let go of it (``detach``) instead of closing it.
+        """
+        with self._lock:
+            if self._borrowed and not self._owned and self.fileno() >= 0:
+                self._owned = True
+                return True
+        return False
+
     def release(self) -> None:
         """Close the duplicate; for an exclusive one, make the descriptor non-blocking again."""
-        fd = self.detach()
-        if fd >= 0:
-            os.close(fd)
+        with self._lock:
+            fd = self.detach()
+            if fd >= 0 and (not self._borrowed or self._owned):
+                os.close(fd)
+            if self._owned:
+                return
         if not self._shared:
             origin = self._origin.fileno()
             if origin >= 0:
