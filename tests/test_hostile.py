@@ -601,8 +601,7 @@ async def test_clients_holding_unfinished_lines_share_one_budget_and_others_are_
     from trioserve._buffer import INPUT_ALLOWANCE, input_budget
 
     unfinished = b"x" * 20_000  # 11,808 bytes past the allowance of its connection
-    with ThreadingTCPServer(LOCALHOST, Lines) as server:
-        server.max_buffered_input = 40_000  # type: ignore[attr-defined]
+    with ThreadingTCPServer(LOCALHOST, Lines, max_buffered_input=40_000) as server:
         budget = input_budget(server)
         assert budget is not None
         async with serving(server):

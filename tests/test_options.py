@@ -73,3 +73,16 @@ def test_bad_unix_socket_mode_is_refused(tmp_path: Path, mode: object) -> None:
     with pytest.raises(ValueError, match="unix_socket_mode must be a file mode"):
         UnixStreamServer(str(tmp_path / "s.sock"), EchoHandler, unix_socket_mode=mode)
     assert not (tmp_path / "s.sock").exists()
+
+
+def test_max_buffered_input_is_an_option_checked_at_construction() -> None:
+    from trioserve import TCPServer, ThreadingTCPServer
+
+    with ThreadingTCPServer(("127.0.0.1", 0), trioserve.EchoHandler) as server:
+        assert server.max_buffered_input == 32 * 1024 * 1024
+    with ThreadingTCPServer(
+        ("127.0.0.1", 0), trioserve.EchoHandler, max_buffered_input=None
+    ) as unlimited:
+        assert unlimited.max_buffered_input is None
+    with pytest.raises(ValueError, match="max_buffered_input must be at least 1"):
+        TCPServer(("127.0.0.1", 0), trioserve.EchoHandler, max_buffered_input=0)

@@ -930,3 +930,21 @@ async def test_a_drain_aware_handler_closes_an_idle_connection_at_once(
         assert trio.current_time() - start < 1  # not the 30 s grace
     assert not draining(server)
     assert not [r for r in caplog.records if "cut short" in r.getMessage()]
+
+
+async def test_refused_requests_are_one_warning_a_minute_then_debug(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Short(StreamRequestHandler):
+        max_line_length = 8
+
+        async def handle(self) -> None:
+            await self.rfile.readline()
+
+    caplog.set_level(logging.DEBUG, logger="trioserve")
+    with ThreadingTCPServer(LOCALHOST, Short) as server:
+        async with serving(server):
+            for _ in range(3):
+                assert await talk(server, b"far too long a line\n") == b""
+    refused = [r for r in caplog.records if "refused" in r.getMessage()]
+    assert [r.levelno for r in refused] == [logging.WARNING, logging.DEBUG, logging.DEBUG]

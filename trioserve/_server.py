@@ -37,6 +37,7 @@ import logging
 import math
 import socketserver
 import sys
+import time
 from collections.abc import Awaitable, Callable, Generator, Mapping
 from types import EllipsisType, TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar, final
@@ -44,6 +45,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, final
 import trio
 
 from . import _options
+from ._buffer import DEFAULT_MAX_BUFFERED_INPUT
 from ._errors import is_vanished_peer
 from ._exceptions import LineTooLongError, PeerTimeoutError
 from ._handlers import HandlerClass, is_handler
@@ -60,6 +62,10 @@ if sys.version_info < (3, 11):  # pragma: no cover
 __all__ = ["BaseServer", "HandlerClass", "serve"]
 
 logger = logging.getLogger("trioserve")
+
+#: After a refused request (a line too long) is logged at warning level, the next ones
+#: are logged at debug level for this many seconds.
+REFUSAL_LOG_INTERVAL = 60.0
 
 
 async def serve(
@@ -168,6 +174,9 @@ class BaseServer:
         (``max_connections``), so every connection can have a thread, as in
         socketserver's ``ThreadingMixIn``; for ``http.server`` handlers, run request by
         request (an idle connection holds no thread), None means 256.
+      max_buffered_input: bytes of unread input all connections together may hold
+        beyond 8 KiB each (partial lines): past it a read raises `InputBudgetError`.
+        None for no limit. Default 32 MiB (see the security page).
       handler_timeout: the ``timeout`` of every handler whose class leaves it None
         (seconds each read or write on the connection may wait for the peer); None (the
         default) leaves the handlers' own. The command line's ``--timeout``.
@@ -184,6 +193,7 @@ class BaseServer:
     block_on_close: bool = True
     max_handler_threads: int | None = None
     handler_timeout: float | None = None
+    max_buffered_input: int | None = DEFAULT_MAX_BUFFERED_INPUT
 
     _trioserve_options: ClassVar[Mapping[str, _options.Check]] = {
         "timeout": _options.seconds_or_none,
@@ -192,6 +202,7 @@ class BaseServer:
         "block_on_close": _options.boolean,
         "max_handler_threads": _options.positive_int_or_none,
         "handler_timeout": _options.seconds_or_none,
+        "max_buffered_input": _options.positive_int_or_none,
     }
 
     #: The option that bounds how many requests a concurrent server handles at once: a
@@ -446,7 +457,8 @@ class BaseServer:
         plain `ConnectionResetError` or `BrokenPipeError` from the handler's own socket
         calls, or an exception group of only such errors) at debug level, a peer too slow
         for the handler's ``timeout`` (`~trioserve.PeerTimeoutError`) at info level, and
-        a line longer than ``max_line_length`` at warning level, all three in one line;
+        a line longer than ``max_line_length`` (or input past ``max_buffered_input``) at
+        warning level, at most once a minute (debug otherwise), all three in one line;
         anything else (a `TimeoutError` of the handler's own too) at error level with its
         traceback.
         """
@@ -456,7 +468,14 @@ class BaseServer:
         elif isinstance(exc, PeerTimeoutError):
             logger.info("%s timed out: %s", _peer(client_address), exc)
         elif isinstance(exc, LineTooLongError):
-            logger.warning("request from %s refused: %s", _peer(client_address), exc)
+            # A flood of them (an attack holding unfinished lines) is one warning a minute.
+            now = time.monotonic()
+            last = self._trioserve.refusal_logged
+            level = logging.DEBUG
+            if last is None or now - last >= REFUSAL_LOG_INTERVAL:
+                self._trioserve.refusal_logged = now
+                level = logging.WARNING
+            logger.log(level, "request from %s refused: %s", _peer(client_address), exc)
         else:
             logger.error(
                 "exception while handling a request from %s", _peer(client_address), exc_info=True

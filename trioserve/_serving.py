@@ -133,11 +133,13 @@ class Serving:
 class ServerState:
     """What a server keeps between runs. One per server, created by its constructor."""
 
-    __slots__ = ("cut", "lock", "path", "serving", "shutdown_pending")
+    __slots__ = ("cut", "lock", "path", "refusal_logged", "serving", "shutdown_pending")
 
     def __init__(self) -> None:
         #: Requests cut short by cancellation in the current run (for the stop's log line).
         self.cut = 0
+        #: When a refused request was last logged at warning level (time.monotonic).
+        self.refusal_logged: float | None = None
         self.lock = threading.Lock()
         self.serving: Serving | None = None
         self.shutdown_pending = False
