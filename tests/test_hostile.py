@@ -677,3 +677,34 @@ async def test_a_response_begun_while_the_server_drains_says_connection_close(
     head = answer.split(b"\r\n\r\n")[0].lower()
     assert head.startswith(b"http/1.1 200")
     assert b"\r\nconnection: close" in head
+
+
+async def test_a_connection_taken_over_by_the_drain_gets_its_first_request_answered(
+    hello: type[Hello],
+) -> None:
+    gate = threading.Event()
+    started = trio.Event()
+    token = trio.lowlevel.current_trio_token()
+
+    class Holding(hello):  # type: ignore[valid-type, misc]
+        def do_GET(self) -> None:
+            if self.path == "/hold":
+                trio.from_thread.run_sync(started.set, trio_token=token)
+                gate.wait(30)
+            super().do_GET()
+
+    # One connection at a time: the second waits in the kernel's queue until the drain.
+    with ThreadingHTTPServer(LOCALHOST, Holding, max_connections=1, shutdown_grace=30) as server:
+        async with serving(server):
+            holder = await connect(server)
+            await holder.send_all(b"GET /hold HTTP/1.1\r\nHost: t\r\n\r\n")
+            await started.wait()
+            queued = await connect(server)
+            await queued.send_all(REQUEST)
+            server.shutdown()
+            gate.set()
+            answer = await receive_until_eof(queued)
+            await receive_until_eof(holder)
+            await holder.aclose()
+            await queued.aclose()
+    assert answer.startswith(b"HTTP/1.1 200"), answer

@@ -388,9 +388,11 @@ class _KeepAlive:
 
     async def _wait_for_request(self, timeout: float | None) -> bool:  # noqa: ASYNC109
         """Wait in Trio until the next request can be read; False if none came in time."""
-        if getattr(self.server, "draining", False):
-            return False  # the server is stopping: no next request (as gunicorn does)
         handler = self.handler
+        if handler is not None and getattr(self.server, "draining", False):
+            # The server is stopping: no *next* request (as gunicorn does). A connection's
+            # first request is always served, even on a connection the drain took over.
+            return False
         if handler is not None:
             assert self.sock is not None
             rfile = handler.rfile
