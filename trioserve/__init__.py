@@ -38,6 +38,8 @@ from ._policy import NurseryMixIn as NurseryMixIn
 from ._policy import ProcessPoolMixIn as ProcessPoolMixIn
 from ._policy import ThreadingMixIn as ThreadingMixIn
 from ._server import BaseServer as BaseServer
+from ._stats import Statistics as Statistics
+from ._stats import WorkerStatistics as WorkerStatistics
 from ._stream import TCPServer as TCPServer
 from ._stream import UnixStreamServer as UnixStreamServer
 from ._streamsocket import StreamSocket as StreamSocket
@@ -67,6 +69,7 @@ __all__ = [
     "ProcessPoolMixIn",
     "ProxyProtocolError",
     "SocketServer",
+    "Statistics",
     "StreamRequestHandler",
     "StreamSocket",
     "SyncReader",
@@ -83,5 +86,6 @@ __all__ = [
     "UnixDatagramServer",
     "UnixStreamServer",
     "WorkerStartupError",
+    "WorkerStatistics",
     "listen_fds",
 ]

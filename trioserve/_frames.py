@@ -16,6 +16,8 @@ kind           direction  arguments
 ``failed``     to parent  the error text, and whether retrying is pointless
 ``log``        to parent  a log record's attributes (plain values)
 ``shutdown``   to parent  a grace period: a handler called ``server.shutdown()``
+``stats``      to parent  the worker's figures, a `~trioserve.WorkerStatistics`: on
+                          change, at most every half second, and as it stops
 =============  =========  ==========================================================
 """
 

@@ -436,6 +436,7 @@ class _Pool:
                 if worker.process.returncode is None:
                     await self._stop_worker(worker, self.grace if self.stopping.is_set() else 0)
                 await worker.stream.aclose()
+                self.server._trioserve.counters.worker_gone(worker.pid)  # statistics
                 if self.workers.get(slot) is worker:
                     del self.workers[slot]
                 self._update_pids()
@@ -553,6 +554,8 @@ class _Pool:
             grace = message[1]
             self.server.shutdown(grace)
             self.begin_stop(grace)
+        elif kind == "stats":  # statistics (docs/operations.md): the worker's figures
+            self.server._trioserve.counters.worker_update(message[1])
 
     async def _stop_worker(self, worker: WorkerProcess, grace: float | None) -> None:
         """Stop *worker* with *grace*, then SIGTERM, then SIGKILL; reap it in any case."""

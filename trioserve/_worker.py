@@ -45,6 +45,7 @@ with the worker's pid.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
@@ -65,6 +66,8 @@ from . import _frames
 from ._frames import EXIT_MARGIN, HEADER, FrameError, WorkerSpec, check_size, encode_frame
 from ._policy import Nursery, concurrency_limit
 from ._server import BaseServer, serve
+from ._stats import WorkerStatistics, push_statistics
+from ._threads import running_handler_threads
 
 __all__ = ["WorkerRun", "main"]
 
@@ -234,7 +237,21 @@ class WorkerRun:
         server = self.server
         policy = Nursery(concurrency_limit(server))
         ready = _ReadyReporter(self.channel)
-        await serve(server, policy, task_status=ready, on_stop=self._stopping)
+        # -- statistics (docs/operations.md): push this worker's figures to the parent.
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(push_statistics, self._figures, self._send_figures)
+            await serve(server, policy, task_status=ready, on_stop=self._stopping)
+            nursery.cancel_scope.cancel()
+        with contextlib.suppress(OSError):
+            self._send_figures(self._figures())  # the last figures, as it stops
+        # -- end of statistics
+
+    def _figures(self) -> WorkerStatistics:
+        counters = self.server._trioserve.counters
+        return counters.figures(os.getpid(), running_handler_threads(self.server))
+
+    def _send_figures(self, figures: WorkerStatistics) -> None:
+        self.channel.send("stats", figures)
 
     async def stop_on_signals(self) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
