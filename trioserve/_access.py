@@ -95,7 +95,8 @@ def format_peer(client_address: Any) -> str:
         client_address = client_address.decode(errors="backslashreplace")
     if not client_address:
         return "-"
-    return "".join(str(client_address).split()) or "-"
+    text = str(client_address)
+    return "".join(f"\\x{ord(c):02x}" if c.isspace() else c for c in text)
 
 
 def log_access(
