@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import signal
 from pathlib import Path
 
 import pytest
@@ -157,3 +158,26 @@ async def test_the_peer_is_the_client_behind_a_proxy_header(
     [line] = access_lines(caplog)
     assert line["peer"] == "203.0.113.7:5555"
     assert line["received"] == str(len(header) + 120)
+
+
+async def test_the_command_logs_access_lines(tmp_path: Path) -> None:
+    from .test_cli import echo_tcp, run_command, trioserve
+
+    argv = trioserve("--tcp", "127.0.0.1:0", "--access-log")
+    async with run_command(argv, cwd=tmp_path) as command:
+        assert await echo_tcp(command.address, b"hello") == b"hello"
+        line = await command.stderr.wait_for("trioserve.access")
+        command.signal(signal.SIGTERM)
+        assert await command.wait() == 0
+    message = line.split("trioserve.access: ", 1)[1]
+    match = LINE.match(message)
+    assert match is not None, message
+    assert (match["transport"], match["received"], match["sent"]) == ("tcp", "5", "5")
+
+
+def test_help_shows_the_operations_options() -> None:
+    from trioserve._cli import build_parser
+
+    text = build_parser().format_help()
+    for flag in ("--access-log", "--metrics HOST:PORT", "--reload"):
+        assert flag in text

@@ -73,6 +73,11 @@ def test_tcp_bytes_reads_the_kernels_counts_of_known_sizes() -> None:
                 got += len(client.recv(65536))
             assert tcp_bytes(client) == (777, 100_000)
             assert tcp_bytes(accepted) == (100_000, 777)
+            # The peer's end-of-file is not a byte (where the server reads: before its own
+            # end-of-file, in CLOSE_WAIT).
+            client.shutdown(socket.SHUT_WR)
+            assert accepted.recv(1) == b""
+            assert tcp_bytes(accepted) == (100_000, 777)
 
 
 def test_tcp_bytes_is_none_for_what_is_not_tcp() -> None:

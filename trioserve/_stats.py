@@ -62,11 +62,17 @@ PUSH_INTERVAL: Final = 0.5
 DURATION_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0)
 
 # struct tcp_info (linux/tcp.h): the fields read here, at their offsets since Linux 4.19.
-# tcpi_bytes_received (u64) at 128, tcpi_notsent_bytes (u32) at 144, tcpi_bytes_sent and
-# tcpi_bytes_retrans (u64) at 200 and 208. tests/test_stats.py checks them on the running
-# kernel with known sizes.
+# tcpi_state (u8) at 0, tcpi_bytes_received (u64) at 128, tcpi_notsent_bytes (u32) at 144,
+# tcpi_bytes_sent and tcpi_bytes_retrans (u64) at 200 and 208. tests/test_stats.py checks
+# them on the running kernel with known sizes. tcpi_bytes_received counts the peer's FIN
+# as one byte (it follows rcv_nxt): it is taken off in the states that show it was received.
+# The request path reads before its own end-of-file (ESTABLISHED, CLOSE_WAIT, or CLOSE after
+# a reset, which counts nothing); only a socket closed both ways (CLOSE) would be one over.
 _TCP_INFO: Final = getattr(socket, "TCP_INFO", 11)
 _TCP_INFO_SIZE: Final = 216
+#: TCP states (include/net/tcp_states.h) in which the peer's FIN has been received:
+#: TIME_WAIT, CLOSE_WAIT, LAST_ACK, CLOSING.
+_FIN_RECEIVED: Final = frozenset({6, 8, 9, 11})
 _RECEIVED: Final = struct.Struct("=Q")
 _NOTSENT: Final = struct.Struct("=I")
 _SENT: Final = struct.Struct("=QQ")
@@ -87,6 +93,8 @@ def tcp_bytes(sock: Any) -> tuple[int, int] | None:
     if len(info) < _TCP_INFO_SIZE:
         return None
     (received,) = _RECEIVED.unpack_from(info, 128)
+    if received and info[0] in _FIN_RECEIVED:
+        received -= 1  # the peer's FIN, counted by the kernel as a byte
     (notsent,) = _NOTSENT.unpack_from(info, 144)
     sent, retransmitted = _SENT.unpack_from(info, 200)
     return received, sent - retransmitted + notsent
