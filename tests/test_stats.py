@@ -19,6 +19,7 @@ from trioserve import (
     ThreadingUDPServer,
     ThreadingUnixStreamServer,
 )
+from trioserve._frames import FrameBuffer, encode_frame
 from trioserve._stats import DURATION_BUCKETS, Counters, WorkerStatistics, tcp_bytes
 from trioserve.testing import connect, exchange_datagram, serving
 
@@ -208,3 +209,9 @@ async def test_a_pools_statistics_sum_its_workers() -> None:
     assert stats.bytes_received == 4 * REQUEST_SIZE
     assert stats.bytes_sent == 4 * REPLY_SIZE
     assert stats.workers == ()  # none is left
+
+
+def test_a_workers_figures_travel_in_a_stats_frame() -> None:
+    figures = WorkerStatistics(pid=42, total_connections=3, duration_buckets=(1, 2))
+    [message] = FrameBuffer().feed(encode_frame(("stats", figures)))
+    assert message == ("stats", figures)

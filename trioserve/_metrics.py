@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import trio
 
+from ._server import BaseServer
 from ._stats import DURATION_BUCKETS
 
 if TYPE_CHECKING:
@@ -75,7 +76,8 @@ class _Collector:
             HistogramMetricFamily,
         )
 
-        stats = self._server.statistics()
+        # The library's own, even where a subclass has an attribute of that name.
+        stats = BaseServer.statistics(self._server)
         yield CounterMetricFamily(
             "trioserve_connections",
             "Connections (and datagrams) taken.",
