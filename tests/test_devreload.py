@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import errno
+import os
 import signal
 import socket
 import textwrap
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,8 @@ from .test_cli import START_TIMEOUT, run_command, trioserve
 
 pytestmark = pytest.mark.usefixtures("fd_leak_check")
 
-pytest.importorskip("watchfiles", reason="the reload extra is not installed")
+if not os.environ.get("CI"):  # in CI the extra is installed (`make test`): never skip there
+    pytest.importorskip("watchfiles", reason="the reload extra is not installed")
 
 #: Bounds for the clients that hammer the server during a switch.
 MAX_CLIENTS = 20_000
@@ -118,3 +121,34 @@ async def test_a_port_in_use_is_one_line(tmp_path: Path) -> None:
             line = await command.stderr.rest()
     assert line.startswith("trioserve: cannot serve on tcp 127.0.0.1:")
     assert errno.errorcode[errno.EADDRINUSE] or line
+
+
+async def test_metrics_survive_a_reload_on_the_same_port(tmp_path: Path) -> None:
+    pytest.importorskip("prometheus_client", reason="the metrics extra is not installed")
+    write_handler(tmp_path / "app.py", "first")
+    argv = trioserve("app:Handler", "--tcp", "127.0.0.1:0", "--reload", "--metrics", "127.0.0.1:0")
+    async with run_command(argv, cwd=tmp_path) as command:
+        url = (await command.stdout.readline()).split(" on ", 1)[1]
+        assert await ask(command.address) == b"first\n"
+        write_handler(tmp_path / "app.py", "second, longer")
+        await command.stdout.wait_for("trioserve: metrics on")  # the new server process
+        with trio.fail_after(START_TIMEOUT):
+            while (reply := await ask(command.address)) == b"first\n":
+                pass
+        assert reply == b"second, longer\n"
+
+        def scrape() -> str:
+            with urllib.request.urlopen(url, timeout=START_TIMEOUT) as response:
+                return str(response.read().decode())
+
+        assert "trioserve_connections_total" in await trio.to_thread.run_sync(scrape)
+        command.signal(signal.SIGTERM)
+        assert await command.wait() == 0
+
+
+async def test_an_unknown_module_is_one_line(tmp_path: Path) -> None:
+    argv = trioserve("nosuchmodule:Handler", "--tcp", "127.0.0.1:0", "--reload")
+    async with run_command(argv, cwd=tmp_path, ready=False) as command:
+        assert await command.wait() == 2
+        err = await command.stderr.rest()
+    assert err == "trioserve: no module named 'nosuchmodule' (from 'nosuchmodule:Handler')\n"
