@@ -237,14 +237,15 @@ class WorkerRun:
         server = self.server
         policy = Nursery(concurrency_limit(server))
         ready = _ReadyReporter(self.channel)
-        # -- statistics (docs/operations.md): push this worker's figures to the parent.
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(push_statistics, self._figures, self._send_figures)
-            await serve(server, policy, task_status=ready, on_stop=self._stopping)
-            nursery.cancel_scope.cancel()
+        await serve(server, policy, task_status=ready, on_stop=self._stopping)
+
+    # -- statistics (docs/operations.md): this worker's figures, pushed to the parent.
+    async def push_statistics(self) -> None:
+        await push_statistics(self._figures, self._send_figures)
+
+    def push_last_statistics(self) -> None:
         with contextlib.suppress(OSError):
-            self._send_figures(self._figures())  # the last figures, as it stops
-        # -- end of statistics
+            self._send_figures(self._figures())
 
     def _figures(self) -> WorkerStatistics:
         counters = self.server._trioserve.counters
@@ -252,6 +253,8 @@ class WorkerRun:
 
     def _send_figures(self, figures: WorkerStatistics) -> None:
         self.channel.send("stats", figures)
+
+    # -- end of statistics
 
     async def stop_on_signals(self) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -299,7 +302,9 @@ async def _run(worker: WorkerRun) -> None:
     thread.start()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(worker.stop_on_signals)
+        nursery.start_soon(worker.push_statistics)  # statistics
         await worker.serve()
+        worker.push_last_statistics()  # statistics: the last figures, as it stops
         nursery.cancel_scope.cancel()
 
 
