@@ -162,6 +162,8 @@ class Counters:
     def snapshot(self, pid: int, busy_threads: int) -> Statistics:
         """The figures now: this process's own, plus a pool's workers (live and retired)."""
         own = self.figures(pid, busy_threads)
+        # sorted() copies the values first, in one step with no Python code run meanwhile,
+        # so no other thread changes the dict under it: safe from any thread.
         workers = tuple(sorted(self.workers.values(), key=lambda each: each.pid))
         total = _add(own, self.retired, active=False)
         for each in workers:
