@@ -39,6 +39,8 @@ from ._policy import NurseryMixIn as NurseryMixIn
 from ._policy import ProcessPoolMixIn as ProcessPoolMixIn
 from ._policy import ThreadingMixIn as ThreadingMixIn
 from ._server import BaseServer as BaseServer
+from ._stats import Statistics as Statistics
+from ._stats import WorkerStatistics as WorkerStatistics
 from ._stream import TCPServer as TCPServer
 from ._stream import UnixStreamServer as UnixStreamServer
 from ._streamsocket import StreamSocket as StreamSocket
@@ -69,6 +71,7 @@ __all__ = [
     "ProcessPoolMixIn",
     "ProxyProtocolError",
     "SocketServer",
+    "Statistics",
     "StreamRequestHandler",
     "StreamSocket",
     "SyncReader",
@@ -85,5 +88,6 @@ __all__ = [
     "UnixDatagramServer",
     "UnixStreamServer",
     "WorkerStartupError",
+    "WorkerStatistics",
     "listen_fds",
 ]

@@ -76,8 +76,10 @@ the option arrives with the server's other options, as the PROXY protocol option
 from __future__ import annotations
 
 import argparse
+import contextlib
 import enum
 import importlib
+import importlib.util
 import logging
 import math
 import os
@@ -86,6 +88,8 @@ import socket
 import socketserver
 import sys
 from collections.abc import Callable, Sequence
+from functools import partial
+from pathlib import Path
 from typing import Any, Final, NoReturn
 
 import trio
@@ -103,8 +107,10 @@ from ._compat import (
     ThreadingUnixStreamServer,
 )
 from ._datagram_handler import DatagramRequestHandler
+from ._devreload import MissingReloadError, require_watchfiles, supervise, watch_lifeline
 from ._exceptions import WorkerStartupError
 from ._handlers import BaseRequestHandler, EchoHandler, _StreamHandlerBase
+from ._metrics import MissingExtraError, bind_metrics, require_prometheus, serve_metrics
 from ._policy import ProcessPoolMixIn
 from ._proxy import DEFAULT_TRUSTED
 from ._stream import TCPServer
@@ -399,6 +405,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="the Unix socket file's mode, in octal such as 660 (--unix and --unix-dgram; "
         "default: as the umask leaves it)",
     )
+    # -- operations (docs/operations.md)
+    parser.add_argument(
+        "--access-log",
+        action="store_true",
+        help="log one line per connection (and per datagram) to the trioserve.access "
+        "logger: peer, transport, duration, bytes in and out, how it ended (default: off)",
+    )
+    parser.add_argument(
+        "--metrics",
+        type=_host_port,
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics on http://HOST:PORT/metrics (needs the extra: "
+        "pip install 'trioserve[metrics]'; default: off)",
+    )
+    parser.add_argument(
+        "--reload",
+        action="store_true",
+        help="for development: restart the server when a .py file under the handler "
+        "module's directory changes, keeping the listening socket (needs the extra: pip "
+        "install 'trioserve[reload]'; not with --workers; default: off)",
+    )
     parser.add_argument(
         "--log-level",
         type=_log_level,
@@ -495,8 +522,13 @@ def _transport_and_address(args: argparse.Namespace) -> tuple[Transport, Any]:
     return Transport.TCP, (DEFAULT_HOST, DEFAULT_PORT)
 
 
-def build_server(args: argparse.Namespace) -> tuple[SocketServer, str]:
+def build_server(
+    args: argparse.Namespace, listen_fd: int | None = None
+) -> tuple[SocketServer, str]:
     """Build (and bind) the server the arguments describe; return it and its handler's name.
+
+    With *listen_fd*, the server is built around that inherited, bound socket
+    (``from_fd``) instead of binding one: the server process that ``--reload`` runs.
 
     The option values were checked by the library's checks as they were parsed; what is
     checked here is how they fit together (an option for another transport, or for
@@ -531,9 +563,17 @@ def build_server(args: argparse.Namespace) -> tuple[SocketServer, str]:
         options[key] = args.max_connections
     if args.workers is not None:
         options["max_children"] = args.workers
+    if args.access_log:
+        options["access_log"] = True
+    if args.metrics is not None:
+        options["duration_histogram"] = True  # for the handler-duration histogram
     server_class = _SERVER_CLASSES[(transport, args.workers is not None)]
     try:
-        server = server_class(address, handler_class, **options)
+        if listen_fd is not None:
+            options.pop("unix_socket_mode", None)  # the socket file exists already
+            server = server_class.from_fd(listen_fd, handler_class, **options)
+        else:
+            server = server_class(address, handler_class, **options)
     except OSError as exc:  # binding: a port in use, an unknown host, a missing directory
         raise UsageError(_bind_error(exc, transport, address)) from None
     return server, name
@@ -621,11 +661,17 @@ def describe(server: SocketServer, name: str, workers: int | None) -> str:
 # -- serving --------------------------------------------------------------------------------
 
 
-async def serve(server: SocketServer, announce: Callable[[], None], grace: float | None) -> int:
+async def serve(
+    server: SocketServer,
+    announce: Callable[[], None],
+    grace: float | None,
+    metrics: socket.socket | None = None,
+) -> int:
     """Serve *server* until a signal stops it; return the exit status.
 
     SIGINT and SIGTERM call ``server.shutdown(grace)``; a second SIGINT cancels everything.
     *announce* runs once the server serves (for a pool: once every worker is ready).
+    *metrics*, a listening socket, serves ``/metrics`` for the server while it serves.
 
     Raises:
       UsageError: a process pool refused to start: its handler cannot be sent to a worker
@@ -666,6 +712,8 @@ async def serve(server: SocketServer, announce: Callable[[], None], grace: float
                         nursery.cancel_scope.cancel()
 
             nursery.start_soon(stop_on_signals)
+            if metrics is not None:
+                await nursery.start(partial(serve_metrics, server, metrics))
             try:
                 await nursery.start(serve_then_stop)
             except startup_errors as exc:
@@ -710,23 +758,143 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if args.reload:
+        try:
+            return _reload(args, sys.argv[1:] if argv is None else list(argv))
+        except (UsageError, MissingReloadError) as exc:
+            return _usage_error(UsageError(str(exc)))
+    return _serve_command(args)
+
+
+# -- --reload (docs/operations.md; the design is in trioserve._devreload) ---------------------
+
+
+def _reload(args: argparse.Namespace, argv: list[str]) -> int:
+    """``--reload``: bind here, serve in a server process restarted when the code changes."""
+    if args.workers is not None:
+        raise UsageError(
+            "--reload cannot be used with --workers: a process pool supervises its own "
+            "processes (reload serves in one process, for development)"
+        )
+    require_watchfiles()
+    if args.metrics is not None:
+        require_prometheus()
+    transport, address = _transport_and_address(args)
+    watch = _watch_directory(args.handler)
+    options: dict[str, Any] = {}
+    if args.unix_socket_mode is not None:
+        options["unix_socket_mode"] = args.unix_socket_mode
+    handler_class = DatagramEchoHandler if transport.is_datagram else EchoHandler
+    try:  # bound here and kept: the server processes serve on it in turn
+        binder = _SERVER_CLASSES[(transport, False)](address, handler_class, **options)
+    except OSError as exc:
+        raise UsageError(_bind_error(exc, transport, address)) from None
+    with contextlib.ExitStack() as closing:
+        closing.enter_context(binder)
+        sockets: list[Any] = [binder.socket]
+        if args.metrics is not None:
+            try:
+                sockets.append(closing.enter_context(bind_metrics(args.metrics)))
+            except OSError as exc:
+                raise UsageError(_bind_error(exc, Transport.TCP, args.metrics)) from None
+        raw = [socket.socket(fileno=os.dup(sock.fileno())) for sock in sockets]
+        for each in raw:
+            closing.enter_context(each)
+        logger.info("--reload: watching %s for changes to .py files", watch)
+        return trio.run(supervise, argv, raw, watch, args.grace)
+
+
+def _watch_directory(handler: str | None) -> Path:
+    """The directory of the handler's module (the current one for the echo handler)."""
+    if handler is None:
+        return Path.cwd()
+    module_name = handler.partition(":")[0]
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
     try:
-        server, name = build_server(args)
-    except UsageError as exc:
-        return _usage_error(exc)
+        spec = importlib.util.find_spec(module_name)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or spec.origin is None:
+        raise UsageError(f"no module named {module_name!r} (from {handler!r})")
+    return Path(spec.origin).resolve().parent
+
+
+def serve_inherited() -> None:
+    """A ``--reload`` server process: the command, on the sockets its supervisor passed.
+
+    argv: ``FDS ARGS...``, FDS the comma-separated descriptors (the server's, then the
+    metrics' with ``--metrics``). Not for direct use.
+    """
+    fds = [int(fd) for fd in sys.argv[1].split(",")]
+    argv = sys.argv[2:]
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    watch_lifeline(args.grace)
+    metrics_fd = fds[1] if len(fds) > 1 else None
+    sys.exit(_serve_command(args, fds[0], metrics_fd))
+
+
+# -- serving the command ----------------------------------------------------------------------
+
+
+def _serve_command(
+    args: argparse.Namespace, listen_fd: int | None = None, metrics_fd: int | None = None
+) -> int:
+    """Build the server the arguments describe and serve it; return the exit status.
+
+    *listen_fd*, *metrics_fd*: serve on these inherited listening sockets instead of
+    binding (a server process run by ``--reload``, whose supervisor keeps them).
+    """
+    metrics: socket.socket | None = None
+    try:
+        if args.metrics is not None:
+            require_prometheus()
+            try:
+                if metrics_fd is not None:
+                    metrics = socket.socket(fileno=metrics_fd)
+                    metrics.set_inheritable(False)
+                else:
+                    metrics = bind_metrics(args.metrics)
+            except OSError as exc:
+                raise UsageError(_bind_error(exc, Transport.TCP, args.metrics)) from None
+        server, name = build_server(args, listen_fd)
+    except (UsageError, MissingExtraError) as exc:
+        if metrics is not None:
+            metrics.close()
+        return _usage_error(UsageError(str(exc)))
     except Exception:
+        if metrics is not None:
+            metrics.close()
         # Not something the library refuses as bad input: a bug, in the handler's module
         # (its module-level __getattr__, say) or in trioserve. Its traceback is the report.
         what = args.handler or "the echo handler"
         logger.critical("cannot serve %s: unexpected error at start-up", what, exc_info=True)
         return EXIT_FAILED
+    with contextlib.ExitStack() as closing:
+        if metrics is not None:
+            closing.callback(metrics.close)
+        return _serve_built(server, name, args, metrics)
 
+
+def _serve_built(
+    server: SocketServer, name: str, args: argparse.Namespace, metrics: socket.socket | None
+) -> int:
     def announce() -> None:
         print(describe(server, name, args.workers), flush=True)
+        if metrics is not None:
+            host, port = metrics.getsockname()[:2]
+            host = f"[{host}]" if ":" in host else host
+            print(f"trioserve: metrics on http://{host}:{port}/metrics", flush=True)
 
     with server:
         try:
-            return trio.run(serve, server, announce, args.grace)
+            return trio.run(serve, server, announce, args.grace, metrics)
         except UsageError as exc:
             return _usage_error(exc)
         except Exception:

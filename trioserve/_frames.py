@@ -17,6 +17,8 @@ kind           direction  arguments
 ``log``        to parent  a log record's attributes (plain values)
 ``shutdown``   to parent  a grace period: a handler called ``server.shutdown()``
 ``reload``     to parent  (none): a handler called ``server.reload_workers()``
+``stats``      to parent  the worker's figures, a `~trioserve.WorkerStatistics`: on
+                          change, at most every half second, and as it stops
 =============  =========  ==========================================================
 """
 

@@ -627,6 +627,7 @@ class _Pool:
                     grace = generation.grace if generation.retiring.is_set() else 0
                     await self._stop_worker(worker, grace)
                 await worker.stream.aclose()
+                self.server._trioserve.counters.worker_gone(worker.pid)  # statistics
                 if generation.workers.get(slot) is worker:
                     del generation.workers[slot]
                 self._update_pids()
@@ -754,6 +755,8 @@ class _Pool:
             self.begin_stop(grace)
         elif kind == "reload":
             self.server.reload_workers()
+        elif kind == "stats":  # statistics (docs/operations.md): the worker's figures
+            self.server._trioserve.counters.worker_update(message[1])
 
     async def _stop_worker(self, worker: WorkerProcess, grace: float | None) -> None:
         """Stop *worker* with *grace*, then SIGTERM, then SIGKILL; reap it in any case."""

@@ -32,12 +32,15 @@ from __future__ import annotations
 import inspect
 import logging
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, final
 
 import trio
 
+from ._access import CLOSED, CUT, REFUSED, ending_of, log_access, transport_name
 from ._handlers import HandlerClass, is_sync_handler, run_async_handler
+from ._stats import tcp_bytes
 from ._sync import run_sync_handler
 
 __all__ = [
@@ -71,6 +74,8 @@ HOOK_NAMES = frozenset(
         "service_actions",
         "handle_error",
         "get_request",
+        "access_log",
+        "duration_histogram",
     }
 )
 
@@ -140,6 +145,9 @@ class RequestPath:
     """
 
     __slots__ = (
+        "access_log",
+        "counters",
+        "datagram",
         "direct",
         "discard",
         "get_request",
@@ -150,6 +158,9 @@ class RequestPath:
         "run_handler",
         "server",
         "service_actions",
+        "tcp",
+        "timed",
+        "transport",
     )
 
     def __init__(self, server: Any) -> None:
@@ -180,6 +191,15 @@ class RequestPath:
         self.run_handler: _Runner = (
             run_sync_handler if is_sync_handler(self.handler_class) else run_async_handler
         )
+        #: The server's statistics, counted here (`trioserve._stats`).
+        self.counters = server._trioserve.counters
+        #: ``tcp``, ``unix``, ``udp`` or ``unix-dgram``, for the access log.
+        self.transport = transport_name(server)
+        self.tcp = self.transport == "tcp"
+        self.datagram = self.transport in ("udp", "unix-dgram")
+        self.access_log = bool(getattr(server, "access_log", False))
+        #: Whether each request's duration is measured (a clock read, a float).
+        self.timed = self.access_log or bool(getattr(server, "duration_histogram", False))
 
     async def dispatch(
         self,
@@ -194,8 +214,22 @@ class RequestPath:
         *contain_exit* (a request in a task of its own), a handler's `SystemExit` ends
         this request only, as it ends only its thread under socketserver's
         ``ThreadingMixIn``; otherwise it propagates, as from socketserver's plain servers.
+
+        Counts the request in the server's statistics (`trioserve._stats`): a few integer
+        operations, and for a TCP connection one ``getsockopt`` as its handler ends; with
+        the access log or the duration histogram on, a clock read and its line too.
         """
         server = self.server
+        counters = self.counters
+        counters.active += 1
+        counters.total += 1
+        # A TCP connection's bytes are the kernel's count, read as its handler ends.
+        sock = request.socket if self.tcp and type(request) is trio.SocketStream else None
+        sizes: tuple[int, int | None] | None = None
+        if self.datagram and type(request) is tuple:
+            counters.bytes_in += len(request[0])
+        started = time.perf_counter() if self.timed else 0.0
+        ending = CLOSED
         try:
             if self.plain_verify or await call_hook(
                 server.verify_request, request, client_address
@@ -203,18 +237,28 @@ class RequestPath:
                 if self.preparer is not None:
                     prepared = await self.preparer(request, client_address)
                     if prepared is None:
+                        ending = REFUSED
                         return  # refused by the transport (a failed TLS handshake): close
                     request, client_address = prepared
                 try:
                     if self.direct:
                         # What process_request and finish_request would do, two coroutine
                         # frames shallower: every checkpoint of the handler passes them.
-                        await self.run_handler(self.handler_class, request, client_address, server)
+                        try:
+                            await self.run_handler(
+                                self.handler_class, request, client_address, server
+                            )
+                        finally:
+                            if sock is not None:
+                                sizes = self._count_tcp(sock)
                         if not self.noop_shutdown:
                             await call_hook(server.shutdown_request, request)
                     else:
                         await call_hook(server.process_request, request, client_address)
-                except Exception:
+                except Exception as exc:
+                    counters.errors += 1
+                    if self.timed:
+                        ending = ending_of(exc)
                     await self.report(request, client_address)
                     if not self.noop_shutdown:
                         await self.close(request)
@@ -223,6 +267,7 @@ class RequestPath:
                         await self.close(request)
                     if isinstance(exc, trio.Cancelled):
                         self.server._trioserve.cut += 1
+                        ending = CUT
                     elif isinstance(exc, SystemExit) and contain_exit:
                         # As a thread of socketserver's ThreadingMixIn ends: reported to
                         # threading.excepthook (which ignores SystemExit by default).
@@ -231,14 +276,48 @@ class RequestPath:
                         )
                         return
                     raise
-            elif not self.noop_shutdown:
-                await self.close(request)
+            else:
+                ending = REFUSED
+                if not self.noop_shutdown:
+                    await self.close(request)
         finally:
+            counters.active -= 1
+            if sock is not None and sizes is None:
+                sizes = self._count_tcp(sock)  # not run directly: read it if still open
+            if self.timed:
+                self._observe(started, request, client_address, sizes, ending)
             if self.discard is not None:
                 with trio.CancelScope(shield=True):
                     await self.discard(request)
             if slots is not None:
                 slots.release()
+
+    def _count_tcp(self, sock: Any) -> tuple[int, int | None] | None:
+        """Add a TCP connection's bytes (the kernel's count) to the server's statistics."""
+        sizes = tcp_bytes(sock)
+        if sizes is not None:
+            counters = self.counters
+            counters.bytes_in += sizes[0]
+            counters.bytes_out += sizes[1]
+        return sizes
+
+    def _observe(
+        self,
+        started: float,
+        request: Any,
+        client_address: Any,
+        sizes: tuple[int, int | None] | None,
+        ending: str,
+    ) -> None:
+        """Measure a request that ended: the duration histogram, and the access log."""
+        duration = time.perf_counter() - started
+        self.counters.observe(duration)
+        if not self.access_log:
+            return
+        if sizes is None and self.datagram and type(request) is tuple:
+            sizes = (len(request[0]), None)
+        received, sent = sizes if sizes is not None else (None, None)
+        log_access(client_address, self.transport, duration, received, sent, ending)
 
     async def _get_request_in_thread(self) -> Any:
         server = self.server

@@ -35,6 +35,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import os
 import socketserver
 import sys
 import time
@@ -52,6 +53,8 @@ from ._handlers import HandlerClass, is_handler
 from ._policy import Concurrency, ConcurrencyPolicy, policy_for, request_path
 from ._request import HOOK_NAMES, call_hook, standard, trivial
 from ._serving import ServerState, Serving
+from ._stats import Statistics
+from ._threads import running_handler_threads
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -180,6 +183,11 @@ class BaseServer:
       handler_timeout: the ``timeout`` of every handler whose class leaves it None
         (seconds each read or write on the connection may wait for the peer); None (the
         default) leaves the handlers' own. The command line's ``--timeout``.
+      access_log: log one line per connection (and per datagram) to the
+        ``trioserve.access`` logger at info level (format: :doc:`operations`). Default
+        False. The command line's ``--access-log``.
+      duration_histogram: measure each request's handler duration, for `statistics` and
+        the Prometheus histogram (the access log measures it too). Default False.
 
     Names:
       Everything trioserve keeps on a server of its own is named ``_trioserve`` or
@@ -194,6 +202,8 @@ class BaseServer:
     max_handler_threads: int | None = None
     handler_timeout: float | None = None
     max_buffered_input: int | None = DEFAULT_MAX_BUFFERED_INPUT
+    access_log: bool = False
+    duration_histogram: bool = False
 
     _trioserve_options: ClassVar[Mapping[str, _options.Check]] = {
         "timeout": _options.seconds_or_none,
@@ -203,6 +213,8 @@ class BaseServer:
         "max_handler_threads": _options.positive_int_or_none,
         "handler_timeout": _options.seconds_or_none,
         "max_buffered_input": _options.positive_int_or_none,
+        "access_log": _options.boolean,
+        "duration_histogram": _options.boolean,
     }
 
     #: The option that bounds how many requests a concurrent server handles at once: a
@@ -287,6 +299,15 @@ class BaseServer:
             await trio.lowlevel.checkpoint()
             return
         await serving.draining.wait()
+
+    def statistics(self) -> Statistics:
+        """A snapshot of the server's live figures: connections, threads, bytes, errors.
+
+        Safe to call from any task or thread, serving or not. For a process pool, the
+        figures are summed over its workers, as each last reported them (at most half a
+        second ago), with each worker's own in ``workers``. See :doc:`operations`.
+        """
+        return self._trioserve.counters.snapshot(os.getpid(), running_handler_threads(self))
 
     # -- serving -----------------------------------------------------------------------
 

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, final
 
 import trio
 
+from ._stats import Counters
 from ._threads import descends_from, waiting_task
 
 if TYPE_CHECKING:
@@ -133,7 +134,15 @@ class Serving:
 class ServerState:
     """What a server keeps between runs. One per server, created by its constructor."""
 
-    __slots__ = ("cut", "lock", "path", "refusal_logged", "serving", "shutdown_pending")
+    __slots__ = (
+        "counters",
+        "cut",
+        "lock",
+        "path",
+        "refusal_logged",
+        "serving",
+        "shutdown_pending",
+    )
 
     def __init__(self) -> None:
         #: Requests cut short by cancellation in the current run (for the stop's log line).
@@ -145,6 +154,8 @@ class ServerState:
         self.shutdown_pending = False
         #: The server's worked-out request path; None until needed, or after a hook changed.
         self.path: RequestPath | None = None
+        #: The server's live statistics (`trioserve._stats`), counted by its request path.
+        self.counters = Counters()
 
     def begin(self, policy: object) -> Serving:
         """Start a run (in the Trio thread); a shutdown asked for earlier stops it at once."""

@@ -46,6 +46,7 @@ with the worker's pid.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
@@ -66,6 +67,8 @@ from . import _frames
 from ._frames import EXIT_MARGIN, HEADER, FrameError, WorkerSpec, check_size, encode_frame
 from ._policy import Nursery, concurrency_limit
 from ._server import BaseServer, serve
+from ._stats import WorkerStatistics, push_statistics
+from ._threads import running_handler_threads
 
 __all__ = ["WorkerRun", "main"]
 
@@ -246,6 +249,23 @@ class WorkerRun:
         ready = _ReadyReporter(self.channel)
         await serve(server, policy, task_status=ready, on_stop=self._stopping)
 
+    # -- statistics (docs/operations.md): this worker's figures, pushed to the parent.
+    async def push_statistics(self) -> None:
+        await push_statistics(self._figures, self._send_figures)
+
+    def push_last_statistics(self) -> None:
+        with contextlib.suppress(OSError):
+            self._send_figures(self._figures())
+
+    def _figures(self) -> WorkerStatistics:
+        counters = self.server._trioserve.counters
+        return counters.figures(os.getpid(), running_handler_threads(self.server))
+
+    def _send_figures(self, figures: WorkerStatistics) -> None:
+        self.channel.send("stats", figures)
+
+    # -- end of statistics
+
     async def stop_on_signals(
         self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
@@ -297,7 +317,9 @@ async def _run(worker: WorkerRun) -> None:
         # Installed before the worker reports ready: SIGTERM from then on is a stop, never
         # the default action that kills the process mid-request.
         await nursery.start(worker.stop_on_signals)
+        nursery.start_soon(worker.push_statistics)  # statistics
         await worker.serve()
+        worker.push_last_statistics()  # statistics: the last figures, as it stops
         nursery.cancel_scope.cancel()
 
 
