@@ -39,6 +39,7 @@ from ._policy import NurseryMixIn as NurseryMixIn
 from ._policy import ProcessPoolMixIn as ProcessPoolMixIn
 from ._policy import ThreadingMixIn as ThreadingMixIn
 from ._server import BaseServer as BaseServer
+from ._serversocket import ServerSocket as ServerSocket
 from ._stats import Statistics as Statistics
 from ._stats import WorkerStatistics as WorkerStatistics
 from ._stream import TCPServer as TCPServer
@@ -70,6 +71,7 @@ __all__ = [
     "PeerTimeoutError",
     "ProcessPoolMixIn",
     "ProxyProtocolError",
+    "ServerSocket",
     "SocketServer",
     "Statistics",
     "StreamRequestHandler",
