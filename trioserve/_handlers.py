@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias, final
 
 import trio
 
+from ._direct import direct
 from ._exceptions import BrokenConnectionError
 from ._files import DEFAULT_MAX_LINE_LENGTH, DEFAULT_RECEIVE_SIZE, AsyncReader, AsyncWriter
 from ._streamsocket import SyncConnection
@@ -315,13 +316,17 @@ class _StreamHandlerBase(BaseRequestHandler):
         receive_size = self.rbufsize if self.rbufsize > 0 else DEFAULT_RECEIVE_SIZE
         request = self.connection = self.request
         if isinstance(request, trio.abc.Stream):
+            # Over a plain socket stream both files share one DirectSocket: the pacing
+            # count is the connection's, and a read after an answer waits first
+            # (`trioserve._direct`). The files take it where a stream goes.
+            stream: Any = direct(request) or request
             self.rfile = AsyncReader(
-                request,
+                stream,
                 receive_size=receive_size,
                 timeout=self.timeout,
                 max_line_length=self.max_line_length,
             )
-            self.wfile = AsyncWriter(request, bufsize=self.wbufsize, timeout=self.timeout)
+            self.wfile = AsyncWriter(stream, bufsize=self.wbufsize, timeout=self.timeout)
             return _DONE
         if self.timeout is not None:
             request.settimeout(self.timeout)
