@@ -350,9 +350,9 @@ async def test_a_handlers_files_share_one_direct_socket(
     stream, _ = tcp_pair
     handler = StreamRequestHandler(stream, ("127.0.0.1", 1), None)  # type: ignore[arg-type]
     await handler.setup()
-    shared = handler.rfile._stream  # noqa: SLF001 - what the files were given
+    shared = handler.rfile._stream  # what the files were given
     assert isinstance(shared, DirectSocket)
-    assert handler.wfile._stream is shared  # noqa: SLF001
+    assert handler.wfile._stream is shared
     assert direct(shared) is shared
 
 
@@ -360,14 +360,15 @@ async def test_a_read_after_an_answer_waits_then_gets_the_next_request() -> None
     ours, peer = stream_pair()
     async with ours, peer:
         shared = DirectSocket(ours)
+        received: list[bytes] = []
+
+        async def read() -> None:
+            received.append(await shared.receive_some(1024))
+
         for number in range(3):
             await answered(shared, peer)
+            received.clear()
             async with trio.open_nursery() as nursery:
-                received: list[bytes] = []
-
-                async def read() -> None:
-                    received.append(await shared.receive_some(1024))
-
                 nursery.start_soon(read)
                 await trio.testing.wait_all_tasks_blocked()
                 assert received == []  # waiting for the peer, not spinning
