@@ -171,8 +171,11 @@ def _read_line(process: subprocess.Popen[bytes], timeout: float) -> str:
     return process.stdout.readline().decode(errors="replace").strip()
 
 
-def start_server(name: str, *extra: str) -> Server:
+def start_server(name: str, *extra: str, cwd: Path = ROOT) -> Server:
     """Start contender *name*, wait until it listens, and check it answers.
+
+    *cwd* is where it runs, and where ``bench`` and ``trioserve`` are imported from
+    first: another version of the code, for `bench.paired`.
 
     Raises:
       Skipped: the contender said SKIP, died, or failed its first request.
@@ -182,7 +185,7 @@ def start_server(name: str, *extra: str) -> Server:
         extra = ("--cpu", str(SERVER_CPU[0]), *extra)
     process = subprocess.Popen(
         [sys.executable, "-m", "bench.servers", name, "--port", "0", *extra],
-        cwd=ROOT,
+        cwd=cwd,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=stderr,
@@ -305,6 +308,7 @@ class Measurement:
     p99_ms: float
     cpu_us: float
     errors: int
+    requests: int = 0
 
 
 _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
@@ -361,6 +365,7 @@ def run_wrk(
         p99_ms=_latency_ms(output, "99"),
         cpu_us=cpu / total * 1e6 if total else float("nan"),
         errors=errors,
+        requests=total,
     )
 
 
