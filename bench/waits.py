@@ -24,6 +24,7 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Callable
 
 import trio
 
@@ -134,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cpu in os.sched_getaffinity(0):
         os.sched_setaffinity(0, {args.cpu})
     rounds = args.rounds
-    cases = {
+    cases: dict[str, Callable[[], float]] = {
         "no event loop: send, os.read": lambda: _baseline(rounds),
         "trio: send, checkpoint (one yield), os.read": lambda: trio.run(_trio_checkpoint, rounds),
         "trio: send, wait_readable, os.read": lambda: trio.run(_trio_wait_readable, rounds),
