@@ -1,7 +1,9 @@
 """What every benchmark process shares: the wire format, the backlog, /proc readings.
 
-The HTTP contenders all answer the same keep-alive "hello world": they read the request
-line and the header lines up to the blank line, then send `RESPONSE` (a 12-byte body).
+The HTTP contenders all answer the same "hello world": they read the request line and the
+header lines up to the blank line, then send `RESPONSE` (a 12-byte body) and wait for the
+next request on the connection; a request that asks to close (HTTP/1.0, or a
+``Connection: close`` header) gets `RESPONSE_CLOSE`, and the server closes the connection.
 Every server listens with the same backlog, `BACKLOG`, so no contender is refused
 connections another would queue.
 """
@@ -17,6 +19,7 @@ __all__ = [
     "HOST",
     "REQUEST",
     "RESPONSE",
+    "RESPONSE_CLOSE",
     "children_of",
     "raise_open_file_limit",
     "rss_kib",
@@ -32,6 +35,12 @@ BODY = b"Hello world\n"
 #: The answer of the hand-written servers (http.server adds Server and Date headers).
 RESPONSE = (
     b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n" % len(BODY) + BODY
+)
+#: The same answer to a request that asked to close (HTTP/1.0, or ``Connection: close``);
+#: the server then closes the connection.
+RESPONSE_CLOSE = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n"
+    b"Content-Length: %d\r\n\r\n" % len(BODY) + BODY
 )
 #: What the memory client sends on each connection (wrk sends much the same).
 REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"

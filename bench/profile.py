@@ -24,7 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.run import ensure_wrk, run_wrk, start_server, stop_server
+from bench.run import WRK_MODES, ensure_wrk, run_wrk, start_server, stop_server
 from bench.servers import CONTENDERS
 
 __all__ = ["main", "summarize_collapsed"]
@@ -59,6 +59,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--concurrency", type=int, default=10)
     parser.add_argument("--top", type=int, default=30)
+    parser.add_argument(
+        "--mode",
+        choices=list(WRK_MODES),
+        default="keep-alive",
+        help="keep-alive connections, or a new connection per request (http10, close)",
+    )
     parser.add_argument("--py-spy", metavar="PATH", help="the py-spy executable to sample with")
     args = parser.parse_args(argv)
     wrk = ensure_wrk()
@@ -87,8 +93,11 @@ def main(argv: list[str] | None = None) -> int:
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
                 )
-            measured = run_wrk(wrk, server, args.concurrency, args.seconds)
-            print(f"{args.name}: {measured.rps:,.0f} req/s at c{args.concurrency} while profiled")
+            measured = run_wrk(wrk, server, args.concurrency, args.seconds, args.mode)
+            print(
+                f"{args.name}: {measured.rps:,.0f} req/s at c{args.concurrency} ({args.mode}) "
+                f"while profiled, {measured.requests:,} requests"
+            )
             if sampler is not None:
                 sampler.wait(args.seconds + 30)
         finally:
@@ -100,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
             print(summarize_collapsed(out, args.top))
         else:
             stats = pstats.Stats(str(out))
+            if measured.requests:
+                per_request = stats.total_calls / measured.requests  # type: ignore[attr-defined]
+                print(f"{per_request:.1f} Python calls per request (cProfile counts them all)")
             stats.sort_stats("tottime").print_stats(args.top)
     return 0
 

@@ -9,9 +9,17 @@ What it does, in order (``--parts`` picks among them):
   concurrency, in an order rotated from round to round, and there are ``--rounds``
   rounds. It prints, per contender and concurrency, the median over the rounds of the
   requests/s, of wrk's p50 and p99 latency, of the server's CPU time per request, and of
-  the ratios to raw Trio and to the standard library *measured in the same round*. On a
+  the ratios to raw Trio, asyncio and the standard library *measured in the same round*. On a
   shared, noisy machine the ratios are what count: both sides of a ratio saw the same
   weather.
+
+``close``
+  A new connection per request: the contenders that have a reference to compare with
+  (`CLOSE_REFERENCE`: the async handler and raw Trio, asyncio, the ``http.server``
+  handler on trioserve and on the standard library, the process pool against one
+  process), interleaved the same way, with wrk's requests made HTTP/1.0
+  (``bench/http10.lua``) and with ``Connection: close``. Each server answers and closes
+  the connection, and wrk connects again.
 
 ``memory``
   For each contender, a fresh server and a separate client process
@@ -64,7 +72,7 @@ from bench.servers import CONTENDERS, UDP_CONTENDERS
 __all__ = ["main"]
 
 ROOT = Path(__file__).resolve().parent.parent
-PARTS = ("http", "memory", "udp", "pool")
+PARTS = ("http", "close", "memory", "udp", "pool")
 
 #: For each contender: the stdlib server its "x stdlib" column compares it with.
 STDLIB_REFERENCE = dict.fromkeys(CONTENDERS, "stdlib")
@@ -75,12 +83,27 @@ STDLIB_REFERENCE.update(
         "stdlib-http-stock": "stdlib-http",
     }
 )
-#: The targets: contender -> (reference, the least ratio to it).
+#: The keep-alive targets: contender -> [(reference, the least ratio to it)].
 TARGETS = {
-    "trioserve-async": ("trio", 1.0),
-    "trioserve-sync": ("stdlib", 0.8),
-    "trioserve-http": ("stdlib-http", 0.9),
+    "trioserve-async": [("trio", 1.0), ("asyncio", 0.85)],
+    "trioserve-sync": [("stdlib", 0.8)],
+    "trioserve-http": [("stdlib-http", 0.9)],
 }
+#: The contenders of the connection-per-request part, each with the server its
+#: "x reference" column compares it with (the pool: with one process, trioserve-async).
+CLOSE_REFERENCE = {
+    "trioserve-async": "trio",
+    "trio": "trio",
+    "asyncio": "trio",
+    "trioserve-http": "stdlib-http",
+    "stdlib-http": "stdlib-http",
+    "trioserve-pool": "trioserve-async",
+}
+#: How the connection-per-request part asks for a new connection per request: wrk's
+#: requests made HTTP/1.0 (bench/http10.lua), or HTTP/1.1 with ``Connection: close``.
+CLOSE_MODES = ("http10", "close")
+#: The connection-per-request targets: contender -> the least ratio to its reference.
+CLOSE_TARGETS = {"trioserve-async": 1.0, "trioserve-http": 1.0}
 UDP_TARGETS = {"udp-trioserve": [("udp-trio", 0.9), ("udp-stdlib", 1.0)]}
 #: The most an idle async connection may cost the trioserve-async server, in KiB.
 MEMORY_TARGET_KIB = 10.0
@@ -148,8 +171,11 @@ def _read_line(process: subprocess.Popen[bytes], timeout: float) -> str:
     return process.stdout.readline().decode(errors="replace").strip()
 
 
-def start_server(name: str, *extra: str) -> Server:
+def start_server(name: str, *extra: str, cwd: Path = ROOT) -> Server:
     """Start contender *name*, wait until it listens, and check it answers.
+
+    *cwd* is where it runs, and where ``bench`` and ``trioserve`` are imported from
+    first: another version of the code, for `bench.paired`.
 
     Raises:
       Skipped: the contender said SKIP, died, or failed its first request.
@@ -159,7 +185,7 @@ def start_server(name: str, *extra: str) -> Server:
         extra = ("--cpu", str(SERVER_CPU[0]), *extra)
     process = subprocess.Popen(
         [sys.executable, "-m", "bench.servers", name, "--port", "0", *extra],
-        cwd=ROOT,
+        cwd=cwd,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=stderr,
@@ -282,6 +308,7 @@ class Measurement:
     p99_ms: float
     cpu_us: float
     errors: int
+    requests: int = 0
 
 
 _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
@@ -292,8 +319,22 @@ def _latency_ms(output: str, percentile: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2)] if match else float("nan")
 
 
-def run_wrk(wrk: str, server: Server, connections: int, seconds: int) -> Measurement:
-    """Drive *server* with wrk; return what wrk and the server's CPU clock saw."""
+#: wrk's extra arguments for each way of sending requests (see `CLOSE_MODES`).
+WRK_MODES = {
+    "keep-alive": [],
+    "http10": ["-s", str(ROOT / "bench" / "http10.lua")],
+    "close": ["-H", "Connection: close"],
+}
+
+
+def run_wrk(
+    wrk: str, server: Server, connections: int, seconds: int, mode: str = "keep-alive"
+) -> Measurement:
+    """Drive *server* with wrk; return what wrk and the server's CPU clock saw.
+
+    *mode* is a key of `WRK_MODES`: keep-alive connections, or a new connection per
+    request (HTTP/1.0 requests, or ``Connection: close``).
+    """
     command = [
         *WRK_PREFIX,
         wrk,
@@ -303,6 +344,7 @@ def run_wrk(wrk: str, server: Server, connections: int, seconds: int) -> Measure
         "--timeout",
         "5s",
         "--latency",
+        *WRK_MODES[mode],
         f"http://{HOST}:{server.port}/",
     ]
     cpu_before = server.cpu_seconds()
@@ -323,6 +365,7 @@ def run_wrk(wrk: str, server: Server, connections: int, seconds: int) -> Measure
         p99_ms=_latency_ms(output, "99"),
         cpu_us=cpu / total * 1e6 if total else float("nan"),
         errors=errors,
+        requests=total,
     )
 
 
@@ -375,66 +418,102 @@ class Options:
     results: dict[str, str] = field(default_factory=dict)
 
 
-def http_part(options: Options, wrk: str) -> None:
-    """Interleaved wrk rounds over every HTTP contender; print the table."""
-    print("\n## HTTP keep-alive hello world (wrk -t1)\n")
-    with running(options.contenders) as servers:
-        names = [name for name in options.contenders if name in servers]
+#: Every measurement of a part: (contender, mode, concurrency) -> one per round (None: failed).
+_Runs = dict[tuple[str, str, int], list[Measurement | None]]
+
+
+def _interleaved(options: Options, wrk: str, names: Sequence[str], modes: Sequence[str]) -> _Runs:
+    """Run every contender of *names* in every mode at every concurrency, over the rounds.
+
+    A round measures each once, in an order rotated from round to round, so that the
+    measurements a ratio compares were taken seconds apart.
+    """
+    runs: _Runs = {}
+    with running(names) as servers:
+        started = [name for name in names if name in servers]
         if options.warmup:
-            for name in names:
-                run_wrk(wrk, servers[name], options.concurrencies[0], options.warmup)
-        runs: dict[tuple[str, int], list[Measurement | None]] = {
-            (name, c): [] for name in names for c in options.concurrencies
-        }
+            for name in started:
+                run_wrk(wrk, servers[name], options.concurrencies[0], options.warmup, modes[0])
+        for name in started:
+            for mode in modes:
+                for c in options.concurrencies:
+                    runs[name, mode, c] = []
         for round_number in range(options.rounds):
-            shift = round_number % len(names) if names else 0
-            order = names[shift:] + names[:shift]
+            shift = round_number % len(started) if started else 0
+            order = started[shift:] + started[:shift]
             log(f"round {round_number + 1}/{options.rounds}: {', '.join(order)}")
             for name in order:
-                for c in options.concurrencies:
-                    try:
-                        measured: Measurement | None = run_wrk(
-                            wrk, servers[name], c, options.duration
-                        )
-                    except (RuntimeError, subprocess.TimeoutExpired) as exc:
-                        log(f"{name} c{c}: {exc}")
-                        measured = None
-                    runs[name, c].append(measured)
+                for mode in modes:
+                    for c in options.concurrencies:
+                        try:
+                            measured: Measurement | None = run_wrk(
+                                wrk, servers[name], c, options.duration, mode
+                            )
+                        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                            log(f"{name} {mode} c{c}: {exc}")
+                            measured = None
+                        runs[name, mode, c].append(measured)
+    return runs
+
+
+def _ratios(runs: _Runs, name: str, reference: str, mode: str, c: int) -> list[float]:
+    """The same-round ratios of *name*'s requests/s to *reference*'s."""
+    mine = runs.get((name, mode, c), [])
+    theirs = runs.get((reference, mode, c), [])
+    return [
+        a.rps / b.rps
+        for a, b in zip(mine, theirs, strict=False)  # a skipped reference has none
+        if a is not None and b is not None and b.rps
+    ]
+
+
+def _figures(runs: _Runs, name: str, mode: str, c: int) -> list[str]:
+    """Medians of requests/s, p50, p99 and CPU per request, and the runs done."""
+    mine = runs[name, mode, c]
+    done = [m for m in mine if m is not None]
+    errors = sum(m.errors for m in done)
+    return [
+        f"{_median([m.rps for m in done]):,.0f}",
+        f"{_median([m.p50_ms for m in done]):.2f}",
+        f"{_median([m.p99_ms for m in done]):.2f}",
+        f"{_median([m.cpu_us for m in done]):.1f}",
+        f"{len(done)}/{len(mine)}" + (f", {errors} errors" if errors else ""),
+    ]
+
+
+def http_part(options: Options, wrk: str) -> None:
+    """Interleaved wrk rounds over every HTTP contender, keep-alive; print the table."""
+    print("\n## HTTP keep-alive hello world (wrk -t1)\n")
+    mode = "keep-alive"
+    runs = _interleaved(options, wrk, options.contenders, [mode])
+    names = [name for name in options.contenders if (name, mode, options.concurrencies[0]) in runs]
     rows: list[list[str]] = []
     verdicts: list[str] = []
     for name in names:
         for c in options.concurrencies:
-            mine = runs[name, c]
-            ratios: dict[str, list[float]] = {}
-            for reference in ("trio", STDLIB_REFERENCE[name]):
-                theirs = runs.get((reference, c), [])
-                ratios[reference] = [
-                    a.rps / b.rps
-                    for a, b in zip(mine, theirs, strict=False)  # a skipped reference has none
-                    if a is not None and b is not None and b.rps
-                ]
-            done = [m for m in mine if m is not None]
-            errors = sum(m.errors for m in done)
+            rps, p50, p99, cpu, done = _figures(runs, name, mode, c)
+            ratio = {
+                reference: _median(_ratios(runs, name, reference, mode, c))
+                for reference in ("trio", "asyncio", STDLIB_REFERENCE[name])
+            }
             rows.append(
                 [
                     name,
                     str(c),
-                    f"{_median([m.rps for m in done]):,.0f}",
-                    f"{_median([m.p50_ms for m in done]):.2f}",
-                    f"{_median([m.p99_ms for m in done]):.2f}",
-                    f"{_median([m.cpu_us for m in done]):.1f}",
-                    _ratio_text(_median(ratios["trio"])),
-                    _ratio_text(_median(ratios[STDLIB_REFERENCE[name]])),
-                    f"{len(done)}/{len(mine)}" + (f", {errors} errors" if errors else ""),
+                    rps,
+                    p50,
+                    p99,
+                    cpu,
+                    _ratio_text(ratio["trio"]),
+                    _ratio_text(ratio["asyncio"]),
+                    _ratio_text(ratio[STDLIB_REFERENCE[name]]),
+                    done,
                 ]
             )
-            target = TARGETS.get(name)
-            if target is not None:
-                reference, least = target
-                ratio = _median(ratios.get(reference, []))
+            for reference, least in TARGETS.get(name, []):
                 verdicts.append(
-                    f"- `{name}` at c{c}: {_ratio_text(ratio)} `{reference}`"
-                    f" (target >= {least:.1f}x): {_verdict(ratio, least)}"
+                    f"- `{name}` at c{c}: {_ratio_text(ratio[reference])} `{reference}`"
+                    f" (target >= {least:.2f}x): {_verdict(ratio[reference], least)}"
                 )
     header = [
         "contender",
@@ -444,15 +523,68 @@ def http_part(options: Options, wrk: str) -> None:
         "p99 ms",
         "CPU us/req",
         "x trio",
+        "x asyncio",
         "x stdlib",
         "runs",
     ]
     print(table(header, rows))
     print(
-        "\nMedians over the rounds. `x trio` and `x stdlib` are medians of same-round ratios; "
-        "`x stdlib` compares with `stdlib` (socketserver.ThreadingTCPServer), or with "
-        "`stdlib-http` (http.server.ThreadingHTTPServer, TCP_NODELAY) for the http.server "
-        "contenders. `CPU us/req`: the server's user+system CPU time per request.\n"
+        "\nMedians over the rounds. `x trio`, `x asyncio` and `x stdlib` are medians of "
+        "same-round ratios; `x stdlib` compares with `stdlib` "
+        "(socketserver.ThreadingTCPServer), or with `stdlib-http` "
+        "(http.server.ThreadingHTTPServer, TCP_NODELAY) for the http.server contenders. "
+        "`CPU us/req`: the server's user+system CPU time per request.\n"
+    )
+    print("\n".join(verdicts))
+
+
+def close_part(options: Options, wrk: str) -> None:
+    """A new connection per request (HTTP/1.0, and ``Connection: close``); print the table."""
+    print("\n## HTTP, a new connection per request (wrk -t1)\n")
+    names = [name for name in options.contenders if name in CLOSE_REFERENCE]
+    for name in list(names):
+        reference = CLOSE_REFERENCE[name]
+        if reference not in names:  # the ratios need it
+            names.append(reference)
+    runs = _interleaved(options, wrk, names, CLOSE_MODES)
+    rows: list[list[str]] = []
+    verdicts: list[str] = []
+    for name in names:
+        for mode in CLOSE_MODES:
+            for c in options.concurrencies:
+                if (name, mode, c) not in runs:
+                    continue
+                rps, p50, p99, cpu, done = _figures(runs, name, mode, c)
+                reference = CLOSE_REFERENCE[name]
+                ratio = _median(_ratios(runs, name, reference, mode, c))
+                rows.append(
+                    [name, mode, str(c), rps, p50, p99, cpu, reference, _ratio_text(ratio), done]
+                )
+                least = CLOSE_TARGETS.get(name)
+                if least is not None:
+                    verdicts.append(
+                        f"- `{name}`, {mode}, c{c}: {_ratio_text(ratio)} `{reference}`"
+                        f" (target >= {least:.1f}x): {_verdict(ratio, least)}"
+                    )
+    header = [
+        "contender",
+        "requests",
+        "c",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "CPU us/req",
+        "reference",
+        "x reference",
+        "runs",
+    ]
+    print(table(header, rows))
+    print(
+        "\nMedians over the rounds; `x reference` is the median of same-round ratios to the "
+        "contender named in `reference` (for `trioserve-pool`, 2 worker processes not "
+        "pinned to a CPU: against one process, `trioserve-async`). `http10`: wrk's requests "
+        "are HTTP/1.0 (bench/http10.lua); `close`: HTTP/1.1 with `Connection: close`. "
+        "Either way the server answers and closes, and wrk connects again.\n"
     )
     print("\n".join(verdicts))
 
@@ -695,10 +827,11 @@ def parse_options(argv: Sequence[str] | None) -> Options:
     contenders = list(CONTENDERS)
     if args.only:
         contenders = _names(args.only, list(CONTENDERS))
-        for reference in ("trio", "stdlib"):  # the ratios need them
+        for reference in ("trio", "stdlib", "asyncio"):  # the ratios need them
             if reference not in contenders:
                 contenders.append(reference)
-    parts = _names(args.parts, PARTS) if args.parts else list(PARTS[:3] if args.quick else PARTS)
+    quick_parts = [part for part in PARTS if part != "pool"]
+    parts = _names(args.parts, PARTS) if args.parts else list(quick_parts if args.quick else PARTS)
     return Options(
         rounds=args.rounds or (1 if args.quick else 3),
         duration=args.duration or (1 if args.quick else 4),
@@ -715,7 +848,7 @@ def parse_options(argv: Sequence[str] | None) -> Options:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmarks; print Markdown results on stdout, progress on stderr."""
     options = parse_options(argv)
-    wrk = ensure_wrk() if "http" in options.parts else ""
+    wrk = ensure_wrk() if {"http", "close"} & set(options.parts) else ""
     started = time.monotonic()
     command = "python -m bench " + shlex.join(sys.argv[1:] if argv is None else list(argv))
     print(f"# trioserve benchmarks, {datetime.date.today().isoformat()}\n")
@@ -737,6 +870,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"- {options.rounds} round(s) of {options.duration:g} s per measurement")
     if "http" in options.parts:
         http_part(options, wrk)
+    if "close" in options.parts:
+        close_part(options, wrk)
     if "memory" in options.parts:
         memory_part(options)
     if "udp" in options.parts:

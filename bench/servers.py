@@ -5,7 +5,9 @@
 contender whose trioserve feature does not exist yet prints ``SKIP <reason>`` and exits
 with status 3, so the runner can say so and carry on.
 
-HTTP contenders (the same keep-alive hello world, `bench._common.RESPONSE`):
+HTTP contenders (the same hello world, `bench._common.RESPONSE`; keep-alive, unless a
+request is HTTP/1.0 or says ``Connection: close``: then `bench._common.RESPONSE_CLOSE` and
+the connection is closed):
 
 * ``trioserve-async``: an ``async def`` `trioserve.StreamRequestHandler` on
   `trioserve.ThreadingTCPServer`, reading the request line and headers with
@@ -49,13 +51,17 @@ from typing import Any
 import trio
 
 import trioserve
-from bench._common import BACKLOG, BODY, HOST, RESPONSE, raise_open_file_limit
+from bench._common import BACKLOG, BODY, HOST, RESPONSE, RESPONSE_CLOSE, raise_open_file_limit
 
 __all__ = ["CONTENDERS", "UDP_CONTENDERS", "main"]
 
 #: Exit status of a contender whose feature trioserve does not have yet.
 SKIP_STATUS = 3
 _BLANK = (b"\r\n", b"\n", b"")
+#: How an HTTP/1.0 request line ends, and how a Connection header begins (lower case):
+#: what the hand-written bodies look at to tell a request that asks to close.
+_HTTP10 = b"HTTP/1.0\r\n"
+_CONNECTION = b"connection:"
 
 
 class Skip(Exception):
@@ -77,24 +83,39 @@ def _feature(name: str) -> Any:
 
 
 class AsyncHello(trioserve.StreamRequestHandler):
-    """The async hello world: request line, headers up to the blank line, answer."""
+    """The async hello world: request line, headers up to the blank line, answer.
+
+    Every hand-written body here reads the same way: a request line that ends in
+    HTTP/1.0, or a ``Connection: close`` header, gets `RESPONSE_CLOSE` and the connection
+    closes; any other request gets `RESPONSE` and the next request is read.
+    """
 
     async def handle(self) -> None:
         rfile, wfile = self.rfile, self.wfile
-        while await rfile.readline():
+        while line := await rfile.readline():
+            close = line.endswith(_HTTP10)
             while (line := await rfile.readline()) not in _BLANK:
-                pass
+                if line[:11].lower() == _CONNECTION:
+                    close = b"close" in line.lower()
             if not line:
+                return
+            if close:
+                await wfile.write(RESPONSE_CLOSE)
                 return
             await wfile.write(RESPONSE)
 
 
 def _sync_hello(rfile: Any, wfile: Any) -> None:
     """The sync hello world, shared by trioserve's sync handler and the stdlib's."""
-    while rfile.readline():
+    while line := rfile.readline():
+        close = line.endswith(_HTTP10)
         while (line := rfile.readline()) not in _BLANK:
-            pass
+            if line[:11].lower() == _CONNECTION:
+                close = b"close" in line.lower()
         if not line:
+            return
+        if close:
+            wfile.write(RESPONSE_CLOSE)
             return
         wfile.write(RESPONSE)
 
@@ -121,6 +142,8 @@ class HTTPHello(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         self.send_response(200)
         self.send_header("Content-Type", "text/plain")
+        if self.close_connection:  # an HTTP/1.0 request, or Connection: close
+            self.send_header("Connection", "close")
         self.send_header("Content-Length", str(len(BODY)))
         self.end_headers()
         self.wfile.write(BODY)
@@ -193,10 +216,15 @@ class _Reader:
 async def _trio_hello(stream: trio.SocketStream) -> None:
     reader = _Reader(stream)
     try:
-        while await reader.readline():
+        while line := await reader.readline():
+            close = line.endswith(_HTTP10)
             while (line := await reader.readline()) not in _BLANK:
-                pass
+                if line[:11].lower() == _CONNECTION:
+                    close = b"close" in line.lower()
             if not line:
+                return
+            if close:
+                await stream.send_all(RESPONSE_CLOSE)
                 return
             await stream.send_all(RESPONSE)
     except trio.BrokenResourceError:
@@ -246,10 +274,16 @@ def stdlib_http_stock(port: int) -> None:
 
 async def _asyncio_hello(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     try:
-        while await reader.readline():
+        while line := await reader.readline():
+            close = line.endswith(_HTTP10)
             while (line := await reader.readline()) not in _BLANK:
-                pass
+                if line[:11].lower() == _CONNECTION:
+                    close = b"close" in line.lower()
             if not line:
+                return
+            if close:
+                writer.write(RESPONSE_CLOSE)
+                await writer.drain()
                 return
             writer.write(RESPONSE)
             await writer.drain()

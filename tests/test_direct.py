@@ -20,7 +20,7 @@ from trioserve import (
     StreamRequestHandler,
     ThreadingTCPServer,
 )
-from trioserve._direct import DirectSocket, PacedListener
+from trioserve._direct import DirectSocket, PacedListener, direct
 from trioserve.testing import serving
 
 
@@ -331,3 +331,135 @@ async def test_a_pipelining_client_does_not_hold_up_another() -> None:
                     assert await receive_exactly(other_stream, 7) == b"me too\n"
                 handled_before = KickingEcho.log.index(b"me too\n")
                 assert handled_before <= 100  # not after all 4,000
+
+
+# -- a connection's reader and writer: one DirectSocket -----------------------------------
+
+
+async def answered(direct: DirectSocket, peer: trio.SocketStream) -> None:
+    """Take a request the peer sent (the socket drained) and answer it: the next read waits."""
+    await peer.send_all(b"request\n")
+    assert await direct.receive_some(1024) == b"request\n"
+    await direct.send_all(b"answer\n")
+    assert await receive_exactly(peer, 7) == b"answer\n"
+
+
+async def test_a_handlers_files_share_one_direct_socket(
+    tcp_pair: tuple[trio.SocketStream, socket.socket],
+) -> None:
+    stream, _ = tcp_pair
+    handler = StreamRequestHandler(stream, ("127.0.0.1", 1), None)  # type: ignore[arg-type]
+    await handler.setup()
+    shared = handler.rfile._stream  # what the files were given
+    assert isinstance(shared, DirectSocket)
+    assert handler.wfile._stream is shared
+    assert direct(shared) is shared
+
+
+async def test_a_read_after_an_answer_waits_then_gets_the_next_request() -> None:
+    ours, peer = stream_pair()
+    async with ours, peer:
+        shared = DirectSocket(ours)
+        received: list[bytes] = []
+
+        async def read() -> None:
+            received.append(await shared.receive_some(1024))
+
+        for number in range(3):
+            await answered(shared, peer)
+            received.clear()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read)
+                await trio.testing.wait_all_tasks_blocked()
+                assert received == []  # waiting for the peer, not spinning
+                await peer.send_all(b"next %d\n" % number)
+            assert received == [b"next %d\n" % number]
+
+
+async def test_a_read_after_an_answer_gets_bytes_already_there_in_order() -> None:
+    ours, peer = stream_pair()
+    async with ours, peer:
+        shared = DirectSocket(ours)
+        await answered(shared, peer)
+        await peer.send_all(b"pipelined one\npipelined two\n")  # before the read
+        got = bytearray()
+        with trio.fail_after(5):
+            while len(got) < 28:
+                got += await shared.receive_some(10)
+        assert got == b"pipelined one\npipelined two\n"
+
+
+async def test_a_cancelled_read_after_an_answer_raises_cancelled_and_leaves_the_data() -> None:
+    ours, peer = stream_pair()
+    async with ours, peer:
+        shared = DirectSocket(ours)
+        await answered(shared, peer)
+        await peer.send_all(b"kept")
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await shared.receive_some(10)
+        assert scope.cancelled_caught
+        assert await shared.receive_some(10) == b"kept"
+
+
+async def test_a_read_after_an_answer_on_a_closed_stream_is_a_closed_resource_error() -> None:
+    ours, peer = stream_pair()
+    async with peer:
+        shared = DirectSocket(ours)
+        await answered(shared, peer)
+        await ours.aclose()
+        with pytest.raises(trio.ClosedResourceError):
+            await shared.receive_some(10)
+
+
+async def test_closing_the_stream_wakes_a_read_waiting_after_an_answer() -> None:
+    ours, peer = stream_pair()
+    async with peer:
+        shared = DirectSocket(ours)
+        await answered(shared, peer)
+        async with trio.open_nursery() as nursery:
+
+            async def close_when_waiting() -> None:
+                await trio.testing.wait_all_tasks_blocked()
+                await ours.aclose()
+
+            nursery.start_soon(close_when_waiting)
+            with pytest.raises(trio.ClosedResourceError):
+                await shared.receive_some(10)
+
+
+async def test_a_read_that_filled_its_buffer_is_not_followed_by_a_wait() -> None:
+    ours, peer = stream_pair()
+    async with ours, peer:
+        shared = DirectSocket(ours)
+        await peer.send_all(b"x" * 100)
+        assert await shared.receive_some(10) == b"x" * 10  # more may be waiting
+        await shared.send_all(b"answer")
+
+        async def read_one() -> None:
+            assert await shared.receive_some(10) == b"x" * 10
+
+        # Read at once, without a trip through the scheduler.
+        assert await turns_of_others_during(read_one, 1) == 0
+
+
+class LineEcho(StreamRequestHandler):
+    async def handle(self) -> None:
+        async for line in self.rfile:
+            await self.wfile.write(line)
+
+
+async def test_requests_one_by_one_then_pipelined_lose_no_byte() -> None:
+    with ThreadingTCPServer(("127.0.0.1", 0), LineEcho) as server:
+        async with serving(server):
+            stream = await trio.open_tcp_stream(*server.server_address)
+            async with stream:
+                with trio.fail_after(30):
+                    for number in range(200):  # request, answer, request...: reads wait first
+                        line = b"line %d\n" % number
+                        await stream.send_all(line)
+                        assert await receive_exactly(stream, len(line)) == line
+                    lines = b"".join(b"pipelined %d\n" % n for n in range(2000))
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(stream.send_all, lines)
+                        assert await receive_exactly(stream, len(lines)) == lines

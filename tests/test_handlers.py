@@ -234,6 +234,108 @@ async def test_finish_runs_after_handle_raises() -> None:
     assert events == ["setup", "handle", "finish", "handle_error"]
 
 
+class Recording(trioserve.BaseRequestHandler):
+    """Records its steps; ``handle`` raises when the request says so."""
+
+    def __init__(self, request: Any, client_address: Any, server: Any) -> None:
+        super().__init__(request, client_address, server)
+        self.events: list[str] = request
+
+    async def setup(self) -> None:
+        self.events.append("setup")
+
+    async def handle(self) -> None:
+        await trio.lowlevel.checkpoint()
+        self.events.append("handle")
+        if "fail" in self.events:
+            raise RuntimeError("handler broke")
+
+    async def finish(self) -> None:
+        await trio.lowlevel.checkpoint()
+        self.events.append("finish")
+
+    def _trioserve_end(self) -> Any:
+        self.events.append("end")
+        return super()._trioserve_end()
+
+
+class SyncRecording(trioserve.BaseRequestHandler):
+    """`Recording` as a sync handler."""
+
+    def __init__(self, request: Any, client_address: Any, server: Any) -> None:
+        super().__init__(request, client_address, server)
+        self.events: list[str] = request
+
+    def setup(self) -> None:
+        self.events.append("setup")
+
+    def handle(self) -> None:
+        self.events.append("handle")
+        if "fail" in self.events:
+            raise RuntimeError("handler broke")
+
+    def finish(self) -> None:
+        self.events.append("finish")
+
+    def _trioserve_end(self) -> Any:
+        self.events.append("end")
+        return super()._trioserve_end()
+
+
+async def test_the_one_driver_runs_the_steps_in_order_for_both_kinds() -> None:
+    from trioserve._handlers import handler_steps, run_async_handler, run_steps_sync
+
+    for fail in (False, True):
+        first = ["fail"] if fail else []
+        for kind in ("async", "sync"):
+            events = list(first)
+            with pytest.raises(RuntimeError) if fail else contextlib.nullcontext():
+                if kind == "async":
+                    await run_async_handler(Recording, events, None, None)
+                else:
+                    run_steps_sync(handler_steps(SyncRecording, events, None, None))
+            assert events == [*first, "setup", "handle", "finish", "end"], kind
+
+
+async def test_a_cancelled_async_handler_still_runs_finish_and_the_end() -> None:
+    from trioserve._handlers import run_async_handler
+
+    events: list[str] = []
+
+    class Waiting(Recording):
+        async def handle(self) -> None:
+            self.events.append("handle")
+            await trio.sleep_forever()
+
+        async def finish(self) -> None:
+            self.events.append("finish")  # no checkpoint: it would be cancelled too
+
+    with trio.CancelScope() as scope:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run_async_handler, Waiting, events, None, None)
+            await trio.testing.wait_all_tasks_blocked()
+            scope.cancel()
+    assert events == ["setup", "handle", "finish", "end"]
+
+
+def test_a_sync_step_that_returns_a_coroutine_is_refused_and_finish_still_runs() -> None:
+    from trioserve._handlers import handler_steps, run_steps_sync
+
+    events: list[str] = []
+
+    class Mixed(SyncRecording):
+        def handle(self) -> Any:
+            self.events.append("handle")
+            return self.later()  # a coroutine, from a plain def: a mixed-up handler
+
+        async def later(self) -> None:
+            await trio.lowlevel.checkpoint()
+
+    with pytest.raises(TypeError, match="all async def or all def"):
+        run_steps_sync(handler_steps(Mixed, events, None, None))
+    assert events == ["setup", "handle", "finish", "end"]
+
+
 async def test_finish_runs_after_handle_raises_and_the_server_keeps_serving(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

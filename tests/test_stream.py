@@ -463,3 +463,40 @@ async def test_two_thousand_connections_in_rounds_leave_no_descriptor_behind() -
             await trio.testing.wait_all_tasks_blocked()  # the server's closes are done
             counts.append(len(os.listdir("/proc/self/fd")))
     assert counts == [baseline] * 3
+
+
+class KeepsOpen(ThreadingTCPServer):
+    """A server whose hooks leave every connection open: only the last close remains."""
+
+    async def shutdown_request(self, request: Any) -> None:
+        pass
+
+    async def close_request(self, request: Any) -> None:
+        pass
+
+
+@pytest.mark.parametrize("ending", ["returns", "raises", "cancelled"])
+async def test_every_connection_is_closed_at_its_end_whatever_the_hooks_did(ending: str) -> None:
+    class Handler(StreamRequestHandler):
+        async def handle(self) -> None:
+            await self.wfile.write(await self.rfile.readline())
+            if ending == "raises":
+                raise RuntimeError("handler broke")
+            if ending == "cancelled":
+                self.server.shutdown(grace=0)
+                await trio.sleep_forever()
+
+    class Quiet(KeepsOpen):
+        def handle_error(self, request: Any, client_address: Any) -> None:
+            pass
+
+    with Quiet(LOCALHOST, Handler) as server:
+        baseline = len(os.listdir("/proc/self/fd"))
+        async with serving(server):
+            for _ in range(1 if ending == "cancelled" else 20):
+                async with await connect(server) as client:
+                    await client.send_all(b"line\n")
+                    with trio.fail_after(PATIENCE):
+                        assert await receive_until_eof(client) == b"line\n"
+            await trio.testing.wait_all_tasks_blocked()
+            assert len(os.listdir("/proc/self/fd")) <= baseline

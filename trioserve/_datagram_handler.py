@@ -6,7 +6,7 @@ streams: one that yields the packet and then end-of-file, one that collects what
 handler writes. So the body ``async for line in self.rfile: await self.wfile.write(...)``
 serves a TCP connection and a UDP datagram alike. What was written is sent back to
 ``client_address`` as one datagram, once, after ``finish()`` (the handler's last step,
-`trioserve._handlers.handler_steps`), and only if the handler wrote something. In a sync
+in `trioserve._handlers.run_handler_life`), and only if the handler wrote something. In a sync
 handler the files are `io.BytesIO` and ``finish()`` sends, as socketserver's handler does.
 
 The reply path, one for both kinds, never lets one client hurt the server:
