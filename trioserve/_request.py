@@ -174,7 +174,7 @@ class RequestPath:
         #: The transport's step before the handler (TLS, PROXY header), if any.
         self.preparer: Callable[[Any, Any], Awaitable[Any]] | None = server._trioserve_preparer()
         #: How to release whatever a request holds, whatever the hooks did.
-        self.discard: Callable[[Any], Awaitable[None]] | None = server._trioserve_discard
+        self.discard: Callable[[Any], Awaitable[None] | None] | None = server._trioserve_discard
         self.handler_class: HandlerClass = server.RequestHandlerClass
         #: Whether process_request and finish_request are the library's own, so the
         #: handler may be run without calling them.
@@ -287,8 +287,11 @@ class RequestPath:
             if self.timed:
                 self._observe(started, request, client_address, sizes, ending)
             if self.discard is not None:
-                with trio.CancelScope(shield=True):
-                    await self.discard(request)
+                # Done at once for a plain socket; a TLS stream's close is awaited, shielded.
+                closing = self.discard(request)
+                if closing is not None:
+                    with trio.CancelScope(shield=True):
+                        await closing
             if slots is not None:
                 slots.release()
 

@@ -221,7 +221,8 @@ class BaseServer:
     #: fact of the transport (datagram servers: ``max_concurrent_datagrams``).
     _trioserve_limit_option: ClassVar[str] = "max_connections"
     #: How to release whatever a request holds, whatever the hooks did (None: nothing).
-    _trioserve_discard: ClassVar[Callable[[Any], Awaitable[None]] | None] = None
+    #: (It returns None when it closed the request at once, or an awaitable to await.)
+    _trioserve_discard: ClassVar[Callable[[Any], Awaitable[None] | None] | None] = None
     _trioserve: ServerState
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

@@ -63,18 +63,22 @@ ACCEPT_COMPLAINT_INTERVAL = 60.0
 CLOSE_TIMEOUT = 1.0
 
 
-async def _discard(request: Any) -> None:
-    """Close a connection at the end of its request, however it was left."""
+def _discard(request: Any) -> Awaitable[None] | None:
+    """Close a connection at the end of its request, however it was left.
+
+    A plain socket is closed at once (None is returned: nothing to await, no cancel scope
+    to pay for); a stream of another kind returns its forceful close, to be awaited.
+    """
     sock = _plain_socket(request)
     if sock is not None:
         # What a plain stream's aclose does, without the checkpoint that a forceful
-        # close cancels anyway (a cancel scope and a Cancelled raised and caught, once
-        # per connection); closing an already closed socket does nothing.
+        # close cancels anyway; closing an already closed socket does nothing.
         sock.close()
-    elif isinstance(request, trio.abc.AsyncResource):
-        await trio.aclose_forcefully(request)
-    else:  # pragma: no cover - anything else a get_request of socketserver code returns
-        request.close()
+        return None
+    if isinstance(request, trio.abc.AsyncResource):
+        return _Later(trio.aclose_forcefully, request)
+    request.close()  # pragma: no cover - whatever else a socketserver get_request returned
+    return None
 
 
 def _check_networks(name: str, value: Any) -> tuple[IPNetwork, ...]:
@@ -131,7 +135,9 @@ class TCPServer(SocketServer):
     # When an out-of-resources accept() error was last logged as an error (time.monotonic).
     _trioserve_capacity_complaint: float | None = None
     # Whatever the hooks did, a connection is closed at the end of its request.
-    _trioserve_discard: ClassVar[Callable[[Any], Awaitable[None]] | None] = staticmethod(_discard)
+    _trioserve_discard: ClassVar[Callable[[Any], Awaitable[None] | None] | None] = staticmethod(
+        _discard
+    )
 
     _trioserve_options: ClassVar[Mapping[str, _options.Check]] = {
         "request_queue_size": _options.positive_int,
