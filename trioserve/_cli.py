@@ -107,10 +107,10 @@ from ._compat import (
     ThreadingUnixStreamServer,
 )
 from ._datagram_handler import DatagramRequestHandler
-from ._devreload import MissingReloadError, require_watchfiles, supervise, watch_lifeline
-from ._exceptions import WorkerStartupError
+from ._devreload import require_watchfiles, supervise, watch_lifeline
+from ._exceptions import MissingExtraError, WorkerStartupError
 from ._handlers import BaseRequestHandler, EchoHandler, _StreamHandlerBase
-from ._metrics import MissingExtraError, bind_metrics, require_prometheus, serve_metrics
+from ._metrics import bind_metrics, require_prometheus, serve_metrics
 from ._policy import ProcessPoolMixIn
 from ._proxy import DEFAULT_TRUSTED
 from ._stream import TCPServer
@@ -761,7 +761,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.reload:
         try:
             return _reload(args, sys.argv[1:] if argv is None else list(argv))
-        except (UsageError, MissingReloadError) as exc:
+        except (UsageError, MissingExtraError) as exc:
             return _usage_error(UsageError(str(exc)))
     return _serve_command(args)
 

@@ -50,8 +50,9 @@ from typing import Any, Final
 
 import trio
 
+from ._exceptions import MissingExtraError
+
 __all__ = [
-    "MissingReloadError",
     "ServerProcess",
     "require_watchfiles",
     "supervise",
@@ -71,22 +72,9 @@ READY_PREFIX: Final = b"trioserve: serving "
 _CHILD = "from trioserve._cli import serve_inherited; serve_inherited()"
 
 
-class MissingReloadError(ImportError):
-    """``watchfiles`` is not installed; the message says how to install it, in one line."""
-
-
 def require_watchfiles() -> None:
-    """Check that ``watchfiles`` is installed.
-
-    Raises:
-      MissingReloadError: it is not, with the command that installs it.
-    """
-    try:
-        import watchfiles  # noqa: F401
-    except ImportError:
-        raise MissingReloadError(
-            "--reload needs watchfiles: pip install 'trioserve[reload]'"
-        ) from None
+    """Check that ``watchfiles`` is installed (`MissingExtraError` if not)."""
+    MissingExtraError.check("watchfiles", "watchfiles", "--reload", "reload")
 
 
 def _is_python(change: object, path: str) -> bool:

@@ -12,6 +12,7 @@ for the handler's ``timeout`` raises `PeerTimeoutError`, a built-in `TimeoutErro
 from __future__ import annotations
 
 import errno
+import importlib
 
 import trio
 
@@ -19,6 +20,7 @@ __all__ = [
     "BrokenConnectionError",
     "InputBudgetError",
     "LineTooLongError",
+    "MissingExtraError",
     "PeerTimeoutError",
     "PortOutOfRangeError",
     "ProxyProtocolError",
@@ -139,3 +141,15 @@ class ProxyProtocolError(ValueError):
     header was complete. The message says what was wrong. The server closes such a
     connection without calling the handler and logs the message once, at warning level.
     """
+
+
+class MissingExtraError(ImportError):
+    """An optional extra is not installed; the message says which, in one line."""
+
+    @classmethod
+    def check(cls, module: str, package: str, option: str, extra: str) -> None:
+        """Raise this error unless *module* (of *package*) imports, for *option*'s sake."""
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            raise cls(f"{option} needs {package}: pip install 'trioserve[{extra}]'") from None

@@ -29,8 +29,9 @@ from ._stats import DURATION_BUCKETS
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
+from ._exceptions import MissingExtraError
+
 __all__ = [
-    "MissingExtraError",
     "bind_metrics",
     "metrics_text",
     "require_prometheus",
@@ -45,22 +46,9 @@ MAX_REQUEST = 8192
 REQUEST_TIMEOUT: Final = 10.0
 
 
-class MissingExtraError(ImportError):
-    """An optional extra is not installed; the message says which, in one line."""
-
-
 def require_prometheus() -> None:
-    """Check that ``prometheus-client`` is installed.
-
-    Raises:
-      MissingExtraError: it is not, with the command that installs it.
-    """
-    try:
-        import prometheus_client  # noqa: F401
-    except ImportError:
-        raise MissingExtraError(
-            "--metrics needs prometheus-client: pip install 'trioserve[metrics]'"
-        ) from None
+    """Check that ``prometheus-client`` is installed (`MissingExtraError` if not)."""
+    MissingExtraError.check("prometheus_client", "prometheus-client", "--metrics", "metrics")
 
 
 class _Collector:
