@@ -708,3 +708,16 @@ async def test_a_connection_taken_over_by_the_drain_gets_its_first_request_answe
             await holder.aclose()
             await queued.aclose()
     assert answer.startswith(b"HTTP/1.1 200"), answer
+
+
+async def test_a_connection_whose_first_request_comes_after_the_drain_began_is_answered(
+    hello: type[Hello],
+) -> None:
+    with ThreadingHTTPServer(LOCALHOST, hello, shutdown_grace=30) as server:
+        async with serving(server), await connect(server) as client:
+            await trio.testing.wait_all_tasks_blocked()  # accepted; waits for its request
+            server.shutdown()
+            await trio.testing.wait_all_tasks_blocked()
+            await client.send_all(REQUEST)  # a balancer's request, a moment late
+            answer = await receive_until_eof(client)
+    assert answer.startswith(b"HTTP/1.1 200"), answer

@@ -403,7 +403,9 @@ class _KeepAlive:
                 # while the connection waits (`_serve_one` makes the file again).
                 rfile.close()
                 handler.rfile = _IDLE_RFILE
-        state = getattr(self.server, "_trioserve", None)
+        # Only a connection waiting for its *next* request is idle: one that waits for its
+        # first (accepted just before a drain, its bytes not there yet) is served.
+        state = getattr(self.server, "_trioserve", None) if handler is not None else None
         serving = state.serving if state is not None else None
         with trio.move_on_after(math.inf if timeout is None else timeout) as scope:
             if serving is not None:
