@@ -112,3 +112,57 @@ async def test_inside_trio_datagrams_are_trios() -> None:
             assert data == b"a"
             await sock.sendto(b"b", address)
             assert await client.recv(10) == b"b"
+
+
+def test_the_rest_of_a_sockets_methods_outside_trio() -> None:
+    with (
+        UDPServer(("127.0.0.1", 0), EchoHandler) as server,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client,
+    ):
+        sock = server.socket
+        assert isinstance(sock, ServerSocket)
+        assert sock.get_inheritable() is False
+        sock.set_inheritable(False)
+        client.connect(server.server_address)
+        client.send(b"one")
+        assert sock.recv(10) == b"one"
+        client.send(b"two")
+        buffer = bytearray(10)
+        assert sock.recv_into(buffer) == 3
+        assert bytes(buffer[:3]) == b"two"
+        other = sock.dup()
+        with other:
+            assert other.fileno() != sock.fileno()
+        with pytest.raises(OSError, match="not connected"):
+            sock.getpeername()
+
+
+def test_binding_and_listening_outside_trio_then_detaching() -> None:
+    server = TCPServer(("127.0.0.1", 0), EchoHandler, bind_and_activate=False)
+    sock = server.socket
+    assert isinstance(sock, ServerSocket)
+    assert sock.bind(("127.0.0.1", 0)) is None
+    sock.listen(5)
+    with socket.create_connection(sock.getsockname(), timeout=30) as client:
+        connection, _ = sock.accept()
+        with connection:
+            client.sendall(b"z")
+            assert connection.recv(1) == b"z"
+            sock_peer = connection.getpeername()
+            assert sock_peer == client.getsockname()
+    fd = sock.detach()
+    assert fd >= 0
+    socket.socket(fileno=fd).close()
+    server.server_close()
+
+
+async def test_inside_trio_bind_connect_and_send_are_trios() -> None:
+    with UDPServer(("127.0.0.1", 0), EchoHandler) as server:
+        sock = server.socket
+        with trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            await client.bind(("127.0.0.1", 0))
+            await sock.connect(client.getsockname())
+            await sock.wait_writable()
+            assert await sock.send(b"hi") == 2
+            assert await client.recv(10) == b"hi"
+            sock.shutdown(socket.SHUT_RDWR)
