@@ -283,7 +283,7 @@ class SyncRecording(trioserve.BaseRequestHandler):
 
 
 async def test_the_one_driver_runs_the_steps_in_order_for_both_kinds() -> None:
-    from trioserve._handlers import handler_steps, run_async_handler, run_steps_sync
+    from trioserve._handlers import run_async_handler, run_sync_handler_life
 
     for fail in (False, True):
         first = ["fail"] if fail else []
@@ -293,7 +293,7 @@ async def test_the_one_driver_runs_the_steps_in_order_for_both_kinds() -> None:
                 if kind == "async":
                     await run_async_handler(Recording, events, None, None)
                 else:
-                    run_steps_sync(handler_steps(SyncRecording, events, None, None))
+                    run_sync_handler_life(SyncRecording, events, None, None)
             assert events == [*first, "setup", "handle", "finish", "end"], kind
 
 
@@ -319,7 +319,7 @@ async def test_a_cancelled_async_handler_still_runs_finish_and_the_end() -> None
 
 
 def test_a_sync_step_that_returns_a_coroutine_is_refused_and_finish_still_runs() -> None:
-    from trioserve._handlers import handler_steps, run_steps_sync
+    from trioserve._handlers import run_sync_handler_life
 
     events: list[str] = []
 
@@ -332,7 +332,7 @@ def test_a_sync_step_that_returns_a_coroutine_is_refused_and_finish_still_runs()
             await trio.lowlevel.checkpoint()
 
     with pytest.raises(TypeError, match="all async def or all def"):
-        run_steps_sync(handler_steps(Mixed, events, None, None))
+        run_sync_handler_life(Mixed, events, None, None)
     assert events == ["setup", "handle", "finish", "end"]
 
 

@@ -58,17 +58,14 @@ __all__ = [
     "BaseRequestHandler",
     "EchoHandler",
     "HandlerClass",
-    "HandlerSteps",
     "StreamRequestHandler",
     "SyncStreamRequestHandler",
-    "handler_steps",
     "handler_type",
     "is_handler",
     "is_sync_handler",
     "run_async_handler",
     "run_handler_life",
-    "run_steps",
-    "run_steps_sync",
+    "run_sync_handler_life",
 ]
 
 
@@ -241,7 +238,7 @@ async def run_handler_life(
     when ``handle()`` raised) and the base classes' closing step, with Python's own
     ``try``/``finally``. For an async handler (the default) each step that returns an
     awaitable is awaited here, in the calling task: this is `run_async_handler`. For a
-    sync handler (*sync*, in a worker thread: `run_steps_sync`) each step is done when it
+    sync handler (*sync*, in a worker thread: `run_sync_handler_life`) each step is done when it
     returns, nothing is awaited, and so the coroutine finishes without ever suspending; a
     step that returns a coroutine is a handler that mixes ``def`` and ``async def``, and
     raises `TypeError`. socketserver's own handler classes run everything in their
@@ -303,36 +300,18 @@ def _refuse_coroutine(step: object) -> None:
 run_async_handler = run_handler_life
 
 
-@final
-class HandlerSteps:
-    """One handler's life, not started yet: what `handler_steps` returns."""
-
-    __slots__ = ("args",)
-
-    def __init__(self, args: tuple[HandlerClass, Any, Any, Any]) -> None:
-        self.args = args
-
-
-def handler_steps(
+def run_sync_handler_life(
     handler_class: HandlerClass, request: Any, client_address: Any, server: Any
-) -> HandlerSteps:
-    """The life of one handler, to be run by `run_steps` or `run_steps_sync`."""
-    return HandlerSteps((handler_class, request, client_address, server))
+) -> None:
+    """Run a sync handler's life (in a worker thread): each step is done when it returns.
 
-
-async def run_steps(steps: HandlerSteps) -> None:
-    """Run *steps* in the calling task, awaiting each step that is awaitable."""
-    await run_handler_life(*steps.args)
-
-
-def run_steps_sync(steps: HandlerSteps) -> None:
-    """Run *steps* of a sync handler (in a worker thread): each step is done when it returns.
+    The same driver as an async handler's, `run_handler_life`, run without awaiting.
 
     Raises:
       TypeError: a step returned a coroutine (``setup``, ``handle`` and ``finish`` mix
         ``def`` and ``async def``).
     """
-    life = run_handler_life(*steps.args, sync=True)
+    life = run_handler_life(handler_class, request, client_address, server, sync=True)
     try:
         life.send(None)
     except StopIteration:

@@ -8,7 +8,7 @@ blocks: ``self.request.recv(1024)`` waits for the peer. It runs in a worker thre
 This module is an adapter over the one request path, not a second server: the request
 still goes through the server's hooks (``verify_request``, ``process_request``,
 ``shutdown_request``...), and the handler's life is the same steps as an async handler's
-(`trioserve._handlers.handler_steps`), driven in the thread. What the adapter adds is the
+(`trioserve._handlers.run_handler_life`), driven in the thread. What the adapter adds is the
 request a blocking handler can use, and the thread:
 
 * a plain `trio.SocketStream` (TCP, Unix) becomes a real, blocking `socket.socket` on a
@@ -71,7 +71,7 @@ from typing import Any, Final, final
 
 import trio
 
-from ._handlers import HandlerClass, handler_steps, run_steps_sync
+from ._handlers import HandlerClass, run_sync_handler_life
 from ._streamsocket import StreamSocket
 from ._threads import ABANDON_AFTER, ThreadSocket, run_in_handler_thread
 
@@ -140,7 +140,7 @@ async def run_sync_handler(
     limit = thread_limit(server)
 
     def run(blocking_request: Any) -> None:
-        run_steps_sync(handler_steps(handler_class, blocking_request, client_address, server))
+        run_sync_handler_life(handler_class, blocking_request, client_address, server)
 
     thread_socket: list[ThreadSocket] = []  # for an abandoned thread (_adopt)
 
