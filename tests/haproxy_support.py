@@ -43,7 +43,7 @@ import socket
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -504,6 +504,38 @@ class Backend:
         return "\n".join(parts)
 
 
+async def _start_balancer(
+    name: str,
+    argv: list[str],
+    directory: Path,
+    stdout: Path,
+    stderr: Path,
+    ready: Callable[[], Awaitable[bool]],
+) -> trio.Process:
+    """Start a balancer by PID and wait (bounded) until *ready* says it accepts."""
+    process = await _open_process(argv, directory, stdout, stderr)
+    with trio.move_on_after(START_TIMEOUT):
+        while not await ready():
+            if process.poll() is not None:
+                pytest.fail(
+                    f"{name} exited with status {process.returncode}:\n{tail(stderr)}",
+                    pytrace=False,
+                )
+            await trio.sleep(POLL_INTERVAL)
+        return process
+    pytest.fail(f"{name} did not start within {START_TIMEOUT:g} s:\n{tail(stderr)}", pytrace=False)
+
+
+async def _stop_balancer(process: trio.Process | None) -> None:
+    """SIGTERM (both balancers' immediate stop); kill if it has not exited in time."""
+    if process is None or process.returncode is not None:
+        return
+    with trio.CancelScope(shield=True):
+        process.send_signal(signal.SIGTERM)
+        if await _wait_exit(process, STOP_TIMEOUT) is None:
+            await _kill(process)
+
+
 @dataclass
 class HAProxy:
     """The ``haproxy -f CFG -db`` process (in the foreground) and its stats socket."""
@@ -546,20 +578,8 @@ class HAProxy:
 
     async def start(self) -> None:
         argv = [self.path, "-f", str(self.config), "-db"]
-        self.process = await _open_process(argv, self.directory, self.stdout, self.stderr)
-        with trio.move_on_after(START_TIMEOUT):
-            while not await self._accepts():
-                if self.process.poll() is not None:
-                    pytest.fail(
-                        f"haproxy exited with status {self.process.returncode}:\n"
-                        f"{tail(self.stderr)}",
-                        pytrace=False,
-                    )
-                await trio.sleep(POLL_INTERVAL)
-            return
-        pytest.fail(
-            f"haproxy did not start within {START_TIMEOUT:g} s:\n{tail(self.stderr)}",
-            pytrace=False,
+        self.process = await _start_balancer(
+            "haproxy", argv, self.directory, self.stdout, self.stderr, self._accepts
         )
 
     async def _accepts(self) -> bool:
@@ -618,12 +638,7 @@ class HAProxy:
 
     async def stop(self) -> None:
         """SIGTERM (HAProxy's immediate stop); kill if it has not exited in time."""
-        if self.process is None or self.process.returncode is not None:
-            return
-        with trio.CancelScope(shield=True):
-            self.process.send_signal(signal.SIGTERM)
-            if await _wait_exit(self.process, STOP_TIMEOUT) is None:
-                await _kill(self.process)
+        await _stop_balancer(self.process)
 
     def logs(self) -> str:
         return (
@@ -674,20 +689,13 @@ class Nginx:
     async def start(self) -> None:
         argv = [self.binary.path, "-p", str(self.directory), "-c", str(self.config)]
         argv += ["-g", "daemon off;"]
-        self.process = await _open_process(argv, self.directory, self.stdout, self.stderr)
-        with trio.move_on_after(START_TIMEOUT):
-            while not await _accepting(self.binds):
-                if self.process.poll() is not None:
-                    pytest.fail(
-                        f"nginx exited with status {self.process.returncode}:\n"
-                        f"{tail(self.stderr)}",
-                        pytrace=False,
-                    )
-                await trio.sleep(POLL_INTERVAL)
-            return
-        pytest.fail(
-            f"nginx did not start within {START_TIMEOUT:g} s:\n{tail(self.stderr)}",
-            pytrace=False,
+        self.process = await _start_balancer(
+            "nginx",
+            argv,
+            self.directory,
+            self.stdout,
+            self.stderr,
+            lambda: _accepting(self.binds),
         )
 
     async def wait_until_up(self, names: Sequence[str]) -> dict[str, dict[str, str]]:
@@ -696,12 +704,7 @@ class Nginx:
 
     async def stop(self) -> None:
         """SIGTERM (nginx's fast shutdown, which stops its workers); kill if need be."""
-        if self.process is None or self.process.returncode is not None:
-            return
-        with trio.CancelScope(shield=True):
-            self.process.send_signal(signal.SIGTERM)
-            if await _wait_exit(self.process, STOP_TIMEOUT) is None:
-                await _kill(self.process)
+        await _stop_balancer(self.process)
 
     def logs(self) -> str:
         return f"---- nginx stderr ----\n{tail(self.stderr)}"
