@@ -12,6 +12,7 @@ import pytest
 import trio
 import trio.testing
 
+import trioserve._direct
 from tests.helpers import receive_exactly
 from trioserve import (
     AsyncReader,
@@ -20,7 +21,7 @@ from trioserve import (
     StreamRequestHandler,
     ThreadingTCPServer,
 )
-from trioserve._direct import DirectSocket, PacedListener, direct
+from trioserve._direct import TURN_BACKOFF, DirectSocket, PacedListener, direct
 from trioserve.testing import serving
 
 
@@ -428,6 +429,103 @@ async def test_closing_the_stream_wakes_a_read_waiting_after_an_answer() -> None
                 await shared.receive_some(10)
 
 
+class Counted:
+    """Counts the turns (`checkpoint`) and socket waits (`wait_readable`) of `_direct`."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.turns = 0
+        self.waits = 0
+        turn, wait = trio.lowlevel.checkpoint, trio.lowlevel.wait_readable
+
+        async def counted_turn() -> None:
+            self.turns += 1
+            await turn()
+
+        async def counted_wait(fd: int) -> None:
+            self.waits += 1
+            await wait(fd)
+
+        monkeypatch.setattr(trioserve._direct, "checkpoint", counted_turn)
+        monkeypatch.setattr(trioserve._direct, "wait_readable", counted_wait)
+
+
+async def exchange(
+    shared: DirectSocket, peer: trio.SocketStream, number: int, *, slow: bool
+) -> None:
+    """Answer, then read the next request: sent before the read, or (*slow*) once it waits."""
+    request = b"request %d\n" % number
+    await shared.send_all(b"answer\n")
+    assert await receive_exactly(peer, 7) == b"answer\n"
+    received: list[bytes] = []
+
+    async def read() -> None:
+        received.append(await shared.receive_some(1024))
+
+    async with trio.open_nursery() as nursery:
+        if not slow:
+            await peer.send_all(request)  # the peer answered while others had their turn
+        nursery.start_soon(read)
+        if slow:
+            await trio.testing.wait_all_tasks_blocked()
+            assert received == []  # waiting for the peer, not spinning
+            await peer.send_all(request)
+    assert received == [request]
+
+
+async def test_a_read_after_an_answer_lets_others_run_then_reads_without_a_wait(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ours, peer = stream_pair()
+    async with ours, peer:
+        shared = DirectSocket(ours)
+        await answered(shared, peer)
+        await peer.send_all(b"next\n")  # the peer answers while the other tasks run
+        counted = Counted(monkeypatch)
+        assert await shared.receive_some(1024) == b"next\n"
+        # A turn for the other tasks (a checkpoint), then the request, with no wait for
+        # the socket.
+        assert (counted.turns, counted.waits) == (1, 0)
+
+
+async def test_a_slow_peer_costs_a_wasted_turn_only_now_and_then(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ours, peer = stream_pair()
+    async with ours, peer:
+        shared = DirectSocket(ours)
+        await peer.send_all(b"first\n")
+        assert await shared.receive_some(1024) == b"first\n"
+        counted = Counted(monkeypatch)
+        for number in range(40):
+            await exchange(shared, peer, number, slow=True)
+        # Every read waited for the peer; a turn first was tried after the 1st, 2nd, 4th,
+        # 8th, 16th and 32nd missed answer only (Trio's own stream would try every time).
+        assert counted.waits == 40
+        assert counted.turns == 5
+
+
+async def test_a_peer_that_speeds_up_is_read_after_a_turn_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ours, peer = stream_pair()
+    async with ours, peer:
+        shared = DirectSocket(ours)
+        await peer.send_all(b"first\n")
+        assert await shared.receive_some(1024) == b"first\n"
+        for number in range(40):  # slow: the longest wait-first stretch
+            await exchange(shared, peer, number, slow=True)
+        counted = Counted(monkeypatch)
+        for number in range(100):
+            await exchange(shared, peer, number, slow=False)
+        # At most TURN_BACKOFF reads wait for the socket first; then each takes a turn.
+        assert counted.waits <= TURN_BACKOFF
+        assert counted.turns >= 100 - TURN_BACKOFF
+        before = counted.waits
+        for number in range(20):
+            await exchange(shared, peer, number, slow=False)
+        assert counted.waits == before
+
+
 async def test_a_read_that_filled_its_buffer_is_not_followed_by_a_wait() -> None:
     ours, peer = stream_pair()
     async with ours, peer:
@@ -455,7 +553,7 @@ async def test_requests_one_by_one_then_pipelined_lose_no_byte() -> None:
             stream = await trio.open_tcp_stream(*server.server_address)
             async with stream:
                 with trio.fail_after(30):
-                    for number in range(200):  # request, answer, request...: reads wait first
+                    for number in range(200):  # request, answer, request...: a turn first
                         line = b"line %d\n" % number
                         await stream.send_all(line)
                         assert await receive_exactly(stream, len(line)) == line

@@ -23,13 +23,21 @@ count of operations in a row is the connection's, and a receive knows what was s
 since the last one. That gives a request/response connection a cheaper turn:
 
 * a receive that comes after an answer was sent, when the receive before that found the
-  socket drained (it got less than it asked for), waits for the socket to be readable
-  *first*, then receives. The peer had nothing more to send when the request was read,
-  and now has to read the answer before it sends the next request: trying to receive at
-  once would fail with EAGAIN (a system call and an exception, about 2 µs in Python) and
-  wait anyway. If bytes did arrive meanwhile (a pipelining peer), the socket is readable
-  at once and the wait costs one trip through the scheduler; nothing is read in another
-  order, and waiting is a checkpoint, so cancellation is checked as before.
+  socket drained (it got less than it asked for), does not try the socket at once: the
+  peer had nothing more to send when the request was read, and now has to read the
+  answer before it sends the next request, so a receive at once would fail with EAGAIN
+  (a system call and an exception, about 2 µs in Python) and wait anyway. It *lets the
+  other tasks run first* (a full checkpoint, `trio.lowlevel.checkpoint`), then receives.
+  On a busy server the peer has answered by then, and the request is read without a
+  wait for the socket: no epoll registration to re-arm, no wake-up through Trio's I/O
+  manager, which cost more than the turn (`docs/performance.md`, round 3). If the turn
+  was not enough (the peer was slower than the other tasks, as on an idle server), the
+  receive waits for the socket as any other; and the next few reads after an answer wait
+  for the socket *first*, without a turn, for 1, then 3, 7, 15 and at most `TURN_BACKOFF`
+  answers after each miss in a row, so a connection to a slow peer spends no more than a
+  wasted turn now and then. Bytes that arrived meanwhile (a pipelining peer) are read
+  after the turn; nothing is read in another order, and the turn and the wait are both
+  checkpoints, so cancellation is checked as before.
 
 The sockets stay owned by the Trio objects they came from: closing those closes them, and
 the operations here then raise `trio.ClosedResourceError`.
@@ -45,6 +53,7 @@ from typing import Any, final
 import trio
 from trio.lowlevel import (
     cancel_shielded_checkpoint,
+    checkpoint,
     checkpoint_if_cancelled,
     wait_readable,
     wait_writable,
@@ -52,10 +61,13 @@ from trio.lowlevel import (
 
 from ._errors import closed, from_socket_error
 
-__all__ = ["YIELD_EVERY", "DirectSocket", "PacedListener", "direct"]
+__all__ = ["TURN_BACKOFF", "YIELD_EVERY", "DirectSocket", "PacedListener", "direct"]
 
 #: Operations in a row that complete without waiting, after which one yields anyway.
 YIELD_EVERY = 8
+#: After a turn that did not give the peer time to answer, the reads after that many
+#: answers at most wait for the socket first (1, 3, 7, 15, then this, misses in a row).
+TURN_BACKOFF = 31
 
 
 @final
@@ -65,12 +77,13 @@ class DirectSocket:
     Behaves as the stream's own methods do (same errors; `trio.BusyResourceError` for a
     task that sends while another's send waits for room, so bytes never interleave),
     except that an operation that completes at once does not always yield, and a receive
-    after an answer waits first (see the module documentation). One instance serves a
+    after an answer lets the other tasks run before it tries the socket (see the module
+    documentation). One instance serves a
     connection's reader and its writer (`direct` hands the same one back); the stream
     stays the socket's owner.
     """
 
-    __slots__ = ("_drained", "_fileno", "_run", "_sending", "_wait_first")
+    __slots__ = ("_after_answer", "_backoff", "_drained", "_fileno", "_run", "_sending", "_skip")
 
     def __init__(self, stream: trio.SocketStream) -> None:
         # The descriptor is asked for before every system call (a socket closed meanwhile
@@ -83,20 +96,32 @@ class DirectSocket:
         self._sending = False
         # The last receive got less than it asked for: the socket held no more then.
         self._drained = False
-        # ... and an answer was sent since: the next receive waits for the peer first.
-        self._wait_first = False
+        # ... and an answer was sent since: the next receive gives the peer time first.
+        self._after_answer = False
+        # Answers whose next read waits for the socket first, without a turn (after a
+        # turn that was not enough), and how many the last miss set (doubled per miss).
+        self._skip = 0
+        self._backoff = 0
 
     async def receive_some(self, max_bytes: int) -> bytes:
         """Receive up to *max_bytes* (at least 1); b"" at end of file."""
-        if self._wait_first:
-            # The peer is reading our answer: wait for its next bytes (a checkpoint, so
-            # cancellation is checked here) rather than try a receive that would fail.
-            self._wait_first = False
+        turned = False
+        if self._after_answer:
+            # The peer is reading our answer: give it time (a checkpoint, so cancellation
+            # is checked here) rather than try a receive that would fail.
+            self._after_answer = False
             self._run = 0
-            fd = self._fileno()
-            if fd < 0:
-                raise closed()
-            await wait_readable(fd)
+            if self._skip:
+                # A recent turn was not enough: wait for the peer's bytes.
+                self._skip -= 1
+                fd = self._fileno()
+                if fd < 0:
+                    raise closed()
+                await wait_readable(fd)
+            else:
+                # The other tasks first; on a busy server the peer has answered by then.
+                await checkpoint()
+                turned = True
         else:
             await checkpoint_if_cancelled()
         while True:
@@ -110,9 +135,14 @@ class DirectSocket:
             except OSError as exc:
                 raise from_socket_error(exc) from exc
             if data is None:
+                if turned:  # the turn was not enough: wait first for a while
+                    turned = False
+                    self._skip = self._backoff = min(self._backoff * 2 + 1, TURN_BACKOFF)
                 self._run = 0
                 await wait_readable(fd)
                 continue
+            if turned:
+                self._backoff = 0
             self._drained = len(data) < max_bytes
             self._run += 1
             if self._run >= YIELD_EVERY:
@@ -147,7 +177,7 @@ class DirectSocket:
             finally:
                 self._sending = False
         if self._drained:
-            self._wait_first = True
+            self._after_answer = True
         self._run += 1
         if self._run >= YIELD_EVERY:
             self._run = 0

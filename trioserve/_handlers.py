@@ -348,8 +348,8 @@ class _StreamHandlerBase(BaseRequestHandler):
         budget = input_budget(self.server)  # the server's bound on unread input
         if isinstance(request, trio.abc.Stream):
             # Over a plain socket stream both files share one DirectSocket: the pacing
-            # count is the connection's, and a read after an answer waits first
-            # (`trioserve._direct`). The files take it where a stream goes.
+            # count is the connection's, and a read after an answer gives the peer time
+            # first (`trioserve._direct`). The files take it where a stream goes.
             stream: Any = direct(request) or request
             self.rfile = AsyncReader(
                 stream,
