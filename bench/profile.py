@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 
 from bench.run import WRK_MODES, ensure_wrk, run_wrk, start_server, stop_server
-from bench.servers import CONTENDERS
+from bench.servers import CONTENDERS, FLOORS
 
 __all__ = ["main", "summarize_collapsed"]
 
@@ -55,7 +55,7 @@ def summarize_collapsed(path: Path, top: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Profile a contender; return the exit status."""
     parser = argparse.ArgumentParser(prog="python -m bench.profile")
-    parser.add_argument("name", choices=list(CONTENDERS))
+    parser.add_argument("name", choices=[*CONTENDERS, *FLOORS])
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--concurrency", type=int, default=10)
     parser.add_argument("--top", type=int, default=30)

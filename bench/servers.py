@@ -24,6 +24,19 @@ the connection is closed):
 * ``stdlib-http-stock``: the same, as shipped (Nagle's algorithm on);
 * ``asyncio``: `asyncio.start_server` with ``StreamReader.readline``.
 
+Two floors, for telling Trio's share of a keep-alive request from ours (`FLOORS`; not in
+the suite's tables, run them with `bench.paired` or `bench.profile`). Each handles only
+what ``wrk`` sends (it answers at every blank line) and is no pattern to follow:
+
+* ``trio-minimal``: the least a Trio server can do per request: one
+  `trio.lowlevel.wait_readable`, one ``os.read``, ``bytes.find`` for the lines, one
+  ``os.write``; no cancellation check, no line limit, no handler;
+* ``trio-minimal-et``: the same, but a connection waits on an edge-triggered epoll
+  registration of its own, made once, with one task that waits for that epoll object in
+  Trio and reschedules the connections it reports: what the per-wait work of Trio's I/O
+  manager (re-arming a one-shot registration, its bookkeeping) costs, by its absence.
+  A connection closed by another task would never wake its reader here.
+
 UDP echo contenders: ``udp-trioserve`` (`trioserve.ThreadingUDPServer`, async handler),
 ``udp-trio`` (a raw Trio ``recvfrom``/``sendto`` loop) and ``udp-stdlib``
 (`socketserver.ThreadingUDPServer`, a thread per datagram).
@@ -40,6 +53,7 @@ import cProfile
 import http.server
 import inspect
 import os
+import select
 import signal
 import socket
 import socketserver
@@ -53,7 +67,7 @@ import trio
 import trioserve
 from bench._common import BACKLOG, BODY, HOST, RESPONSE, RESPONSE_CLOSE, raise_open_file_limit
 
-__all__ = ["CONTENDERS", "UDP_CONTENDERS", "main"]
+__all__ = ["CONTENDERS", "FLOORS", "UDP_CONTENDERS", "main"]
 
 #: Exit status of a contender whose feature trioserve does not have yet.
 SKIP_STATUS = 3
@@ -353,6 +367,102 @@ def udp_stdlib(port: int) -> None:
         server.serve_forever()
 
 
+# -- floors: Trio's share of a request -------------------------------------------------
+
+
+def _serve_tcp(handler: Callable[[trio.SocketStream], Any], port: int) -> None:
+    async def serve() -> None:
+        async with trio.open_nursery() as nursery:
+            listeners: list[trio.SocketListener] = await nursery.start(
+                partial(trio.serve_tcp, handler, port, host=HOST, backlog=BACKLOG)
+            )
+            _ready(listeners[0].socket.getsockname()[1])
+
+    trio.run(serve)
+
+
+async def _answer_blank_lines(fd: int, wait: Callable[[int], Any]) -> None:
+    """Read with one system call per *wait*, answer every blank line: the floors' body."""
+    held = b""
+    try:
+        while True:
+            await wait(fd)
+            data = os.read(fd, 65536)
+            if not data:
+                return
+            held += data
+            while (end := held.find(b"\n")) >= 0:
+                line, held = held[: end + 1], held[end + 1 :]
+                if line in _BLANK:
+                    os.write(fd, RESPONSE)
+    except OSError:
+        pass
+
+
+async def _minimal_hello(stream: trio.SocketStream) -> None:
+    await _answer_blank_lines(stream.socket.fileno(), trio.lowlevel.wait_readable)
+
+
+def trio_minimal(port: int) -> None:
+    _serve_tcp(_minimal_hello, port)
+
+
+class _EdgePoller:
+    """One edge-triggered epoll object for all connections, waited for in one task."""
+
+    def __init__(self) -> None:
+        self.epoll = select.epoll()
+        self.waiting: dict[int, trio.lowlevel.Task] = {}
+        self.ready: set[int] = set()  # reported while nobody waited
+
+    async def run(self) -> None:
+        with self.epoll:
+            while True:
+                await trio.lowlevel.wait_readable(self.epoll.fileno())
+                for fd, _ in self.epoll.poll(0):
+                    task = self.waiting.pop(fd, None)
+                    if task is None:
+                        self.ready.add(fd)
+                    else:
+                        trio.lowlevel.reschedule(task)
+
+    async def wait(self, fd: int) -> None:
+        if fd in self.ready:
+            self.ready.discard(fd)
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return
+        self.waiting[fd] = trio.lowlevel.current_task()
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            self.waiting.pop(fd, None)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+
+    async def hello(self, stream: trio.SocketStream) -> None:
+        fd = stream.socket.fileno()
+        self.epoll.register(fd, select.EPOLLIN | select.EPOLLET)
+        try:
+            await _answer_blank_lines(fd, self.wait)
+        finally:
+            self.epoll.unregister(fd)
+            self.ready.discard(fd)
+
+
+def trio_minimal_et(port: int) -> None:
+    poller = _EdgePoller()
+
+    async def serve() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(poller.run)
+            listeners: list[trio.SocketListener] = await nursery.start(
+                partial(trio.serve_tcp, poller.hello, port, host=HOST, backlog=BACKLOG)
+            )
+            _ready(listeners[0].socket.getsockname()[1])
+
+    trio.run(serve)
+
+
 #: The HTTP contenders, in the order the tables list them.
 CONTENDERS: dict[str, Callable[[int], None]] = {
     "trioserve-async": trioserve_async,
@@ -366,6 +476,12 @@ CONTENDERS: dict[str, Callable[[int], None]] = {
     "asyncio": asyncio_server,
 }
 
+#: The floors: servers that show Trio's share of a keep-alive request (not in the tables).
+FLOORS: dict[str, Callable[[int], None]] = {
+    "trio-minimal": trio_minimal,
+    "trio-minimal-et": trio_minimal_et,
+}
+
 #: The UDP echo contenders.
 UDP_CONTENDERS: dict[str, Callable[[int], None]] = {
     "udp-trioserve": udp_trioserve,
@@ -376,7 +492,7 @@ UDP_CONTENDERS: dict[str, Callable[[int], None]] = {
 
 def main(argv: list[str] | None = None) -> int:
     """Run one contender until SIGTERM or SIGINT; return the exit status."""
-    names = {**CONTENDERS, **UDP_CONTENDERS}
+    names = {**CONTENDERS, **FLOORS, **UDP_CONTENDERS}
     parser = argparse.ArgumentParser(prog="python -m bench.servers")
     parser.add_argument("name", choices=sorted(names))
     parser.add_argument("--port", type=int, default=0)

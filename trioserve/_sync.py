@@ -65,6 +65,7 @@ import http.server
 import io
 import logging
 import math
+import select
 import socket
 import socketserver
 from typing import Any, Final, final
@@ -301,6 +302,13 @@ _IDLE_RFILE: Final = _idle_file()
 _STDLIB_SETUP: Final = socketserver.StreamRequestHandler.setup
 
 
+def _readable_now(trio_sock: trio.socket.SocketType) -> bool:
+    """Whether *trio_sock* has bytes, or its end, to read now: one poll(2) that never waits."""
+    poller = select.poll()
+    poller.register(trio_sock.fileno(), select.POLLIN)
+    return bool(poller.poll(0))
+
+
 def _has_buffered_input(rfile: Any, sock: socket.socket) -> bool:
     """Whether *rfile* holds bytes of a next request already (the client pipelines).
 
@@ -395,9 +403,15 @@ class _KeepAlive:
             return False
         if handler is not None:
             assert self.sock is not None
-            rfile = handler.rfile
-            if _has_buffered_input(rfile, self.sock):
+            if _has_buffered_input(handler.rfile, self.sock):
                 return True
+        if _readable_now(self.trio_sock):
+            # The request is there already (nearly always a connection's first: the
+            # client sends it as it connects): no scope, no wait, no epoll registration.
+            await trio.lowlevel.checkpoint_if_cancelled()
+            return True
+        if handler is not None:
+            rfile = handler.rfile
             if type(handler).setup is _STDLIB_SETUP and type(rfile) is io.BufferedReader:
                 # Its buffer (8 KiB) is most of what an idle connection costs: let it go
                 # while the connection waits (`_serve_one` makes the file again).
