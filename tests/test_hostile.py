@@ -119,6 +119,24 @@ async def test_pipelined_requests_are_answered_in_order(hello: type[Hello]) -> N
             assert answers[-1] == b"hello /c"
 
 
+async def test_a_first_request_there_at_accept_or_later_is_served_the_same(
+    hello: type[Hello],
+) -> None:
+    with ThreadingHTTPServer(LOCALHOST, hello) as server:
+        async with serving(server):
+            # Sent as the client connects: there before the server looks.
+            early = socket.create_connection(server.server_address)
+            early.sendall(b"GET /early HTTP/1.0\r\n\r\n")
+            early_stream = trio.SocketStream(trio.socket.from_stdlib_socket(early))
+            async with early_stream, await connect(server) as late:
+                assert (await receive_until_eof(early_stream)).endswith(b"hello /early")
+                # The other one waits for its first request in Trio, with no thread.
+                await trio.testing.wait_all_tasks_blocked()
+                assert running_handler_threads(server) == 0
+                assert await get(LineReader(late), late, "/late") == b"hello /late"
+    assert len(hello.finished) == 2
+
+
 @pytest.mark.parametrize("rbufsize", [0, 1024])
 async def test_other_read_buffers_hold_no_thread_either(hello: type[Hello], rbufsize: int) -> None:
     class Buffered(hello):  # type: ignore[valid-type, misc]
