@@ -146,11 +146,9 @@ async def run_sync_handler(
     thread_socket: list[ThreadSocket] = []  # for an abandoned thread (_adopt)
 
     def run_on(trio_sock: trio.socket.SocketType, *, exclusive: bool, data: Any = None) -> None:
-        sock = ThreadSocket.duplicate(trio_sock, exclusive=exclusive)
+        sock = ThreadSocket.duplicate(trio_sock, exclusive=exclusive, timeout=timeout)
         thread_socket.append(sock)
         try:
-            if timeout is not None:
-                sock.settimeout(timeout)
             run(sock if exclusive else (data, sock))
         finally:
             sock.release()
@@ -443,10 +441,10 @@ class _KeepAlive:
 
     def _start(self) -> _BaseHTTP:
         """In the thread, before the first request: the socket, the handler, ``setup()``."""
-        sock = self.sock = ThreadSocket.duplicate(self.trio_sock, exclusive=True)
+        sock = self.sock = ThreadSocket.duplicate(
+            self.trio_sock, exclusive=True, timeout=self.request_timeout
+        )
         try:
-            if self.request_timeout is not None:
-                sock.settimeout(self.request_timeout)
             handler = self.http.construct(sock, self.client_address, self.server)
             handler.setup()
         except BaseException:

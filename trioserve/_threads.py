@@ -248,6 +248,12 @@ async def run_in_handler_thread(
     task = trio.lowlevel.current_task()
 
     def run() -> T:
+        # Named while it runs a handler: a leak check tells it from an idle cached thread.
+        # (The Python name only: the OS-level name would cost two calls through ctypes,
+        # each giving up the GIL, per request.)
+        thread = threading.current_thread()
+        idle_name = thread.name
+        thread.name = THREAD_NAME
         with state.lock:
             state.running += 1
         _local.task = task
@@ -257,6 +263,7 @@ async def run_in_handler_thread(
             _local.task = None
             with state.lock:
                 state.running -= 1
+            thread.name = idle_name
 
     def report(result: outcome.Outcome[T]) -> None:
         state.limiter.release_on_behalf_of(borrower)
@@ -270,8 +277,7 @@ async def run_in_handler_thread(
             pass  # an abandoned thread, ending after the run: no one is waiting
 
     try:
-        # Named while it runs a handler: a leak check tells it from an idle cached thread.
-        trio.lowlevel.start_thread_soon(run, deliver, name=THREAD_NAME)
+        trio.lowlevel.start_thread_soon(run, deliver)
     except BaseException:
         state.limiter.release_on_behalf_of(borrower)
         raise
@@ -347,13 +353,21 @@ class ThreadSocket(socket.socket):
     _shared: bool
     _borrowed: bool
     _owned: bool
+    _blocked: bool
     _lock: threading.Lock
 
     @classmethod
-    def duplicate(cls, sock: trio.socket.SocketType, *, exclusive: bool) -> ThreadSocket:
+    def duplicate(
+        cls,
+        sock: trio.socket.SocketType,
+        *,
+        exclusive: bool,
+        timeout: float | None = None,
+    ) -> ThreadSocket:
         """A new socket on a duplicate of *sock*'s descriptor, in blocking mode.
 
-        The timeout is `socket.getdefaulttimeout`, as for any new socket. Without a free
+        Its timeout is *timeout* if given, else `socket.getdefaulttimeout`, as for any new
+        socket (given here rather than set after, it saves a system call). Without a free
         descriptor (``EMFILE``, ``ENFILE``...), the socket is on *sock*'s own, borrowed.
         """
         borrowed = False
@@ -376,7 +390,10 @@ class ThreadSocket(socket.socket):
         thread_socket._borrowed = borrowed
         thread_socket._owned = False
         thread_socket._lock = threading.Lock()
-        thread_socket.settimeout(socket.getdefaulttimeout())
+        # The descriptor is non-blocking (the Trio socket's): `release` only has to make
+        # it so again if a blocking mode was set on this socket.
+        thread_socket._blocked = False
+        thread_socket.settimeout(socket.getdefaulttimeout() if timeout is None else timeout)
         return thread_socket
 
     @property
@@ -396,8 +413,11 @@ class ThreadSocket(socket.socket):
 
     def settimeout(self, value: float | None) -> None:
         """As `socket.socket.settimeout`; on a shared socket None is emulated."""
-        if value is None and self._shared:
-            value = _BLOCKING_TIMEOUT
+        if value is None:
+            if self._shared:
+                value = _BLOCKING_TIMEOUT
+            else:
+                self._blocked = True  # the descriptor itself is blocking now
         super().settimeout(value)
 
     def setblocking(self, flag: bool) -> None:
@@ -430,7 +450,7 @@ class ThreadSocket(socket.socket):
                 os.close(fd)
             if self._owned:
                 return
-        if not self._shared:
+        if self._blocked:
             origin = self._origin.fileno()
             if origin >= 0:
                 os.set_blocking(origin, False)
