@@ -245,15 +245,21 @@ async def _trio_hello(stream: trio.SocketStream) -> None:
         pass
 
 
-def raw_trio(port: int) -> None:
+def _serve_tcp(handler: Callable[[trio.SocketStream], Any], port: int) -> None:
+    """Serve *handler* with `trio.serve_tcp`, as anyone would with Trio alone."""
+
     async def serve() -> None:
         async with trio.open_nursery() as nursery:
             listeners: list[trio.SocketListener] = await nursery.start(
-                partial(trio.serve_tcp, _trio_hello, port, host=HOST, backlog=BACKLOG)
+                partial(trio.serve_tcp, handler, port, host=HOST, backlog=BACKLOG)
             )
             _ready(listeners[0].socket.getsockname()[1])
 
     trio.run(serve)
+
+
+def raw_trio(port: int) -> None:
+    _serve_tcp(_trio_hello, port)
 
 
 class _StdlibTCPServer(socketserver.ThreadingTCPServer):
@@ -368,17 +374,6 @@ def udp_stdlib(port: int) -> None:
 
 
 # -- floors: Trio's share of a request -------------------------------------------------
-
-
-def _serve_tcp(handler: Callable[[trio.SocketStream], Any], port: int) -> None:
-    async def serve() -> None:
-        async with trio.open_nursery() as nursery:
-            listeners: list[trio.SocketListener] = await nursery.start(
-                partial(trio.serve_tcp, handler, port, host=HOST, backlog=BACKLOG)
-            )
-            _ready(listeners[0].socket.getsockname()[1])
-
-    trio.run(serve)
 
 
 async def _answer_blank_lines(fd: int, wait: Callable[[int], Any]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import array
+import contextlib
 import socket
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -487,14 +488,21 @@ async def test_a_read_after_an_answer_lets_others_run_then_reads_without_a_wait(
         assert (counted.turns, counted.waits) == (1, 0)
 
 
-async def test_a_slow_peer_costs_a_wasted_turn_only_now_and_then(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+@contextlib.asynccontextmanager
+async def first_request_read() -> AsyncIterator[tuple[DirectSocket, trio.SocketStream]]:
+    """A `DirectSocket` that has read a first request (the socket drained), and its peer."""
     ours, peer = stream_pair()
     async with ours, peer:
         shared = DirectSocket(ours)
         await peer.send_all(b"first\n")
         assert await shared.receive_some(1024) == b"first\n"
+        yield shared, peer
+
+
+async def test_a_slow_peer_costs_a_wasted_turn_only_now_and_then(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with first_request_read() as (shared, peer):
         counted = Counted(monkeypatch)
         for number in range(40):
             await exchange(shared, peer, number, slow=True)
@@ -507,11 +515,7 @@ async def test_a_slow_peer_costs_a_wasted_turn_only_now_and_then(
 async def test_a_peer_that_speeds_up_is_read_after_a_turn_again(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    ours, peer = stream_pair()
-    async with ours, peer:
-        shared = DirectSocket(ours)
-        await peer.send_all(b"first\n")
-        assert await shared.receive_some(1024) == b"first\n"
+    async with first_request_read() as (shared, peer):
         for number in range(40):  # slow: the longest wait-first stretch
             await exchange(shared, peer, number, slow=True)
         counted = Counted(monkeypatch)
