@@ -607,15 +607,19 @@ class HAProxy:
         The row's ``status`` is ``UP``, ``DOWN``, ``MAINT``..., ``check_status`` the last
         check's result (``L7OK``, ``L4OK``, ``L4CON`` for a refused connect...),
         ``chkfail`` and ``chkdown`` count failed checks and UP-to-DOWN transitions,
-        ``wretr`` and ``wredis`` the retries and redispatches.
+        ``wretr`` and ``wredis`` the retries and redispatches. HAProxy marks a check still
+        in progress with a ``"* "`` before the last result; that mark is taken off here.
         """
         text = await self.command("show stat")
         rows = csv.DictReader(text.removeprefix("# ").splitlines())
-        return {
+        servers = {
             row["svname"]: row
             for row in rows
             if row["pxname"] == backend and row["svname"] not in ("FRONTEND", "BACKEND")
         }
+        for row in servers.values():
+            row["check_status"] = (row.get("check_status") or "").removeprefix("* ")
+        return servers
 
     async def wait_until_up(self, names: Sequence[str]) -> dict[str, dict[str, str]]:
         """Wait (bounded) until HAProxy's checks say every server in *names* is UP."""
