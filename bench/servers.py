@@ -58,7 +58,7 @@ import signal
 import socket
 import socketserver
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
@@ -245,11 +245,20 @@ async def _trio_hello(stream: trio.SocketStream) -> None:
         pass
 
 
-def _serve_tcp(handler: Callable[[trio.SocketStream], Any], port: int) -> None:
-    """Serve *handler* with `trio.serve_tcp`, as anyone would with Trio alone."""
+def _serve_tcp(
+    handler: Callable[[trio.SocketStream], Any],
+    port: int,
+    alongside: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Serve *handler* with `trio.serve_tcp`, as anyone would with Trio alone.
+
+    *alongside*, if given, runs in the same nursery for as long as the server does.
+    """
 
     async def serve() -> None:
         async with trio.open_nursery() as nursery:
+            if alongside is not None:
+                nursery.start_soon(alongside)
             listeners: list[trio.SocketListener] = await nursery.start(
                 partial(trio.serve_tcp, handler, port, host=HOST, backlog=BACKLOG)
             )
@@ -446,16 +455,7 @@ class _EdgePoller:
 
 def trio_minimal_et(port: int) -> None:
     poller = _EdgePoller()
-
-    async def serve() -> None:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(poller.run)
-            listeners: list[trio.SocketListener] = await nursery.start(
-                partial(trio.serve_tcp, poller.hello, port, host=HOST, backlog=BACKLOG)
-            )
-            _ready(listeners[0].socket.getsockname()[1])
-
-    trio.run(serve)
+    _serve_tcp(poller.hello, port, alongside=poller.run)
 
 
 #: The HTTP contenders, in the order the tables list them.

@@ -78,9 +78,8 @@ class DirectSocket:
     task that sends while another's send waits for room, so bytes never interleave),
     except that an operation that completes at once does not always yield, and a receive
     after an answer lets the other tasks run before it tries the socket (see the module
-    documentation). One instance serves a
-    connection's reader and its writer (`direct` hands the same one back); the stream
-    stays the socket's owner.
+    documentation). One instance serves a connection's reader and its writer (`direct`
+    hands the same one back); the stream stays the socket's owner.
     """
 
     __slots__ = ("_after_answer", "_backoff", "_drained", "_fileno", "_run", "_sending", "_skip")
