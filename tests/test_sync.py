@@ -6,7 +6,6 @@ import http.server
 import io
 import logging
 import logging.handlers
-import os
 import pickle
 import socket
 import socketserver
@@ -42,7 +41,7 @@ from trioserve import (
     ThreadingTCPServer,
 )
 from trioserve._sync import run_sync_handler
-from trioserve._threads import THREAD_NAME, ThreadSocket, running_handler_threads
+from trioserve._threads import THREAD_NAME, running_handler_threads
 from trioserve.testing import connect, serving
 
 from .helpers import receive_exactly, receive_until_eof, reset, trioserve_records
@@ -115,31 +114,6 @@ async def test_sync_handler_runs_in_a_worker_thread_not_blocking_the_loop() -> N
     # Named while they run a handler (what a leak check looks for), and not after.
     assert threads == [THREAD_NAME, THREAD_NAME]
     assert THREAD_NAME not in {thread.name for thread in threading.enumerate()}
-
-
-@pytest.mark.parametrize(
-    ("thread_timeout", "handler_sets", "blocking_meanwhile"),
-    [
-        (None, None, True),  # socketserver's default: a blocking socket
-        (5.0, None, False),  # a timeout: the descriptor stays non-blocking throughout
-        (5.0, "blocking", True),  # the handler makes it blocking itself
-    ],
-)
-async def test_a_threads_socket_leaves_the_connection_non_blocking_for_trio(
-    thread_timeout: float | None, handler_sets: str | None, blocking_meanwhile: bool
-) -> None:
-    left, right = trio.socket.socketpair()
-    with left, right:
-        sock = ThreadSocket.duplicate(left, exclusive=True, timeout=thread_timeout)
-        assert sock.gettimeout() == thread_timeout
-        if handler_sets == "blocking":
-            sock.setblocking(True)
-        # A duplicate shares the descriptor's blocking mode with the Trio socket.
-        assert os.get_blocking(left.fileno()) is blocking_meanwhile
-        sock.sendall(b"x")
-        sock.release()
-        assert os.get_blocking(left.fileno()) is False  # Trio's again
-        assert await right.recv(1) == b"x"
 
 
 async def test_sync_request_is_socket_like_and_files_have_the_stdlib_methods() -> None:

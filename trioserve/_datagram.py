@@ -43,10 +43,11 @@ what UDP promises anyway. Memory stays bounded whatever the peers send.
 Sync handlers
 -------------
 A sync handler (``def handle``) runs in a worker thread (`trioserve._sync`) and gets
-``(data, sock)`` where ``sock`` is a blocking `socket.socket` on a duplicate of the
-server's descriptor: ``sock.sendto(reply, self.client_address)`` blocks the thread, not
-the server. (The descriptor is shared with the server's Trio socket, so blocking mode is
-emulated: see `trioserve._threads.ThreadSocket`.) It is closed when the handler returns.
+``(data, sock)`` where ``sock`` is a blocking `socket.socket` on the server's descriptor:
+``sock.sendto(reply, self.client_address)`` blocks the thread, not the server. (The
+descriptor is the server's Trio socket's, so blocking mode is emulated: see
+`trioserve._threads.ThreadSocket`.) Closing it leaves the server's socket open; it is let
+go of when the handler returns.
 
 `DatagramRequestHandler` (`trioserve._datagram_handler`) gives datagram handlers the
 ``rfile``/``wfile`` interface of stream handlers.

@@ -42,6 +42,7 @@ import trio
 
 from . import _options
 from ._request import RequestPath, call_hook
+from ._threads import Tokens
 
 if TYPE_CHECKING:
     from ._serving import Serving
@@ -162,7 +163,7 @@ class Nursery(ConcurrencyPolicy):
         poll_interval: float,
         task_status: trio.TaskStatus[None],
     ) -> None:
-        slots = trio.Semaphore(self.limit) if self.limit is not None else None
+        slots = Tokens(self.limit) if self.limit is not None else None
         async with trio.open_nursery() as nursery:
             with serving.accept_scope:
                 task_status.started()
@@ -248,20 +249,23 @@ class ProcessPool(ConcurrencyPolicy):
 
 
 async def _request_loop(
-    server: Any, nursery: trio.Nursery, slots: trio.Semaphore | None, poll_interval: float
+    server: Any, nursery: trio.Nursery, slots: Tokens | None, poll_interval: float
 ) -> None:
     """Take requests and start a task for each, until cancelled (the accept scope)."""
     while True:
         path, request, client_address = await _take_request(server, slots, poll_interval)
         # Named as Trio would name it, without Trio working the name out each time. The
-        # last argument: a handler's SystemExit ends its own request only.
-        nursery.start_soon(path.dispatch, request, client_address, slots, True, name=_TASK_NAME)
+        # last arguments: a handler's SystemExit ends its own request only, and a sync
+        # handler's thread may end the connection.
+        nursery.start_soon(
+            path.dispatch, request, client_address, slots, True, True, name=_TASK_NAME
+        )
         if path.service_actions is not None:
             await call_hook(path.service_actions)
 
 
 async def _take_request(
-    server: Any, slots: trio.Semaphore | None, poll_interval: float
+    server: Any, slots: Tokens | None, poll_interval: float
 ) -> tuple[RequestPath, Any, Any]:
     """Take a slot, wait for a request; return it with the request path to run it on."""
     if slots is not None:
@@ -300,7 +304,7 @@ async def _drain(server: Any, serving: Serving, nursery: trio.Nursery | None) ->
         if nursery is None:
             await path.dispatch(request, client_address)
         else:
-            nursery.start_soon(path.dispatch, request, client_address, None, True)
+            nursery.start_soon(path.dispatch, request, client_address, None, True, True)
 
 
 async def _wait_for_request(server: Any, path: RequestPath, poll_interval: float) -> None:

@@ -29,6 +29,7 @@ Hooks may be ``def`` or ``async def`` (`call_hook`), as ported code overrides th
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import threading
@@ -41,13 +42,15 @@ import trio
 from ._access import CLOSED, CUT, REFUSED, ending_of, log_access, transport_name
 from ._handlers import HandlerClass, is_sync_handler, run_async_handler
 from ._stats import tcp_bytes
-from ._sync import run_sync_handler
+from ._sync import HandOff, run_sync_handler
+from ._threads import OwnedConnections, Tokens
 
 __all__ = [
     "CLOSE_TIMEOUT",
     "HOOK_NAMES",
     "RequestPath",
     "call_hook",
+    "closes_plainly",
     "run_handler",
     "standard",
     "trivial",
@@ -98,6 +101,18 @@ def standard(func: F) -> F:
     return func
 
 
+def closes_plainly(func: F) -> F:
+    """Declare that the decorated closing hook, on a plain socket connection, only does
+    what the transport's ``_trioserve_thread_close`` does (so a worker thread may do that
+    instead)."""
+    func.__trioserve_plain_close__ = True  # type: ignore[attr-defined]
+    return func
+
+
+def _closes_plainly(method: object) -> bool:
+    return getattr(_function(method), "__trioserve_plain_close__", False) is True
+
+
 def _function(method: object) -> object:
     return getattr(method, "__func__", None)
 
@@ -121,7 +136,7 @@ async def call_hook(hook: Callable[..., object], *args: Any) -> Any:
     return result
 
 
-_Runner = Callable[[HandlerClass, Any, Any, Any], Awaitable[None]]
+_Runner = Callable[[HandlerClass, Any, Any, Any], Awaitable[object]]
 
 
 async def run_handler(
@@ -134,6 +149,13 @@ async def run_handler(
     """
     runner = run_sync_handler if is_sync_handler(handler_class) else run_async_handler
     await runner(handler_class, request, client_address, server)
+
+
+def _report_exit(exc: BaseException) -> None:
+    """A handler's SystemExit, in a request of its own: as a thread of socketserver's
+    ``ThreadingMixIn`` ends, reported to `threading.excepthook` (which ignores
+    SystemExit by default)."""
+    threading.excepthook(threading.ExceptHookArgs((type(exc), exc, exc.__traceback__, None)))
 
 
 @final
@@ -159,6 +181,7 @@ class RequestPath:
         "server",
         "service_actions",
         "tcp",
+        "thread_close",
         "timed",
         "transport",
     )
@@ -191,6 +214,20 @@ class RequestPath:
         self.run_handler: _Runner = (
             run_sync_handler if is_sync_handler(self.handler_class) else run_async_handler
         )
+        #: How a worker thread closes a plain connection it served to its end (the
+        #: transport's `_trioserve_thread_close`), when the closing hooks are the
+        #: transport's own and ``handle_error`` may be called in that thread (it is not
+        #: ``async def``): sync handlers of a concurrent server then run to the
+        #: connection's end in their thread (`trioserve._sync`). None otherwise.
+        self.thread_close: Callable[[Any], None] | None = None
+        if (
+            self.direct
+            and is_sync_handler(self.handler_class)
+            and _closes_plainly(server.shutdown_request)
+            and _closes_plainly(server.close_request)
+            and not inspect.iscoroutinefunction(server.handle_error)
+        ):
+            self.thread_close = server._trioserve_thread_close
         #: The server's statistics, counted here (`trioserve._stats`).
         self.counters = server._trioserve.counters
         #: ``tcp``, ``unix``, ``udp`` or ``unix-dgram``, for the access log.
@@ -205,8 +242,9 @@ class RequestPath:
         self,
         request: Any,
         client_address: Any,
-        slots: trio.Semaphore | None = None,
+        slots: Tokens | None = None,
         contain_exit: bool = False,
+        may_hand_off: bool = False,
     ) -> None:
         """The life of one request, from ``verify_request`` to the closing of it.
 
@@ -214,6 +252,9 @@ class RequestPath:
         *contain_exit* (a request in a task of its own), a handler's `SystemExit` ends
         this request only, as it ends only its thread under socketserver's
         ``ThreadingMixIn``; otherwise it propagates, as from socketserver's plain servers.
+        With *may_hand_off* (a task of a serving run's nursery, which nobody waits for), a
+        sync handler's connection may be handed to its worker thread, which then ends it
+        (`thread_close`): this returns at once, and the run waits for it instead.
 
         Counts the request in the server's statistics (`trioserve._stats`): a few integer
         operations, and for a TCP connection one ``getsockopt`` as its handler ends; with
@@ -221,15 +262,17 @@ class RequestPath:
         """
         server = self.server
         counters = self.counters
-        counters.active += 1
-        counters.total += 1
+        with counters.lock:
+            counters.active += 1
+            counters.total += 1
+            if self.datagram and type(request) is tuple:
+                counters.bytes_in += len(request[0])
         # A TCP connection's bytes are the kernel's count, read as its handler ends.
         sock = request.socket if self.tcp and type(request) is trio.SocketStream else None
         sizes: tuple[int, int | None] | None = None
-        if self.datagram and type(request) is tuple:
-            counters.bytes_in += len(request[0])
         started = time.perf_counter() if self.timed else 0.0
         ending = CLOSED
+        handed = False  # to a worker thread, which ends the connection: nothing left here
         try:
             if self.plain_verify or await call_hook(
                 server.verify_request, request, client_address
@@ -245,18 +288,31 @@ class RequestPath:
                         # What process_request and finish_request would do, two coroutine
                         # frames shallower: every checkpoint of the handler passes them.
                         try:
-                            await self.run_handler(
-                                self.handler_class, request, client_address, server
-                            )
+                            if (
+                                may_hand_off
+                                and self.thread_close is not None
+                                and type(request) is trio.SocketStream
+                            ):
+                                hand_off = self._hand_off(request, client_address, slots, started)
+                                handed = await run_sync_handler(
+                                    self.handler_class, request, client_address, server, hand_off
+                                )
+                            else:
+                                await self.run_handler(
+                                    self.handler_class, request, client_address, server
+                                )
                         finally:
-                            if sock is not None:
+                            if sock is not None and not handed:
                                 sizes = self._count_tcp(sock)
+                        if handed:
+                            return
                         if not self.noop_shutdown:
                             await call_hook(server.shutdown_request, request)
                     else:
                         await call_hook(server.process_request, request, client_address)
                 except Exception as exc:
-                    counters.errors += 1
+                    with counters.lock:
+                        counters.errors += 1
                     if self.timed:
                         ending = ending_of(exc)
                     await self.report(request, client_address)
@@ -269,11 +325,7 @@ class RequestPath:
                         self.server._trioserve.cut += 1
                         ending = CUT
                     elif isinstance(exc, SystemExit) and contain_exit:
-                        # As a thread of socketserver's ThreadingMixIn ends: reported to
-                        # threading.excepthook (which ignores SystemExit by default).
-                        threading.excepthook(
-                            threading.ExceptHookArgs((SystemExit, exc, exc.__traceback__, None))
-                        )
+                        _report_exit(exc)
                         return
                     raise
             else:
@@ -281,17 +333,91 @@ class RequestPath:
                 if not self.noop_shutdown:
                     await self.close(request)
         finally:
-            counters.active -= 1
-            if sock is not None and sizes is None:
-                sizes = self._count_tcp(sock)  # not run directly: read it if still open
+            if not handed:
+                await self._end(request, client_address, slots, started, sock, sizes, ending)
+
+    async def _end(
+        self,
+        request: Any,
+        client_address: Any,
+        slots: Tokens | None,
+        started: float,
+        sock: Any,
+        sizes: tuple[int, int | None] | None,
+        ending: str,
+    ) -> None:
+        """The last steps of `dispatch`, whatever happened."""
+        with self.counters.lock:
+            self.counters.active -= 1
+        if sock is not None and sizes is None:
+            sizes = self._count_tcp(sock)  # not run directly: read it if still open
+        if self.timed:
+            self._observe(started, request, client_address, sizes, ending)
+        if self.discard is not None:
+            # Done at once for a plain socket; a TLS stream's close is awaited, shielded.
+            closing = self.discard(request)
+            if closing is not None:
+                with trio.CancelScope(shield=True):
+                    await closing
+        if slots is not None:
+            slots.release()
+
+    def _hand_off(
+        self, request: trio.SocketStream, client_address: Any, slots: Tokens | None, started: float
+    ) -> HandOff:
+        """What a worker thread needs to serve *request* to its end (`trioserve._sync`)."""
+        serving = self.server._trioserve.serving
+        task = trio.lowlevel.current_task()
+        return HandOff(
+            serving.owned,
+            task.parent_nursery,
+            functools.partial(
+                self._end_in_thread, request, client_address, slots, started, serving.owned
+            ),
+        )
+
+    def _end_in_thread(
+        self,
+        request: trio.SocketStream,
+        client_address: Any,
+        slots: Tokens | None,
+        started: float,
+        owned: OwnedConnections,
+        connection: Any,
+        error: BaseException | None,
+    ) -> None:
+        """`dispatch`'s last steps, in the worker thread that served *request* to its end.
+
+        Called with what the handler raised from the ``except`` block that caught it (so
+        ``handle_error`` sees it as socketserver's does, in the handler's thread), or with
+        None. ``shutdown_request`` and ``close_request`` are the transport's own here:
+        its `thread_close` does what they do.
+        """
+        counters = self.counters
+        sock = request.socket
+        sizes = self._count_tcp(sock) if self.tcp else None  # before it is closed
+        ending = CLOSED
+        try:
+            if isinstance(error, Exception):
+                with counters.lock:
+                    counters.errors += 1
+                if self.timed:
+                    ending = ending_of(error)
+                try:
+                    self.server.handle_error(request, client_address)
+                except Exception:
+                    logger.exception(
+                        "%r: handle_error raised while reporting an error", self.server
+                    )
+            elif error is not None:
+                _report_exit(error)
+        finally:
+            assert self.thread_close is not None
+            owned.discard(connection, functools.partial(self.thread_close, sock))
+            with counters.lock:
+                counters.active -= 1
             if self.timed:
                 self._observe(started, request, client_address, sizes, ending)
-            if self.discard is not None:
-                # Done at once for a plain socket; a TLS stream's close is awaited, shielded.
-                closing = self.discard(request)
-                if closing is not None:
-                    with trio.CancelScope(shield=True):
-                        await closing
             if slots is not None:
                 slots.release()
 
@@ -300,8 +426,9 @@ class RequestPath:
         sizes = tcp_bytes(sock)
         if sizes is not None:
             counters = self.counters
-            counters.bytes_in += sizes[0]
-            counters.bytes_out += sizes[1]
+            with counters.lock:
+                counters.bytes_in += sizes[0]
+                counters.bytes_out += sizes[1]
         return sizes
 
     def _observe(
@@ -314,7 +441,8 @@ class RequestPath:
     ) -> None:
         """Measure a request that ended: the duration histogram, and the access log."""
         duration = time.perf_counter() - started
-        self.counters.observe(duration)
+        with self.counters.lock:
+            self.counters.observe(duration)
         if not self.access_log:
             return
         if sizes is None and self.datagram and type(request) is tuple:

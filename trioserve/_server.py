@@ -102,7 +102,12 @@ async def serve(
         serving.on_stop.append(on_stop)
     try:
         with serving.handler_scope:
-            await policy.serve(server, serving, poll_interval, task_status)
+            try:
+                await policy.serve(server, serving, poll_interval, task_status)
+            except BaseException:
+                await serving.owned.close(server)
+                raise
+            await serving.owned.wait(server)
     except BaseExceptionGroup as group:
         # Ctrl-C arrives in the serving task, inside the policy's nursery, which wraps it in
         # a group: raise it alone, so ``except KeyboardInterrupt`` around trio.run works
@@ -114,6 +119,7 @@ async def serve(
             raise _first_leaf(interrupt).with_traceback(None) from None
         raise
     finally:
+        state.cut += serving.owned.cut
         if state.cut and serving.draining.is_set():
             logger.warning(
                 "%r stopped: %d request%s cut short when the shutdown grace ran out",
@@ -223,6 +229,8 @@ class BaseServer:
     #: How to release whatever a request holds, whatever the hooks did (None: nothing).
     #: (It returns None when it closed the request at once, or an awaitable to await.)
     _trioserve_discard: ClassVar[Callable[[Any], Awaitable[None] | None] | None] = None
+    # How a worker thread closes a plain connection it served to its end; None: it may not.
+    _trioserve_thread_close: ClassVar[Callable[[Any], None] | None] = None
     _trioserve: ServerState
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, final
 import trio
 
 from ._stats import Counters
-from ._threads import descends_from, waiting_task
+from ._threads import OwnedConnections, descends_from, waiting_task
 
 if TYPE_CHECKING:
     from ._request import RequestPath
@@ -50,6 +50,7 @@ class Serving:
         "handler_scope",
         "idle",
         "on_stop",
+        "owned",
         "policy",
         "stopped",
         "task",
@@ -77,6 +78,9 @@ class Serving:
         self.idle: set[trio.CancelScope] = set()
         #: The scope of a sequential server's wait for its next request, if it waits.
         self.waiting: trio.CancelScope | None = None
+        #: Connections that worker threads serve to their end (`trioserve._sync`): the
+        #: run waits for them as for its tasks.
+        self.owned = OwnedConnections()
 
     @contextlib.contextmanager
     def waiting_for_request(self) -> Iterator[trio.CancelScope]:

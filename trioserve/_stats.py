@@ -38,6 +38,7 @@ from __future__ import annotations
 import bisect
 import socket
 import struct
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, final
@@ -102,7 +103,11 @@ def tcp_bytes(sock: Any) -> tuple[int, int] | None:
 
 @final
 class Counters:
-    """One server's running figures. Changed in its Trio thread only; read from anywhere."""
+    """One server's running figures; read from anywhere.
+
+    Changed under `lock`: in the Trio thread, and in the worker threads that end the
+    connections they were handed (`trioserve._sync`).
+    """
 
     __slots__ = (
         "active",
@@ -111,12 +116,14 @@ class Counters:
         "duration_sum",
         "durations",
         "errors",
+        "lock",
         "retired",
         "total",
         "workers",
     )
 
     def __init__(self) -> None:
+        self.lock = threading.Lock()
         self.active = 0
         self.total = 0
         self.errors = 0

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import socket
 import ssl
 import time
@@ -47,7 +48,7 @@ from ._exceptions import ProxyProtocolError
 from ._handlers import DONE
 from ._proxied import proxied_address, receive_proxy_header
 from ._proxy import DEFAULT_TRUSTED, IPNetwork, is_trusted, parse_networks
-from ._request import call_hook
+from ._request import call_hook, closes_plainly
 from ._tls import DEFAULT_SSL_HANDSHAKE_TIMEOUT, check_ssl_context, tls_handshake
 
 __all__ = ["TCPServer", "UnixStreamServer"]
@@ -61,6 +62,22 @@ ACCEPT_CAPACITY_PAUSE = 0.1
 ACCEPT_COMPLAINT_INTERVAL = 60.0
 #: Seconds closing one connection may take before it is closed abruptly.
 CLOSE_TIMEOUT = 1.0
+
+
+def _close_in_thread(sock: trio.socket.SocketType) -> None:
+    """`StreamServer.shutdown_request` for a plain connection, in a worker thread.
+
+    End-of-file to the peer, then the descriptor is closed without a call into Trio
+    (which a worker thread may not make): no task waits on the socket, as a thread owns
+    the connection.
+    """
+    try:
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass  # the peer is gone: nothing to say
+    fd = sock.detach()
+    if fd >= 0:
+        os.close(fd)
 
 
 def _discard(request: Any) -> Awaitable[None] | None:
@@ -137,6 +154,9 @@ class TCPServer(SocketServer):
     # Whatever the hooks did, a connection is closed at the end of its request.
     _trioserve_discard: ClassVar[Callable[[Any], Awaitable[None] | None] | None] = staticmethod(
         _discard
+    )
+    _trioserve_thread_close: ClassVar[Callable[[Any], None] | None] = staticmethod(
+        _close_in_thread
     )
 
     _trioserve_options: ClassVar[Mapping[str, _options.Check]] = {
@@ -273,6 +293,7 @@ class TCPServer(SocketServer):
             return None
         return proxied_address(header, peer)
 
+    @closes_plainly
     def shutdown_request(self, request: trio.abc.Stream) -> Awaitable[None]:
         """Send end-of-file to the peer, then `close_request`.
 
@@ -290,6 +311,7 @@ class TCPServer(SocketServer):
             return self.close_request(request)
         return _Later(self._trioserve_shutdown_stream, request)
 
+    @closes_plainly
     def close_request(self, request: trio.abc.Stream) -> Awaitable[None]:
         """Close the connection (abruptly if a clean close takes over `CLOSE_TIMEOUT` s).
 

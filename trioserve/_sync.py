@@ -11,22 +11,20 @@ still goes through the server's hooks (``verify_request``, ``process_request``,
 (`trioserve._handlers.run_handler_life`), driven in the thread. What the adapter adds is the
 request a blocking handler can use, and the thread:
 
-* a plain `trio.SocketStream` (TCP, Unix) becomes a real, blocking `socket.socket` on a
-  duplicate of its descriptor (`trioserve._threads.ThreadSocket`): every method of a
-  socket works (``recv``, ``sendall``, ``makefile``, ``settimeout``, ``sendfile``...) at
-  socketserver's speed, with ``TCP_NODELAY`` still on. Cancelling the handler shuts the
-  connection down, which wakes the thread;
+* a plain `trio.SocketStream` (TCP, Unix) becomes a real, blocking `socket.socket` on
+  its descriptor (`trioserve._threads.ThreadSocket`): every method of a socket works
+  (``recv``, ``sendall``, ``makefile``, ``settimeout``, ``sendfile``...) at socketserver's
+  speed, with ``TCP_NODELAY`` still on. Cancelling the handler shuts the connection down,
+  which wakes the thread;
 * any other stream (`trio.SSLStream`, a user's own) becomes a `StreamSocket`;
-* a datagram request ``(data, socket)`` gets a blocking socket on the server's socket
-  (shared: it stays non-blocking underneath, as the server keeps receiving on it);
+* a datagram request ``(data, socket)`` gets a blocking socket on the server's socket;
 * anything else is passed through.
 
-The blocking socket is made in the thread, once a thread is free: a request waiting for
-a thread holds no descriptor of its own (a sync connection holds two descriptors, its own
-and the thread's duplicate; without a free one, the thread borrows the connection's, see
-`trioserve._threads`). A server's ``handler_timeout`` becomes the socket's timeout before
-the handler runs (socketserver's own handler classes set theirs in their constructor,
-over it, if their ``timeout`` is not None).
+The blocking socket is made in the thread, once a thread is free, on the request's own
+descriptor: a sync connection holds one descriptor, and closing the thread's socket
+leaves it open (`trioserve._threads`). A server's ``handler_timeout`` becomes the socket's
+timeout before the handler runs (socketserver's own handler classes set theirs in their
+constructor, over it, if their ``timeout`` is not None).
 
 How many threads
 ----------------
@@ -68,15 +66,29 @@ import math
 import select
 import socket
 import socketserver
+from collections.abc import Callable
 from typing import Any, Final, final
 
 import trio
 
 from ._handlers import HandlerClass, run_sync_handler_life
 from ._streamsocket import StreamSocket
-from ._threads import ABANDON_AFTER, ThreadSocket, run_in_handler_thread
+from ._threads import (
+    ABANDON_AFTER,
+    OwnedConnections,
+    ThreadSocket,
+    run_in_handler_thread,
+    start_handler_thread,
+    take_handler_thread,
+)
 
-__all__ = ["REQUEST_THREADS", "keep_alive_handler", "run_sync_handler", "thread_limit"]
+__all__ = [
+    "REQUEST_THREADS",
+    "HandOff",
+    "keep_alive_handler",
+    "run_sync_handler",
+    "thread_limit",
+]
 
 logger = logging.getLogger("trioserve")
 
@@ -105,9 +117,68 @@ def thread_limit(server: Any, *, per_request: bool = False) -> int | None:
     return limit
 
 
+@final
+class HandOff:
+    """What a worker thread needs to serve a connection to its end (the request path's).
+
+    Args:
+      owned: where the connection is registered while threads own it: the serving run
+        waits for it there, and cancelling the run shuts it down.
+      nursery: where a keep-alive connection waits for its next request, in a task of
+        its own, between two threads.
+      end: the request path's last steps, called in the thread once the connection is
+        done with: with the connection (to `OwnedConnections.discard` as it closes its
+        socket) and what the handler raised (from the ``except`` block that caught it),
+        or None.
+    """
+
+    __slots__ = ("end", "nursery", "owned", "task")
+
+    def __init__(
+        self,
+        owned: OwnedConnections,
+        nursery: trio.Nursery | None,
+        end: Callable[[Any, BaseException | None], None],
+    ) -> None:
+        self.owned = owned
+        self.nursery = nursery
+        self.end = end
+        #: The task the connection's threads work for (`trioserve._threads.waiting_task`):
+        #: the one that handed it off.
+        self.task = trio.lowlevel.current_task()
+
+    async def hand_over(
+        self,
+        connection: _Connection,
+        limit: int | None,
+        work: Callable[[], object],
+        *,
+        registered: bool = False,
+    ) -> None:
+        """Register *connection* (unless *registered*), and start *work* for it in one of
+        its server's at most *limit* handler threads once one is free."""
+        if not registered:
+            self.owned.add(connection)
+        try:
+            await take_handler_thread(connection.server, limit)
+            start_handler_thread(connection.server, limit, self.task, self.owned, work, taken=True)
+        except BaseException:
+            if not registered:
+                self.owned.discard(connection)  # no thread: the caller ends it
+            raise
+
+    def finish(self, connection: _Connection, error: BaseException | None) -> None:
+        """In the thread: *connection* is done with; the request path ends it."""
+        self.end(connection, error)
+
+
 async def run_sync_handler(
-    handler_class: HandlerClass, request: Any, client_address: Any, server: Any
-) -> None:
+    handler_class: HandlerClass,
+    request: Any,
+    client_address: Any,
+    server: Any,
+    hand_off: HandOff | None = None,
+) -> bool:
     """Run a sync handler (or a socketserver handler class) for one request, in a thread.
 
     The handler gets a blocking, socket-like ``request`` (see the module documentation);
@@ -123,21 +194,30 @@ async def run_sync_handler(
         ``(data, socket)``.
       client_address: the peer's address.
       server: the server.
+      hand_off: for a `trio.SocketStream`, what a worker thread needs to serve the
+        connection to its end; None to return to the caller for that.
+
+    Returns:
+      True if the connection was handed to a worker thread with *hand_off*, which ends
+      it (the caller must leave it alone); False once it was served here.
 
     Raises:
       Exception: whatever the handler raised, for the server's ``handle_error``.
 
     Resource handling:
       A socket given to the handler is closed when the handler returns; *request* itself
-      stays open, for the server to shut down and close.
+      stays open, for the server to shut down and close (unless handed off).
     """
     timeout: float | None = getattr(server, "handler_timeout", None)
     if isinstance(request, trio.SocketStream):
         http_handler = keep_alive_handler(handler_class)
         if http_handler is not None:
             connection = _KeepAlive(http_handler, request.socket, client_address, server, timeout)
-            await connection.serve(thread_limit(server, per_request=True))
-            return
+            return await connection.serve(thread_limit(server, per_request=True), hand_off)
+        if hand_off is not None:
+            whole = _Whole(handler_class, request.socket, client_address, server, timeout)
+            await hand_off.hand_over(whole, thread_limit(server), lambda: whole.serve(hand_off))
+            return True
     limit = thread_limit(server)
 
     def run(blocking_request: Any) -> None:
@@ -145,11 +225,11 @@ async def run_sync_handler(
 
     thread_socket: list[ThreadSocket] = []  # for an abandoned thread (_adopt)
 
-    def run_on(trio_sock: trio.socket.SocketType, *, exclusive: bool, data: Any = None) -> None:
-        sock = ThreadSocket.duplicate(trio_sock, exclusive=exclusive, timeout=timeout)
+    def run_on(trio_sock: trio.socket.SocketType, *, datagram: bytes | None = None) -> None:
+        sock = ThreadSocket.lend(trio_sock, timeout=timeout)
         thread_socket.append(sock)
         try:
-            run(sock if exclusive else (data, sock))
+            run(sock if datagram is None else (datagram, sock))
         finally:
             sock.release()
 
@@ -162,7 +242,7 @@ async def run_sync_handler(
         await run_in_handler_thread(
             server,
             limit,
-            lambda: run_on(trio_sock, exclusive=True),
+            lambda: run_on(trio_sock),
             shut_down,
             lambda: _adopt(thread_socket, trio_sock),
         )
@@ -174,10 +254,58 @@ async def run_sync_handler(
     elif _is_datagram(request):
         data, trio_sock = request
         await run_in_handler_thread(
-            server, limit, lambda: run_on(trio_sock, exclusive=False, data=data), _nothing
+            server, limit, lambda: run_on(trio_sock, datagram=data), _nothing
         )
     else:
         await run_in_handler_thread(server, limit, lambda: run(request), _nothing)
+    return False
+
+
+class _Connection:
+    """A plain connection a sync handler serves, as its threads and the Trio side see it."""
+
+    __slots__ = ("client_address", "server", "trio_sock")
+
+    def __init__(self, trio_sock: trio.socket.SocketType, client_address: Any, server: Any):
+        self.trio_sock = trio_sock
+        self.client_address = client_address
+        self.server = server
+
+    def shut_down(self) -> None:
+        """From the Trio thread: make the handler's socket calls return."""
+        _shut_down(self.trio_sock)
+
+
+@final
+class _Whole(_Connection):
+    """A sync handler's connection, served to its end by one worker thread (`HandOff`)."""
+
+    __slots__ = ("handler_class", "timeout")
+
+    def __init__(
+        self,
+        handler_class: HandlerClass,
+        trio_sock: trio.socket.SocketType,
+        client_address: Any,
+        server: Any,
+        timeout: float | None,
+    ) -> None:
+        super().__init__(trio_sock, client_address, server)
+        self.handler_class = handler_class
+        self.timeout = timeout
+
+    def serve(self, hand_off: HandOff) -> None:
+        """In the thread: the handler, then the request path's end of the connection."""
+        sock = ThreadSocket.lend(self.trio_sock, timeout=self.timeout)
+        try:
+            try:
+                run_sync_handler_life(self.handler_class, sock, self.client_address, self.server)
+            finally:
+                sock.release()
+        except BaseException as exc:
+            hand_off.finish(self, exc)
+        else:
+            hand_off.finish(self, None)
 
 
 def _is_datagram(request: Any) -> bool:
@@ -193,7 +321,7 @@ def _nothing() -> None:
 
 
 def _adopt(sockets: list[ThreadSocket], trio_sock: trio.socket.SocketType) -> None:
-    """An abandoned thread keeps a borrowed descriptor: the Trio side lets go of it."""
+    """An abandoned thread keeps the descriptor it was lent: the Trio side lets go of it."""
     if sockets and sockets[0].adopt():
         trio_sock.detach()
 
@@ -206,6 +334,12 @@ def _shut_down(trio_sock: trio.socket.SocketType) -> None:
 
 
 # -- http.server handlers, request by request ------------------------------------------------
+
+#: How long (seconds) a thread that answered a keep-alive request waits for the next one
+#: before it hands the connection back to Trio: a busy client's next request comes within
+#: it, and is served with no trip through Trio; an idle connection holds no thread longer.
+LINGER = 0.002
+_LINGER_MS: Final = math.ceil(LINGER * 1000)
 
 #: The ``__init__`` of the standard library's handler classes: they only store their
 #: arguments (and ``directory``) before socketserver's runs the connection.
@@ -300,11 +434,12 @@ _IDLE_RFILE: Final = _idle_file()
 _STDLIB_SETUP: Final = socketserver.StreamRequestHandler.setup
 
 
-def _readable_now(trio_sock: trio.socket.SocketType) -> bool:
-    """Whether *trio_sock* has bytes, or its end, to read now: one poll(2) that never waits."""
+def _readable(trio_sock: trio.socket.SocketType, milliseconds: int = 0) -> bool:
+    """Whether *trio_sock* has bytes, or its end, to read: one poll(2), waiting at most
+    *milliseconds* (by default, not at all)."""
     poller = select.poll()
     poller.register(trio_sock.fileno(), select.POLLIN)
-    return bool(poller.poll(0))
+    return bool(poller.poll(milliseconds))
 
 
 def _has_buffered_input(rfile: Any, sock: socket.socket) -> bool:
@@ -330,7 +465,7 @@ def _has_buffered_input(rfile: Any, sock: socket.socket) -> bool:
 
 
 @final
-class _KeepAlive:
+class _KeepAlive(_Connection):
     """One ``http.server`` connection, served request by request (see the module docs).
 
     The state between thread hops: the handler and its socket. ``busy`` is True while a
@@ -338,16 +473,7 @@ class _KeepAlive:
     when a thread was abandoned.
     """
 
-    __slots__ = (
-        "busy",
-        "client_address",
-        "handler",
-        "http",
-        "request_timeout",
-        "server",
-        "sock",
-        "trio_sock",
-    )
+    __slots__ = ("busy", "handler", "http", "request_timeout", "sock")
 
     def __init__(
         self,
@@ -357,10 +483,8 @@ class _KeepAlive:
         server: Any,
         timeout: float | None,
     ) -> None:
+        super().__init__(trio_sock, client_address, server)
         self.http = http
-        self.trio_sock = trio_sock
-        self.client_address = client_address
-        self.server = server
         #: The socket's timeout: the handler class's own, or else the server's.
         own = getattr(http.cls, "timeout", None)
         self.request_timeout: float | None = own if own is not None else timeout
@@ -368,42 +492,152 @@ class _KeepAlive:
         self.sock: ThreadSocket | None = None
         self.busy = False
 
-    async def serve(self, limit: int | None) -> None:
-        """Serve the connection until it closes; ``finish()`` runs whatever happens."""
-        trio_sock = self.trio_sock
+    async def serve(self, limit: int | None, hand_off: HandOff | None = None) -> bool:
+        """Serve the connection until it closes; ``finish()`` runs whatever happens.
 
-        def shut_down() -> None:
-            _shut_down(trio_sock)
-
+        With *hand_off*, the connection goes to a worker thread for good once its first
+        request can be read (`_hand_over`): True is returned then.
+        """
         keep_alive: float | None = getattr(self.server, "keep_alive_timeout", None)
         wait = self.request_timeout
         try:
             while True:  # one turn per request, until the connection ends
                 if not await self._wait_for_request(wait):
                     break
+                if hand_off is not None:
+                    await self._hand_over(limit, hand_off)
+                    return True
                 if await run_in_handler_thread(
-                    self.server, limit, self._serve_one, shut_down, self._adopt
+                    self.server, limit, self._serve_one, self.shut_down, self._adopt
                 ):
-                    return
+                    return False
                 if keep_alive is not None:
                     wait = keep_alive
         finally:
-            if self.handler is not None and not self.busy:  # (a busy one was abandoned)
+            if self.handler is not None and not self.busy and hand_off is None:
+                # (a busy one was abandoned)
                 with trio.move_on_after(ABANDON_AFTER, shield=True):
                     await run_in_handler_thread(self.server, limit, self._end, _nothing)
+        return False
 
-    async def _wait_for_request(self, timeout: float | None) -> bool:  # noqa: ASYNC109
-        """Wait in Trio until the next request can be read; False if none came in time."""
+    # -- a connection handed off: its threads end it (HandOff)
+
+    async def _hand_over(
+        self, limit: int | None, hand_off: HandOff, *, again: bool = False
+    ) -> None:
+        """Start a thread that serves the request that came, and the next ones there.
+
+        *again*: the connection is registered already (a thread handed it back to wait
+        for its next request in Trio).
+        """
+        await hand_off.hand_over(self, limit, lambda: self._own(limit, hand_off), registered=again)
+
+    def _own(self, limit: int | None, hand_off: HandOff) -> None:
+        """In the thread: requests, for as long as the next one is here already.
+
+        Hands the connection back to a task of its own when it has to wait for the
+        next request (`_wait_in_trio`), and ends it when it closes.
+        """
+        try:
+            while not self._serve_one():
+                if getattr(self.server, "draining", False):
+                    self._end()  # no next request once the server stops (as gunicorn)
+                    break
+                if not self._next_is_here():
+                    if self._wait_in_trio(limit, hand_off):
+                        return
+                    self._end()  # the run is over: no task can wait for it
+                    break
+        except BaseException as exc:
+            hand_off.finish(self, exc)
+        else:
+            hand_off.finish(self, None)
+
+    def _next_is_here(self) -> bool:
+        """In the thread: whether the next request can be read, waiting `LINGER` at most."""
+        handler = self.handler
+        assert handler is not None
+        assert self.sock is not None
+        return _has_buffered_input(handler.rfile, self.sock) or _readable(
+            self.trio_sock, _LINGER_MS
+        )
+
+    def _wait_in_trio(self, limit: int | None, hand_off: HandOff) -> bool:
+        """In the thread: let a new task wait for the next request; False if none can."""
+        nursery = hand_off.nursery
+
+        def start() -> None:
+            try:
+                if nursery is None:
+                    raise RuntimeError("no nursery")
+                nursery.start_soon(self._resume, limit, hand_off)
+            except RuntimeError:  # the run is stopping: the nursery is closed to new tasks
+                self._end_soon(limit, hand_off)
+
+        try:
+            hand_off.owned.token.run_sync_soon(start)
+        except trio.RunFinishedError:
+            return False
+        return True
+
+    async def _resume(self, limit: int | None, hand_off: HandOff) -> None:
+        """A task of its own: wait for the next request, then hand the connection over again.
+
+        Ends the connection (in a thread) if no request comes in time, the server
+        stops, or the task is cancelled.
+        """
+        keep_alive: float | None = getattr(self.server, "keep_alive_timeout", None)
+        try:
+            if await self._wait_for_request(
+                keep_alive if keep_alive is not None else self.request_timeout, looked=True
+            ):
+                await self._hand_over(limit, hand_off, again=True)
+                return
+        except BaseException:
+            self._end_soon(limit, hand_off)
+            raise
+        self._end_soon(limit, hand_off)
+
+    def _end_soon(self, limit: int | None, hand_off: HandOff) -> None:
+        """In the Trio thread: end the connection in a thread, without waiting for one."""
+        start_handler_thread(
+            self.server,
+            limit,
+            hand_off.task,
+            hand_off.owned,
+            lambda: self._end_owned(hand_off),
+            taken=False,
+        )
+
+    def _end_owned(self, hand_off: HandOff) -> None:
+        """In a thread: ``finish()``, then the request path ends the connection."""
+        try:
+            self._end()
+        except BaseException as exc:
+            hand_off.finish(self, exc)
+        else:
+            hand_off.finish(self, None)
+
+    async def _wait_for_request(
+        self,
+        timeout: float | None,  # noqa: ASYNC109
+        *,
+        looked: bool = False,
+    ) -> bool:
+        """Wait in Trio until the next request can be read; False if none came in time.
+
+        *looked*: a thread has just found that none can be read yet (`_next_is_here`).
+        """
         handler = self.handler
         if handler is not None and getattr(self.server, "draining", False):
             # The server is stopping: no *next* request (as gunicorn does). A connection's
             # first request is always served, even on a connection the drain took over.
             return False
-        if handler is not None:
+        if handler is not None and not looked:
             assert self.sock is not None
             if _has_buffered_input(handler.rfile, self.sock):
                 return True
-        if _readable_now(self.trio_sock):
+        if not looked and _readable(self.trio_sock):
             # The request is there already (nearly always a connection's first: the
             # client sends it as it connects): no scope, no wait, no epoll registration.
             await trio.lowlevel.checkpoint_if_cancelled()
@@ -441,9 +675,7 @@ class _KeepAlive:
 
     def _start(self) -> _BaseHTTP:
         """In the thread, before the first request: the socket, the handler, ``setup()``."""
-        sock = self.sock = ThreadSocket.duplicate(
-            self.trio_sock, exclusive=True, timeout=self.request_timeout
-        )
+        sock = self.sock = ThreadSocket.lend(self.trio_sock, timeout=self.request_timeout)
         try:
             handler = self.http.construct(sock, self.client_address, self.server)
             handler.setup()

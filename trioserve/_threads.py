@@ -4,7 +4,7 @@ A sync handler blocks, so it runs in a worker thread while the Trio task that ow
 request waits. This module is everything about those threads, and nothing about
 handlers: `run_in_handler_thread` runs a callable in a thread under a server's
 ``max_handler_threads`` limit and can reach it when cancelled; `ThreadSocket` gives the
-thread a blocking socket of its own on a Trio socket's descriptor; `waiting_task` says
+thread a blocking socket on a Trio socket's descriptor; `waiting_task` says
 which Trio task a thread works for, the one fact `~trioserve.BaseServer.shutdown` needs to
 decide whether it may wait.
 
@@ -32,21 +32,17 @@ done, which is exactly when the connection needs to be shut down. Here the task 
 an event that the thread sets when it ends; cancellation interrupts that wait, shuts the
 connection down, and then waits again, shielded, for the thread.
 
-Out of file descriptors
------------------------
-A thread's socket is a duplicate of the connection's descriptor, made in the thread once
-it runs (`ThreadSocket.duplicate`), so a sync connection holds two descriptors. At the
-process's descriptor limit the duplicate fails with ``EMFILE`` (or ``ENFILE``). Waiting
-for one to come free, as the accept loop does, would not do: each waiting connection
-holds a descriptor of its own, and the accept loop takes every one that comes free, so
-the waiting connections would wait for each other (measured: 5 of 100 clients served in
-90 s). Instead the thread then *borrows* the connection's own descriptor: its socket is
-that descriptor, and everything the handler does with it (even ``close()``) leaves the
-descriptor open, exactly as with a duplicate. The request is served at once, and the
-failure is logged once a minute at error level (`COMPLAINT_INTERVAL`), at debug level
-otherwise. If such a thread is ever abandoned (above), the descriptor is handed over to it
-(`ThreadSocket.adopt`) rather than closed under it, so that a number reused by the next
-connection can never reach a stuck handler.
+The thread's socket
+-------------------
+A thread's socket (`ThreadSocket.lend`) is on the connection's own descriptor: a sync
+connection holds one descriptor, and a thread needs none of its own, so a server at its
+descriptor limit still serves the connections it has. Everything the handler does with
+the socket (even ``close()``) leaves the descriptor open; the Trio side closes it after
+the handler. The descriptor stays non-blocking throughout, as Trio needs it: the
+socket's blocking mode and timeout are emulated (each call is tried first, and waits in
+``poll(2)`` only if it would block). If a thread is ever abandoned (above), the
+descriptor is handed over to it (`ThreadSocket.adopt`) rather than closed under it, so
+that a number reused by the next connection can never reach a stuck handler.
 
 Which run a thread serves
 -------------------------
@@ -63,20 +59,22 @@ the server started, waits as socketserver's callers do.
 
 from __future__ import annotations
 
+import _socket
+import collections
 import contextvars
 import logging
 import math
+import operator
 import os
+import select
 import socket
 import threading
 import time
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeVar, final
+from typing import TYPE_CHECKING, Any, Final, Protocol, SupportsIndex, TypeVar, final
 
 import trio
-
-from ._errors import CAPACITY_ERRNOS
 
 if TYPE_CHECKING:
     import outcome
@@ -108,8 +106,9 @@ THREAD_NAME = "trioserve sync handler"
 #: is logged at debug level only for this many seconds.
 COMPLAINT_INTERVAL = 60.0
 
-#: The timeout that stands for "blocking" on a shared `ThreadSocket`.
-_BLOCKING_TIMEOUT = 24 * 3600.0
+#: Makes a `socket.socket` on a descriptor take it to be non-blocking (Linux; elsewhere a
+#: socket finds out from its first call that would block, and `ThreadSocket` waits then).
+_NONBLOCK: Final = getattr(socket, "SOCK_NONBLOCK", 0)
 
 _local = threading.local()
 
@@ -144,6 +143,98 @@ def descends_from(task: trio.lowlevel.Task, ancestor: trio.lowlevel.Task) -> boo
     return False
 
 
+# -- a bound released from any thread -------------------------------------------------------
+
+
+@final
+class Tokens:
+    """How many may run at once: taken in a Trio run, given back from any thread.
+
+    What `trio.Semaphore` is, except that `release` may be called in any thread: a
+    connection that a worker thread serves to its end gives its token back there. The
+    Trio run is woken only when one of its tasks waits for a token. Waiting tasks get
+    tokens in the order they asked.
+
+    Args:
+      total: how many tokens there are (``math.inf``: no bound).
+    """
+
+    __slots__ = ("_free", "_lock", "_thread", "_token", "_waiters", "total")
+
+    def __init__(self, total: float) -> None:
+        self.total = total
+        self._free = total
+        self._lock = threading.Lock()
+        self._waiters: collections.deque[trio.Event] = collections.deque()
+        self._token = trio.lowlevel.current_trio_token()
+        self._thread = threading.get_ident()
+
+    @property
+    def available(self) -> float:
+        """How many tokens are free now."""
+        return self._free
+
+    def set_total(self, total: float) -> None:
+        """Change how many tokens there are (in the Trio thread)."""
+        with self._lock:
+            self._free += total - self.total
+            self.total = total
+        while self._free >= 1 and self._waiters:
+            self._free -= 1
+            self.release()
+
+    def acquire_nowait(self) -> None:
+        """Take a token without waiting.
+
+        Raises:
+          trio.WouldBlock: none is free (or tasks wait for one already).
+        """
+        with self._lock:
+            if self._free >= 1 and not self._waiters:
+                self._free -= 1
+                return
+        raise trio.WouldBlock
+
+    async def acquire(self) -> None:
+        """Take a token, waiting for one if none is free (a checkpoint either way)."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        event = trio.Event()
+        with self._lock:
+            if self._free >= 1 and not self._waiters:
+                self._free -= 1
+                event.set()
+            else:
+                self._waiters.append(event)
+        if event.is_set():
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return
+        try:
+            await event.wait()
+        except BaseException:
+            with self._lock:
+                waiting = event in self._waiters
+                if waiting:
+                    self._waiters.remove(event)
+            if not waiting:
+                self.release()  # given to this task as it was cancelled: pass it on
+            raise
+
+    def release(self) -> None:
+        """Give a token back, in any thread: to the first task waiting, if one is."""
+        with self._lock:
+            if not self._waiters:
+                self._free += 1
+                return
+            event = self._waiters.popleft()
+        if threading.get_ident() == self._thread:
+            event.set()
+            return
+        try:
+            self._token.run_sync_soon(event.set)
+        except trio.RunFinishedError:
+            pass  # nobody waits any more
+
+
 # -- running work in a thread ----------------------------------------------------------------
 
 
@@ -151,11 +242,11 @@ def descends_from(task: trio.lowlevel.Task, ancestor: trio.lowlevel.Task) -> boo
 class _ThreadState:
     """One server's sync handler threads within one Trio run."""
 
-    __slots__ = ("complaints", "limiter", "lock", "running", "token")
+    __slots__ = ("complaints", "lock", "running", "token", "tokens")
 
     def __init__(self, token: trio.lowlevel.TrioToken, total: float) -> None:
         self.token = token
-        self.limiter = trio.CapacityLimiter(total)
+        self.tokens = Tokens(total)
         self.lock = threading.Lock()
         self.running = 0
         #: When each kind of complaint was last logged at its own level (time.monotonic).
@@ -172,6 +263,49 @@ class _ThreadState:
             level = logging.DEBUG
         logger.log(level, message, *args)
 
+    async def take_thread(self, owner: object) -> None:
+        """Take one of the threads (a token), waiting and saying so if none is free."""
+        tokens = self.tokens
+        try:
+            # A free thread is taken without a yield of its own (the caller yields later):
+            # about 3 µs less per sync request.
+            tokens.acquire_nowait()
+        except trio.WouldBlock:
+            pass
+        else:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            return
+        self.complain(
+            "threads",
+            logging.WARNING,
+            "%r: a sync handler waits for a worker thread: all %s of max_handler_threads "
+            "are busy (a sync connection holds its thread while it is open)",
+            owner,
+            tokens.total,
+        )
+        await tokens.acquire()
+
+    def run(
+        self, task: trio.lowlevel.Task, context: contextvars.Context, work: Callable[[], T]
+    ) -> T:
+        """In the worker thread: *work*, marked as a handler's for *task* while it runs."""
+        # Named while it runs a handler: a leak check tells it from an idle cached thread.
+        # (The Python name only: the OS-level name would cost two calls through ctypes,
+        # each giving up the GIL, per request.)
+        thread = threading.current_thread()
+        idle_name = thread.name
+        thread.name = THREAD_NAME
+        with self.lock:
+            self.running += 1
+        _local.task = task
+        try:
+            return context.run(work)
+        finally:
+            _local.task = None
+            with self.lock:
+                self.running -= 1
+            thread.name = idle_name
+
 
 _states: weakref.WeakKeyDictionary[object, _ThreadState] = weakref.WeakKeyDictionary()
 
@@ -182,8 +316,8 @@ def _thread_state(owner: object, limit: int | None) -> _ThreadState:
     state = _states.get(owner)
     if state is None or state.token is not token:
         state = _states[owner] = _ThreadState(token, total)
-    elif state.limiter.total_tokens != total:
-        state.limiter.total_tokens = total
+    elif state.tokens.total != total:
+        state.tokens.set_total(total)
     return state
 
 
@@ -224,23 +358,7 @@ async def run_in_handler_thread(
       thread still running then is abandoned, and logged as an error.
     """
     state = _thread_state(owner, limit)
-    borrower = object()
-    limiter = state.limiter
-    if limiter.available_tokens >= 1:
-        # A free slot is taken without a yield of its own (the wait for the thread is one):
-        # about 3 µs less per sync request than acquire_on_behalf_of, which always yields.
-        await trio.lowlevel.checkpoint_if_cancelled()
-        limiter.acquire_on_behalf_of_nowait(borrower)
-    else:
-        state.complain(
-            "threads",
-            logging.WARNING,
-            "%r: a sync handler waits for a worker thread: all %s of max_handler_threads "
-            "are busy (a sync connection holds its thread while it is open)",
-            owner,
-            limiter.total_tokens,
-        )
-        await limiter.acquire_on_behalf_of(borrower)
+    await state.take_thread(owner)
     done = trio.Event()
     results: list[outcome.Outcome[T]] = []
     context = contextvars.copy_context()
@@ -248,25 +366,10 @@ async def run_in_handler_thread(
     task = trio.lowlevel.current_task()
 
     def run() -> T:
-        # Named while it runs a handler: a leak check tells it from an idle cached thread.
-        # (The Python name only: the OS-level name would cost two calls through ctypes,
-        # each giving up the GIL, per request.)
-        thread = threading.current_thread()
-        idle_name = thread.name
-        thread.name = THREAD_NAME
-        with state.lock:
-            state.running += 1
-        _local.task = task
-        try:
-            return context.run(work)
-        finally:
-            _local.task = None
-            with state.lock:
-                state.running -= 1
-            thread.name = idle_name
+        return state.run(task, context, work)
 
     def report(result: outcome.Outcome[T]) -> None:
-        state.limiter.release_on_behalf_of(borrower)
+        state.tokens.release()
         results.append(result)
         done.set()
 
@@ -279,7 +382,7 @@ async def run_in_handler_thread(
     try:
         trio.lowlevel.start_thread_soon(run, deliver)
     except BaseException:
-        state.limiter.release_on_behalf_of(borrower)
+        state.tokens.release()
         raise
     try:
         await done.wait()
@@ -289,12 +392,7 @@ async def run_in_handler_thread(
             await done.wait()
         if not results:
             on_abandon()
-            logger.error(
-                "a sync handler of %r did not return within %.1f s of its connection being "
-                "shut down; abandoning its thread",
-                owner,
-                ABANDON_AFTER,
-            )
+            _log_abandoned(owner, 1)
         else:
             error = getattr(results[0], "error", None)
             if error is not None:
@@ -303,154 +401,429 @@ async def run_in_handler_thread(
     return results[0].unwrap()
 
 
+def _log_abandoned(owner: object, count: int) -> None:
+    logger.error(
+        "%d sync handler%s of %r did not return within %.1f s of %s connection being "
+        "shut down; abandoning %s",
+        count,
+        "" if count == 1 else "s",
+        owner,
+        ABANDON_AFTER,
+        "its" if count == 1 else "their",
+        "its thread" if count == 1 else "their threads",
+    )
+
+
+async def take_handler_thread(owner: object, limit: int | None) -> None:
+    """Take one of *owner*'s at most *limit* handler threads, for `start_handler_thread`.
+
+    Waits for one to be free (cancellable; a wait is logged, see the module
+    documentation).
+    """
+    await _thread_state(owner, limit).take_thread(owner)
+
+
+def start_handler_thread(
+    owner: object,
+    limit: int | None,
+    task: trio.lowlevel.Task,
+    owned: OwnedConnections,
+    work: Callable[[], object],
+    *,
+    taken: bool,
+) -> None:
+    """Start *work* in one of *owner*'s handler threads, and return (in the Trio thread).
+
+    As `run_in_handler_thread`, but nobody waits for the thread: *work* ends what it
+    was given itself, and *owned* counts the thread until it has returned. The thread
+    works for *task* (`waiting_task`). *taken*: `take_handler_thread` took a thread for
+    it, given back as *work* returns; else it runs beyond the limit, for the short work
+    that ends a connection (``finish()``), where waiting for a free thread could hold a
+    stopping server up.
+    """
+    _start(_thread_state(owner, limit), task, owned, work, release=taken)
+
+
+def _start(
+    state: _ThreadState,
+    task: trio.lowlevel.Task,
+    owned: OwnedConnections,
+    work: Callable[[], object],
+    *,
+    release: bool,
+) -> None:
+    context = contextvars.copy_context()
+
+    def run() -> object:
+        try:
+            return state.run(task, context, work)
+        finally:
+            if release:
+                state.tokens.release()
+
+    def returned(result: outcome.Outcome[object]) -> None:
+        owned.returned()
+        error = getattr(result, "error", None)
+        if error is not None:  # pragma: no cover - the work given reports its own errors
+            logger.error("a sync handler's thread failed", exc_info=error)
+
+    owned.started()
+    try:
+        trio.lowlevel.start_thread_soon(run, returned)
+    except BaseException:
+        owned.returned()
+        if release:
+            state.tokens.release()
+        raise
+
+
+# -- connections a thread ends ---------------------------------------------------------------
+
+
+class Owned(Protocol):
+    """A connection served by worker threads to its end (see `OwnedConnections`)."""
+
+    def shut_down(self) -> None:
+        """Shut the connection down (from the Trio thread), so its handler returns."""
+
+
+@final
+class OwnedConnections:
+    """The connections of one serving run that worker threads end, not Trio tasks.
+
+    A task that hands its connection to a thread for good registers it here (`add`) and
+    starts the thread with `hand_to_thread`, which counts it; the thread that ends the
+    connection closes its socket through `discard`. ``serve_forever`` waits until no
+    connection is left and every such thread has returned (`wait`), as a nursery waits
+    for its tasks: when cancelled, it shuts the connections down, then waits
+    `ABANDON_AFTER` seconds more before it abandons (and logs) what is still running.
+    The Trio run is woken as a thread returns only while `wait` waits.
+    """
+
+    __slots__ = ("_busy", "_connections", "_lock", "_waiter", "cut", "token")
+
+    def __init__(self) -> None:
+        #: How many `wait` shut down because it was cancelled.
+        self.cut = 0
+        self._lock = threading.Lock()
+        self._connections: set[Owned] = set()
+        self._busy = 0
+        #: The serving run's token: for its threads to reach it.
+        self.token = trio.lowlevel.current_trio_token()
+        self._waiter: trio.Event | None = None
+
+    def __len__(self) -> int:
+        return len(self._connections)
+
+    def add(self, connection: Owned) -> None:
+        """Register *connection*: a thread will end it (in the Trio thread)."""
+        with self._lock:
+            self._connections.add(connection)
+
+    def discard(self, connection: Owned, close: Callable[[], object] | None = None) -> None:
+        """*connection* ends: forget it and *close* its socket (in any thread).
+
+        Both under the lock that `shut_down` takes, so that a descriptor number is never
+        shut down once closed (it may belong to a new connection by then).
+        """
+        with self._lock:
+            self._connections.discard(connection)
+            if close is not None:
+                close()
+
+    def started(self) -> None:
+        """A thread for these connections starts (in the Trio thread)."""
+        with self._lock:
+            self._busy += 1
+
+    def returned(self) -> None:
+        """A thread for these connections has returned (in that thread, at its very end)."""
+        with self._lock:
+            self._busy -= 1
+            waiter = self._waiter if self._done() else None
+        if waiter is not None:
+            try:
+                self.token.run_sync_soon(waiter.set)
+            except trio.RunFinishedError:  # pragma: no cover - an abandoned thread
+                pass
+
+    def _done(self) -> bool:
+        return not self._connections and not self._busy
+
+    def shut_down(self) -> int:
+        """Shut every connection still open down (in the Trio thread); how many there were."""
+        with self._lock:
+            connections = list(self._connections)
+            for connection in connections:
+                connection.shut_down()
+        return len(connections)
+
+    async def _until_empty(self) -> None:
+        while True:
+            with self._lock:
+                if self._done():
+                    return
+                waiter = self._waiter = trio.Event()
+            try:
+                await waiter.wait()
+            finally:
+                self._waiter = None
+
+    async def wait(self, owner: object) -> None:
+        """Wait until every registered connection has ended.
+
+        When cancelled, shuts the rest down (counted in `cut`) and waits up to
+        `ABANDON_AFTER` seconds more (shielded), then abandons what is left (logged as an
+        error) and raises `trio.Cancelled`.
+        """
+        if self._done():
+            await trio.lowlevel.checkpoint_if_cancelled()
+            return
+        try:
+            await self._until_empty()
+        except trio.Cancelled:
+            await self.close(owner)
+            raise
+
+    async def close(self, owner: object) -> None:
+        """Shut every connection down, and wait (shielded) for them to end.
+
+        Those still running `ABANDON_AFTER` seconds later are abandoned, and logged as an
+        error: their threads still close them if they ever return.
+        """
+        self.cut += self.shut_down()
+        with trio.move_on_after(ABANDON_AFTER, shield=True):
+            await self._until_empty()
+        left = self._busy
+        if left:
+            _log_abandoned(owner, left)
+
+
 # -- a thread's own socket -------------------------------------------------------------------
 
+_Socket = socket.socket
 
-#: When a thread last had to borrow a connection's descriptor, logged at error level.
-_borrow_complaint: list[float] = []
+#: poll(2) events a call waits for: to read, to write.
+_READ: Final = select.POLLIN
+_WRITE: Final = select.POLLOUT
+#: The longest wait poll(2) takes, in milliseconds (a longer timeout waits again).
+_LONGEST_POLL: Final = 2**31 - 1
 
 
-def _complain_of_borrowing(error: OSError) -> None:
-    now = time.monotonic()
-    if not _borrow_complaint or now - _borrow_complaint[0] >= COMPLAINT_INTERVAL:
-        _borrow_complaint[:] = [now]
-        level = logging.ERROR
+def _timeout_seconds(value: object) -> float | None:
+    """*value* checked as `socket.socket.settimeout` checks it (same errors)."""
+    if value is None:
+        return None
+    if isinstance(value, float):
+        if math.isnan(value):
+            raise ValueError("Invalid value NaN (not a number)")
+        seconds = value
+    elif isinstance(value, SupportsIndex):
+        seconds = float(operator.index(value))
     else:
-        level = logging.DEBUG
-    logger.log(
-        level,
-        "no file descriptor for a sync handler's own socket (%s): it uses its "
-        "connection's; raise the descriptor limit or lower max_connections",
-        error.strerror,
-    )
+        raise TypeError(f"'{type(value).__name__}' object cannot be interpreted as an integer")
+    if seconds < 0:
+        raise ValueError("Timeout value out of range")
+    return seconds
 
 
 @final
 class ThreadSocket(socket.socket):
-    """A worker thread's blocking `socket.socket` on a duplicate of a Trio socket's descriptor.
+    """A worker thread's blocking `socket.socket` on a Trio socket's own descriptor.
 
-    Whatever the handler does with it (even ``close()``) cannot close the Trio side's
-    descriptor; `release` closes the duplicate when the handler returns, even if files
-    made by ``makefile`` still hold it.
+    `lend` makes one for a thread; `release` lets go of it when the handler returns, even
+    if files made by ``makefile`` still hold it. Whatever the handler does with it (even
+    ``close()``) leaves the descriptor open: it is the connection's, and the Trio side
+    closes it. So a sync connection holds one descriptor, however many are free.
 
-    A duplicate shares the descriptor's file status flags, so blocking mode is one of two
-    kinds (`duplicate`'s *exclusive*):
+    The descriptor stays non-blocking, as Trio needs it, even while the thread has it;
+    blocking mode and timeouts (``settimeout``, ``setblocking``, ``gettimeout``) are the
+    socket's own: each call is *tried* first, and only if it would block does the thread
+    wait in ``poll(2)``, for the rest of the timeout (for ``sendall``, the timeout is for
+    the whole call, as CPython's). CPython's own sockets with a timeout poll *before*
+    every call: a request that is there already, or an answer the kernel takes at once,
+    costs one system call here instead of two. A timeout raises `TimeoutError` ("timed
+    out"), and a timeout of 0 `BlockingIOError`, as CPython's sockets do.
 
-    * exclusive, for a connection the Trio side leaves alone while the thread runs: real
-      blocking mode, socketserver's speed (no ``poll`` before each call); `release` puts
-      the descriptor back in non-blocking mode before the Trio side touches it again;
-    * shared, for a datagram server's socket, which the server keeps receiving on: the
-      descriptor must stay non-blocking, so blocking mode is emulated with a timeout of a
-      day (``gettimeout()`` still says None; ``settimeout(None)`` and
-      ``setblocking(True)`` keep the emulation).
-
-    Without a free descriptor for the duplicate, the socket *borrows* the Trio socket's
-    own (see the module documentation): closing it then leaves the descriptor open, and
-    `release` lets it go without closing it, unless `adopt` handed it over.
+    If its thread is ever abandoned, `adopt` hands the descriptor over to it: it is then
+    closed by `release`, never under the stuck handler.
     """
 
-    _origin: trio.socket.SocketType
-    _shared: bool
-    _borrowed: bool
-    _owned: bool
-    _blocked: bool
+    _origin: trio.socket.SocketType | None = None
+    _owned: bool = True
+    _timeout: float | None = None
     _lock: threading.Lock
 
     @classmethod
-    def duplicate(
-        cls,
-        sock: trio.socket.SocketType,
-        *,
-        exclusive: bool,
-        timeout: float | None = None,
+    def _on(
+        cls, family: int, kind: int, proto: int, fd: int, *, owned: bool, timeout: float | None
     ) -> ThreadSocket:
-        """A new socket on a duplicate of *sock*'s descriptor, in blocking mode.
-
-        Its timeout is *timeout* if given, else `socket.getdefaulttimeout`, as for any new
-        socket (given here rather than set after, it saves a system call). Without a free
-        descriptor (``EMFILE``, ``ENFILE``...), the socket is on *sock*'s own, borrowed.
-        """
-        borrowed = False
-        try:
-            fd = os.dup(sock.fileno())
-        except OSError as exc:
-            if exc.errno not in CAPACITY_ERRNOS:
-                raise
-            _complain_of_borrowing(exc)
-            fd = sock.fileno()
-            borrowed = True
-        try:
-            thread_socket = cls(sock.family, sock.type, sock.proto, fileno=fd)
-        except BaseException:
-            if not borrowed:
-                os.close(fd)
-            raise
-        thread_socket._origin = sock
-        thread_socket._shared = not exclusive
-        thread_socket._borrowed = borrowed
-        thread_socket._owned = False
+        # SOCK_NONBLOCK: CPython takes the descriptor to be non-blocking (it is) with no
+        # system call to make it so.
+        thread_socket = cls(family, kind | _NONBLOCK, proto, fileno=fd)
+        thread_socket._owned = owned
         thread_socket._lock = threading.Lock()
-        # The descriptor is non-blocking (the Trio socket's): `release` only has to make
-        # it so again if a blocking mode was set on this socket.
-        thread_socket._blocked = False
-        thread_socket.settimeout(socket.getdefaulttimeout() if timeout is None else timeout)
+        thread_socket._timeout = timeout
         return thread_socket
 
-    @property
-    def borrowed(self) -> bool:
-        """Whether this socket is on the Trio socket's own descriptor (none was free)."""
-        return self._borrowed
+    @classmethod
+    def lend(cls, sock: trio.socket.SocketType, *, timeout: float | None = None) -> ThreadSocket:
+        """A socket on *sock*'s own descriptor, blocking, for a thread.
 
-    def _real_close(self, _ss: type[socket.socket] = socket.socket) -> None:
-        # close(), directly or once the last file from makefile() is closed: a borrowed
-        # descriptor is let go, not closed (it is the connection's own).
-        if self._borrowed:
-            with self._lock:
-                if not self._owned:
-                    _ss.detach(self)
-                    return
-        _ss.close(self)
+        Its timeout is *timeout* if given, else `socket.getdefaulttimeout`, as for any new
+        socket.
+        """
+        if timeout is None:
+            timeout = socket.getdefaulttimeout()
+        thread_socket = cls._on(
+            sock.family, sock.type, sock.proto, sock.fileno(), owned=False, timeout=timeout
+        )
+        thread_socket._origin = sock
+        return thread_socket
+
+    # -- blocking mode, emulated over the non-blocking descriptor
+
+    @property
+    def timeout(self) -> float | None:
+        """As `socket.socket.timeout`."""
+        return self._timeout
 
     def settimeout(self, value: float | None) -> None:
-        """As `socket.socket.settimeout`; on a shared socket None is emulated."""
-        if value is None:
-            if self._shared:
-                value = _BLOCKING_TIMEOUT
-            else:
-                self._blocked = True  # the descriptor itself is blocking now
-        super().settimeout(value)
-
-    def setblocking(self, flag: bool) -> None:
-        """As `socket.socket.setblocking`; on a shared socket blocking mode is emulated."""
-        self.settimeout(None if flag else 0.0)
+        """As `socket.socket.settimeout`."""
+        self._timeout = _timeout_seconds(value)
 
     def gettimeout(self) -> float | None:
-        """As `socket.socket.gettimeout`: None in (emulated) blocking mode."""
-        timeout = super().gettimeout()
-        return None if timeout == _BLOCKING_TIMEOUT else timeout
+        """As `socket.socket.gettimeout`."""
+        return self._timeout
+
+    def setblocking(self, flag: bool) -> None:
+        """As `socket.socket.setblocking`."""
+        self._timeout = None if flag else 0.0
+
+    def getblocking(self) -> bool:
+        """As `socket.socket.getblocking`."""
+        return self._timeout != 0.0
+
+    def _call(self, events: int, method: Callable[..., T], *args: Any) -> T:
+        """``method(self, *args)``, waiting for *events* and trying again while it would block."""
+        try:
+            return method(self, *args)
+        except BlockingIOError:
+            if self._timeout == 0.0:
+                raise
+        # Out of the except block: a timeout raised below has no "during handling" context.
+        deadline = None if self._timeout is None else time.monotonic() + self._timeout
+        while True:
+            self._wait(events, deadline)
+            try:
+                return method(self, *args)
+            except BlockingIOError:
+                pass
+
+    def _wait(self, events: int, deadline: float | None) -> None:
+        """Wait until the descriptor is ready for *events*, or raise `TimeoutError`."""
+        poller = select.poll()
+        poller.register(self.fileno(), events)
+        while True:
+            milliseconds = None
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError("timed out")
+                milliseconds = min(math.ceil(remaining * 1000), _LONGEST_POLL)
+            if poller.poll(milliseconds):
+                return
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        """As `socket.socket.recv`."""
+        return self._call(_READ, _Socket.recv, bufsize, flags)
+
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+        """As `socket.socket.recv_into`."""
+        return self._call(_READ, _Socket.recv_into, buffer, nbytes, flags)
+
+    def recvfrom(self, bufsize: int, flags: int = 0) -> tuple[bytes, Any]:
+        """As `socket.socket.recvfrom`."""
+        return self._call(_READ, _Socket.recvfrom, bufsize, flags)
+
+    def recvfrom_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> tuple[int, Any]:
+        """As `socket.socket.recvfrom_into`."""
+        return self._call(_READ, _Socket.recvfrom_into, buffer, nbytes, flags)
+
+    def recvmsg(self, *args: Any) -> Any:
+        """As `socket.socket.recvmsg`."""
+        return self._call(_READ, _Socket.recvmsg, *args)
+
+    def recvmsg_into(self, *args: Any) -> Any:
+        """As `socket.socket.recvmsg_into`."""
+        return self._call(_READ, _Socket.recvmsg_into, *args)
+
+    def send(self, data: Any, flags: int = 0) -> int:
+        """As `socket.socket.send`."""
+        return self._call(_WRITE, _Socket.send, data, flags)
+
+    def sendto(self, *args: Any) -> int:
+        """As `socket.socket.sendto`."""
+        return self._call(_WRITE, _Socket.sendto, *args)
+
+    def sendmsg(self, *args: Any) -> int:
+        """As `socket.socket.sendmsg`."""
+        return self._call(_WRITE, _Socket.sendmsg, *args)
+
+    def sendall(self, data: Any, flags: int = 0) -> None:
+        """As `socket.socket.sendall`: the timeout is for the whole call."""
+        try:
+            sent = _Socket.send(self, data, flags)
+        except BlockingIOError:
+            if self._timeout == 0.0:
+                raise
+            sent = 0
+        if type(data) is bytes and sent == len(data):
+            return  # nearly always: the kernel took it all at once
+        deadline = None if self._timeout is None else time.monotonic() + self._timeout
+        with memoryview(data) as view, view.cast("B") as octets:
+            total = octets.nbytes
+            while sent < total:
+                try:
+                    sent += _Socket.send(self, octets[sent:], flags)
+                    continue
+                except BlockingIOError:
+                    if self._timeout == 0.0:
+                        raise
+                self._wait(_WRITE, deadline)
+
+    def dup(self) -> ThreadSocket:
+        """As `socket.socket.dup`: a socket of the same kind, on a descriptor of its own."""
+        fd = os.dup(self.fileno())
+        return self._on(self.family, self.type, self.proto, fd, owned=True, timeout=self._timeout)
+
+    # -- whose descriptor it is
+
+    def _real_close(self, _ss: type[_socket.socket] = _socket.socket) -> None:
+        # close(), directly or once the last file from makefile() is closed: a lent
+        # descriptor is let go, not closed (it is the connection's own).
+        with self._lock:
+            if not self._owned:
+                _ss.detach(self)
+                return
+        _ss.close(self)
 
     def adopt(self) -> bool:
-        """From the Trio thread, for an abandoned thread: hand a borrowed descriptor over.
+        """From the Trio thread, for an abandoned thread: hand the lent descriptor over.
 
         Returns:
           True if this socket now owns the descriptor (it closes it in `release`): the
           Trio side must then let go of it (``detach``) instead of closing it.
         """
         with self._lock:
-            if self._borrowed and not self._owned and self.fileno() >= 0:
+            if not self._owned and self.fileno() >= 0:
                 self._owned = True
                 return True
         return False
 
     def release(self) -> None:
-        """Close the duplicate; for an exclusive one, make the descriptor non-blocking again."""
+        """Let go of the descriptor, as the handler returns: closed only if it was adopted."""
         with self._lock:
-            fd = self.detach()
-            if fd >= 0 and (not self._borrowed or self._owned):
+            fd = _Socket.detach(self)
+            if fd >= 0 and self._owned:
                 os.close(fd)
-            if self._owned:
-                return
-        if self._blocked:
-            origin = self._origin.fileno()
-            if origin >= 0:
-                os.set_blocking(origin, False)

@@ -1,0 +1,195 @@
+"""The socket a sync handler's thread gets: blocking for the handler, non-blocking for Trio."""
+
+from __future__ import annotations
+
+import array
+import os
+import re
+import select
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import trio
+
+from trioserve._threads import ThreadSocket
+
+pytestmark = pytest.mark.usefixtures("fd_leak_check")
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[trio.socket.SocketType, socket.socket]]:
+    """A connection's Trio socket, and a plain blocking socket for its peer."""
+    left, right = socket.socketpair()
+    trio_sock = trio.socket.from_stdlib_socket(left)
+    with trio_sock, right:
+        yield trio_sock, right
+
+
+@pytest.fixture
+def waits(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The poll(2) events each `ThreadSocket` call waited for, in order."""
+    seen: list[int] = []
+    wait = ThreadSocket._wait
+
+    def counted(self: ThreadSocket, events: int, deadline: float | None) -> None:
+        seen.append(events)
+        wait(self, events, deadline)
+
+    monkeypatch.setattr(ThreadSocket, "_wait", counted)
+    return seen
+
+
+def _later(seconds: float, action: Any) -> threading.Thread:
+    def run() -> None:
+        time.sleep(seconds)  # a peer that takes its time (the test's thread waits)
+        action()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def test_a_call_that_can_be_made_at_once_does_not_wait(
+    pair: tuple[trio.socket.SocketType, socket.socket], waits: list[int]
+) -> None:
+    trio_sock, peer = pair
+    sock = ThreadSocket.lend(trio_sock, timeout=60.0)
+    peer.sendall(b"request")
+    assert sock.recv(100) == b"request"
+    sock.sendall(b"answer")
+    assert sock.send(b"!") == 1
+    assert peer.recv(100) == b"answer!"
+    assert waits == []  # no poll before a call, as CPython makes with a timeout
+    sock.release()
+
+
+@pytest.mark.parametrize("timeout", [None, 60.0])
+def test_a_blocking_call_waits_for_the_peer_while_the_descriptor_stays_non_blocking(
+    pair: tuple[trio.socket.SocketType, socket.socket], waits: list[int], timeout: float | None
+) -> None:
+    trio_sock, peer = pair
+    sock = ThreadSocket.lend(trio_sock, timeout=timeout)
+    assert sock.gettimeout() == timeout
+    assert sock.getblocking() is True
+    sender = _later(0.05, lambda: peer.sendall(b"late"))
+    assert sock.recv(100) == b"late"
+    sender.join()
+    assert waits == [select.POLLIN]
+    assert os.get_blocking(trio_sock.fileno()) is False  # Trio's, throughout
+    sock.release()
+
+
+def test_a_timeout_raises_timeout_error_and_zero_raises_blocking_io_error(
+    pair: tuple[trio.socket.SocketType, socket.socket],
+) -> None:
+    trio_sock, _peer = pair
+    sock = ThreadSocket.lend(trio_sock, timeout=0.05)
+    started = time.monotonic()
+    with pytest.raises(TimeoutError, match="timed out") as raised:
+        sock.recv(100)
+    assert 0.04 <= time.monotonic() - started < 5
+    assert raised.value.__context__ is None  # not "during handling of" the EAGAIN
+    sock.settimeout(0.0)
+    assert sock.getblocking() is False
+    with pytest.raises(BlockingIOError):
+        sock.recv(100)
+    sock.setblocking(True)
+    assert sock.gettimeout() is None
+    assert sock.timeout is None
+    sock.release()
+
+
+def test_settimeout_refuses_what_socket_refuses(
+    pair: tuple[trio.socket.SocketType, socket.socket],
+) -> None:
+    trio_sock, _peer = pair
+    sock = ThreadSocket.lend(trio_sock, timeout=None)
+    plain = socket.socket()
+    with plain:
+        for bad in ("1", -1, -0.5, float("nan")):
+            with pytest.raises((TypeError, ValueError)) as expected:
+                plain.settimeout(bad)  # type: ignore[arg-type]
+            with pytest.raises(type(expected.value), match=re.escape(str(expected.value))):
+                sock.settimeout(bad)  # type: ignore[arg-type]
+    sock.settimeout(3)
+    assert sock.gettimeout() == 3.0
+    assert isinstance(sock.gettimeout(), float)  # as CPython's: an int is made a float
+    sock.release()
+
+
+def test_sendall_sends_more_than_the_kernel_takes_at_once_in_order(
+    pair: tuple[trio.socket.SocketType, socket.socket], waits: list[int]
+) -> None:
+    trio_sock, peer = pair
+    sock = ThreadSocket.lend(trio_sock, timeout=10.0)
+    payload = array.array("i", range(1_000_000))  # 4 MB, not bytes: sent as its octets
+    received = bytearray()
+
+    def read_all() -> None:
+        while len(received) < payload.itemsize * len(payload):
+            chunk = peer.recv(1 << 16)
+            if not chunk:
+                return
+            received.extend(chunk)
+
+    reader = threading.Thread(target=read_all)
+    reader.start()
+    sock.sendall(payload)
+    reader.join(10)
+    assert bytes(received) == payload.tobytes()
+    assert waits  # it waited for room
+    assert set(waits) == {select.POLLOUT}
+    sock.release()
+
+
+def test_sendall_to_a_peer_that_never_reads_times_out(
+    pair: tuple[trio.socket.SocketType, socket.socket],
+) -> None:
+    trio_sock, _peer = pair
+    sock = ThreadSocket.lend(trio_sock, timeout=0.1)
+    with pytest.raises(TimeoutError, match="timed out"):
+        sock.sendall(b"x" * (16 << 20))
+    sock.release()
+
+
+def test_closing_it_leaves_the_connection_open_and_dup_owns_its_own(
+    pair: tuple[trio.socket.SocketType, socket.socket],
+) -> None:
+    trio_sock, peer = pair
+    sock = ThreadSocket.lend(trio_sock, timeout=5.0)
+    assert sock.fileno() == trio_sock.fileno()  # the connection's own descriptor
+    copy = sock.dup()
+    assert copy.fileno() != sock.fileno()
+    assert copy.gettimeout() == 5.0
+    reader = sock.makefile("rb")
+    sock.close()
+    peer.sendall(b"line\n")
+    assert reader.readline() == b"line\n"  # the file still holds it
+    reader.close()
+    assert sock.fileno() == -1
+    os.fstat(trio_sock.fileno())  # still open, for the Trio side to close
+    copy.sendall(b"from the copy")
+    assert peer.recv(100) == b"from the copy"
+    copy.close()  # closes its own descriptor only
+    os.fstat(trio_sock.fileno())
+    sock.release()  # after close(): nothing left to let go of
+
+
+@pytest.mark.parametrize("closed_by", ["release", "handler"])
+def test_an_adopted_descriptor_is_closed_by_the_thread(
+    pair: tuple[trio.socket.SocketType, socket.socket], closed_by: str
+) -> None:
+    trio_sock, _peer = pair
+    sock = ThreadSocket.lend(trio_sock)
+    assert sock.adopt() is True
+    assert sock.adopt() is False  # once
+    fd = trio_sock.detach()  # what the Trio side does when adopt() says True
+    if closed_by == "handler":
+        sock.close()
+    sock.release()
+    with pytest.raises(OSError, match="Bad file descriptor"):
+        os.fstat(fd)
