@@ -68,18 +68,38 @@ def test_a_call_that_can_be_made_at_once_does_not_wait(
 
 
 @pytest.mark.parametrize("timeout", [None, 60.0])
-def test_a_blocking_call_waits_for_the_peer_while_the_descriptor_stays_non_blocking(
+def test_a_blocking_call_waits_for_the_peer_and_trio_gets_a_non_blocking_descriptor_back(
     pair: tuple[trio.socket.SocketType, socket.socket], waits: list[int], timeout: float | None
 ) -> None:
     trio_sock, peer = pair
     sock = ThreadSocket.lend(trio_sock, timeout=timeout)
     assert sock.gettimeout() == timeout
     assert sock.getblocking() is True
+    # Without a timeout the descriptor is blocking while the thread has it (the call
+    # itself waits, as in socketserver); with one, it stays non-blocking and poll waits.
+    assert os.get_blocking(trio_sock.fileno()) is (timeout is None)
+    sender = _later(0.05, lambda: peer.sendall(b"late"))
+    assert sock.recv(100) == b"late"
+    sender.join()
+    assert waits == ([] if timeout is None else [select.POLLIN])
+    sock.settimeout(5.0)  # a timeout set by the handler: non-blocking again
+    assert os.get_blocking(trio_sock.fileno()) is False
+    sock.settimeout(None)
+    sock.release()
+    assert os.get_blocking(trio_sock.fileno()) is False  # Trio's again
+
+
+def test_a_shared_socket_never_makes_the_descriptor_blocking(
+    pair: tuple[trio.socket.SocketType, socket.socket], waits: list[int]
+) -> None:
+    trio_sock, peer = pair
+    sock = ThreadSocket.lend(trio_sock, timeout=None, shared=True)
+    sock.setblocking(True)
+    assert os.get_blocking(trio_sock.fileno()) is False
     sender = _later(0.05, lambda: peer.sendall(b"late"))
     assert sock.recv(100) == b"late"
     sender.join()
     assert waits == [select.POLLIN]
-    assert os.get_blocking(trio_sock.fileno()) is False  # Trio's, throughout
     sock.release()
 
 

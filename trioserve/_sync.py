@@ -226,7 +226,7 @@ async def run_sync_handler(
     thread_socket: list[ThreadSocket] = []  # for an abandoned thread (_adopt)
 
     def run_on(trio_sock: trio.socket.SocketType, *, datagram: bytes | None = None) -> None:
-        sock = ThreadSocket.lend(trio_sock, timeout=timeout)
+        sock = ThreadSocket.lend(trio_sock, timeout=timeout, shared=datagram is not None)
         thread_socket.append(sock)
         try:
             run(sock if datagram is None else (datagram, sock))

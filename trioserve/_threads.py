@@ -38,9 +38,10 @@ A thread's socket (`ThreadSocket.lend`) is on the connection's own descriptor: a
 connection holds one descriptor, and a thread needs none of its own, so a server at its
 descriptor limit still serves the connections it has. Everything the handler does with
 the socket (even ``close()``) leaves the descriptor open; the Trio side closes it after
-the handler. The descriptor stays non-blocking throughout, as Trio needs it: the
-socket's blocking mode and timeout are emulated (each call is tried first, and waits in
-``poll(2)`` only if it would block). If a thread is ever abandoned (above), the
+the handler. The socket's timeout is emulated over the non-blocking descriptor (each call
+is tried first, and waits in ``poll(2)`` only if it would block); only without a timeout
+is the descriptor made blocking while the thread has it alone, and non-blocking again
+when it lets go. If a thread is ever abandoned (above), the
 descriptor is handed over to it (`ThreadSocket.adopt`) rather than closed under it, so
 that a number reused by the next connection can never reach a stuck handler.
 
@@ -636,14 +637,18 @@ class ThreadSocket(socket.socket):
     ``close()``) leaves the descriptor open: it is the connection's, and the Trio side
     closes it. So a sync connection holds one descriptor, however many are free.
 
-    The descriptor stays non-blocking, as Trio needs it, even while the thread has it;
-    blocking mode and timeouts (``settimeout``, ``setblocking``, ``gettimeout``) are the
-    socket's own: each call is *tried* first, and only if it would block does the thread
-    wait in ``poll(2)``, for the rest of the timeout (for ``sendall``, the timeout is for
-    the whole call, as CPython's). CPython's own sockets with a timeout poll *before*
-    every call: a request that is there already, or an answer the kernel takes at once,
-    costs one system call here instead of two. A timeout raises `TimeoutError` ("timed
-    out"), and a timeout of 0 `BlockingIOError`, as CPython's sockets do.
+    Timeouts (``settimeout``, ``setblocking``, ``gettimeout``) are the socket's own, over
+    the descriptor that stays non-blocking, as Trio needs it: each call is *tried* first,
+    and only if it would block does the thread wait in ``poll(2)``, for the rest of the
+    timeout (for ``sendall``, the timeout is for the whole call, as CPython's). CPython's
+    own sockets with a timeout poll *before* every call: a request that is there already,
+    or an answer the kernel takes at once, costs one system call here instead of two. A
+    timeout raises `TimeoutError` ("timed out"), and a timeout of 0 `BlockingIOError`, as
+    CPython's sockets do. Without a timeout (blocking mode, socketserver's default), a
+    socket that is not *shared* makes the descriptor blocking for real, so that a wait is
+    the call itself, as in socketserver; `release` makes it non-blocking again. A shared
+    socket (a datagram server's, which Trio keeps receiving on) never changes the
+    descriptor: it waits in ``poll(2)`` without a timeout instead.
 
     If its thread is ever abandoned, `adopt` hands the descriptor over to it: it is then
     closed by `release`, never under the stuck handler.
@@ -651,6 +656,8 @@ class ThreadSocket(socket.socket):
 
     _origin: trio.socket.SocketType | None = None
     _owned: bool = True
+    _shared: bool = True
+    _blocked: bool = False
     _timeout: float | None = None
     _lock: threading.Lock
 
@@ -667,18 +674,23 @@ class ThreadSocket(socket.socket):
         return thread_socket
 
     @classmethod
-    def lend(cls, sock: trio.socket.SocketType, *, timeout: float | None = None) -> ThreadSocket:
+    def lend(
+        cls, sock: trio.socket.SocketType, *, timeout: float | None = None, shared: bool = False
+    ) -> ThreadSocket:
         """A socket on *sock*'s own descriptor, blocking, for a thread.
 
         Its timeout is *timeout* if given, else `socket.getdefaulttimeout`, as for any new
-        socket.
+        socket. *shared*: the Trio side uses the descriptor meanwhile (see the class
+        documentation).
         """
         if timeout is None:
             timeout = socket.getdefaulttimeout()
         thread_socket = cls._on(
-            sock.family, sock.type, sock.proto, sock.fileno(), owned=False, timeout=timeout
+            sock.family, sock.type, sock.proto, sock.fileno(), owned=False, timeout=None
         )
         thread_socket._origin = sock
+        thread_socket._shared = shared
+        thread_socket._set(timeout)
         return thread_socket
 
     # -- blocking mode, emulated over the non-blocking descriptor
@@ -690,7 +702,14 @@ class ThreadSocket(socket.socket):
 
     def settimeout(self, value: float | None) -> None:
         """As `socket.socket.settimeout`."""
-        self._timeout = _timeout_seconds(value)
+        self._set(_timeout_seconds(value))
+
+    def _set(self, timeout: float | None) -> None:
+        self._timeout = timeout
+        blocking = timeout is None and not self._shared
+        if blocking is not self._blocked:
+            os.set_blocking(self.fileno(), blocking)
+            self._blocked = blocking
 
     def gettimeout(self) -> float | None:
         """As `socket.socket.gettimeout`."""
@@ -698,7 +717,7 @@ class ThreadSocket(socket.socket):
 
     def setblocking(self, flag: bool) -> None:
         """As `socket.socket.setblocking`."""
-        self._timeout = None if flag else 0.0
+        self._set(None if flag else 0.0)
 
     def getblocking(self) -> bool:
         """As `socket.socket.getblocking`."""
@@ -793,7 +812,11 @@ class ThreadSocket(socket.socket):
                 self._wait(_WRITE, deadline)
 
     def dup(self) -> ThreadSocket:
-        """As `socket.socket.dup`: a socket of the same kind, on a descriptor of its own."""
+        """As `socket.socket.dup`: a socket of the same kind, on a descriptor of its own.
+
+        The duplicate shares the descriptor's blocking flag, so it is *shared*: it never
+        changes it (while this socket has no timeout, the duplicate's calls block).
+        """
         fd = os.dup(self.fileno())
         return self._on(self.family, self.type, self.proto, fd, owned=True, timeout=self._timeout)
 
@@ -827,3 +850,8 @@ class ThreadSocket(socket.socket):
             fd = _Socket.detach(self)
             if fd >= 0 and self._owned:
                 os.close(fd)
+                return
+        if self._blocked:  # even if the handler closed it: the descriptor is the connection's
+            origin = self._origin
+            if origin is not None and origin.fileno() >= 0:
+                os.set_blocking(origin.fileno(), False)
