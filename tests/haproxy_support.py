@@ -608,18 +608,29 @@ class HAProxy:
         check's result (``L7OK``, ``L4OK``, ``L4CON`` for a refused connect...),
         ``chkfail`` and ``chkdown`` count failed checks and UP-to-DOWN transitions,
         ``wretr`` and ``wredis`` the retries and redispatches. HAProxy marks a check still
-        in progress with a ``"* "`` before the last result; that mark is taken off here.
+        in progress with a ``"* "`` before the last result, and shows no ``check_code``
+        for it meanwhile: the table is read again (a few ms, bounded) until no check is in
+        progress, so every field of a row is of one finished check; the mark is taken off.
         """
-        text = await self.command("show stat")
+        servers: dict[str, dict[str, str]] = {}
+        with trio.move_on_after(START_TIMEOUT):
+            while True:
+                servers = self._parse_stat(await self.command("show stat"), backend)
+                if not any(_checking(row) for row in servers.values()):
+                    break
+                await trio.sleep(POLL_INTERVAL)
+        for row in servers.values():
+            row["check_status"] = (row.get("check_status") or "").removeprefix("* ")
+        return servers
+
+    @staticmethod
+    def _parse_stat(text: str, backend: str) -> dict[str, dict[str, str]]:
         rows = csv.DictReader(text.removeprefix("# ").splitlines())
-        servers = {
+        return {
             row["svname"]: row
             for row in rows
             if row["pxname"] == backend and row["svname"] not in ("FRONTEND", "BACKEND")
         }
-        for row in servers.values():
-            row["check_status"] = (row.get("check_status") or "").removeprefix("* ")
-        return servers
 
     async def wait_until_up(self, names: Sequence[str]) -> dict[str, dict[str, str]]:
         """Wait (bounded) until HAProxy's checks say every server in *names* is UP."""
@@ -1032,3 +1043,8 @@ class Load:
             f"{self.sent} requests sent, {self.ok} answered 200, {failed} failed "
             f"(answers by backend port: {dict(sorted(by_port.items()))}){first}"
         )
+
+
+def _checking(row: dict[str, str]) -> bool:
+    """Whether HAProxy's check of the server in *row* is in progress."""
+    return (row.get("check_status") or "").startswith("* ")

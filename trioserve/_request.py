@@ -347,12 +347,9 @@ class RequestPath:
         ending: str,
     ) -> None:
         """The last steps of `dispatch`, whatever happened."""
-        with self.counters.lock:
-            self.counters.active -= 1
         if sock is not None and sizes is None:
             sizes = self._count_tcp(sock)  # not run directly: read it if still open
-        if self.timed:
-            self._observe(started, request, client_address, sizes, ending)
+        self._ended(started, request, client_address, sizes, ending)
         if self.discard is not None:
             # Done at once for a plain socket; a TLS stream's close is awaited, shielded.
             closing = self.discard(request)
@@ -367,10 +364,11 @@ class RequestPath:
     ) -> HandOff:
         """What a worker thread needs to serve *request* to its end (`trioserve._sync`)."""
         serving = self.server._trioserve.serving
-        task = trio.lowlevel.current_task()
+        nursery = trio.lowlevel.current_task().parent_nursery
+        assert nursery is not None  # a task of the serving run's nursery (may_hand_off)
         return HandOff(
             serving.owned,
-            task.parent_nursery,
+            nursery,
             functools.partial(
                 self._end_in_thread, request, client_address, slots, started, serving.owned
             ),
@@ -414,10 +412,7 @@ class RequestPath:
         finally:
             assert self.thread_close is not None
             owned.discard(connection, functools.partial(self.thread_close, sock))
-            with counters.lock:
-                counters.active -= 1
-            if self.timed:
-                self._observe(started, request, client_address, sizes, ending)
+            self._ended(started, request, client_address, sizes, ending)
             if slots is not None:
                 slots.release()
 
@@ -430,6 +425,20 @@ class RequestPath:
                 counters.bytes_in += sizes[0]
                 counters.bytes_out += sizes[1]
         return sizes
+
+    def _ended(
+        self,
+        started: float,
+        request: Any,
+        client_address: Any,
+        sizes: tuple[int, int | None] | None,
+        ending: str,
+    ) -> None:
+        """A request is no longer active; measure it if asked to (`_observe`)."""
+        with self.counters.lock:
+            self.counters.active -= 1
+        if self.timed:
+            self._observe(started, request, client_address, sizes, ending)
 
     def _observe(
         self,

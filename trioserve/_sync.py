@@ -127,9 +127,9 @@ class HandOff:
       nursery: where a keep-alive connection waits for its next request, in a task of
         its own, between two threads.
       end: the request path's last steps, called in the thread once the connection is
-        done with: with the connection (to `OwnedConnections.discard` as it closes its
-        socket) and what the handler raised (from the ``except`` block that caught it),
-        or None.
+        done with (`run_to_end`): with the connection (to `OwnedConnections.discard` as
+        it closes its socket) and what the handler raised (from the ``except`` block that
+        caught it), or None.
     """
 
     __slots__ = ("end", "nursery", "owned", "task")
@@ -137,7 +137,7 @@ class HandOff:
     def __init__(
         self,
         owned: OwnedConnections,
-        nursery: trio.Nursery | None,
+        nursery: trio.Nursery,
         end: Callable[[Any, BaseException | None], None],
     ) -> None:
         self.owned = owned
@@ -155,21 +155,47 @@ class HandOff:
         *,
         registered: bool = False,
     ) -> None:
-        """Register *connection* (unless *registered*), and start *work* for it in one of
-        its server's at most *limit* handler threads once one is free."""
+        """Register *connection* (unless *registered*), and run *work* for it to its end
+        (`run_to_end`) in one of its server's at most *limit* handler threads, once one
+        is free."""
         if not registered:
             self.owned.add(connection)
         try:
             await take_handler_thread(connection.server, limit)
-            start_handler_thread(connection.server, limit, self.task, self.owned, work, taken=True)
+            self.start(connection, limit, work, taken=True)
         except BaseException:
             if not registered:
                 self.owned.discard(connection)  # no thread: the caller ends it
             raise
 
-    def finish(self, connection: _Connection, error: BaseException | None) -> None:
-        """In the thread: *connection* is done with; the request path ends it."""
-        self.end(connection, error)
+    def start(
+        self,
+        connection: _Connection,
+        limit: int | None,
+        work: Callable[[], object],
+        *,
+        taken: bool,
+    ) -> None:
+        """In the Trio thread: `run_to_end` in a handler thread (`start_handler_thread`)."""
+        start_handler_thread(
+            connection.server,
+            limit,
+            self.task,
+            self.owned,
+            lambda: self.run_to_end(connection, work),
+            taken=taken,
+        )
+
+    def run_to_end(self, connection: _Connection, work: Callable[[], object]) -> None:
+        """In the thread: *work*, then the request path ends *connection* (`end`), with
+        what *work* raised; unless *work* returned False: the connection lives on."""
+        try:
+            if work() is False:
+                return
+        except BaseException as exc:
+            self.end(connection, exc)
+        else:
+            self.end(connection, None)
 
 
 async def run_sync_handler(
@@ -216,7 +242,7 @@ async def run_sync_handler(
             return await connection.serve(thread_limit(server, per_request=True), hand_off)
         if hand_off is not None:
             whole = _Whole(handler_class, request.socket, client_address, server, timeout)
-            await hand_off.hand_over(whole, thread_limit(server), lambda: whole.serve(hand_off))
+            await hand_off.hand_over(whole, thread_limit(server), whole.handle)
             return True
     limit = thread_limit(server)
 
@@ -294,18 +320,13 @@ class _Whole(_Connection):
         self.handler_class = handler_class
         self.timeout = timeout
 
-    def serve(self, hand_off: HandOff) -> None:
-        """In the thread: the handler, then the request path's end of the connection."""
+    def handle(self) -> None:
+        """In the thread: the handler, on a socket lent for its life."""
         sock = ThreadSocket.lend(self.trio_sock, timeout=self.timeout)
         try:
-            try:
-                run_sync_handler_life(self.handler_class, sock, self.client_address, self.server)
-            finally:
-                sock.release()
-        except BaseException as exc:
-            hand_off.finish(self, exc)
-        else:
-            hand_off.finish(self, None)
+            run_sync_handler_life(self.handler_class, sock, self.client_address, self.server)
+        finally:
+            sock.release()
 
 
 def _is_datagram(request: Any) -> bool:
@@ -532,26 +553,22 @@ class _KeepAlive(_Connection):
         """
         await hand_off.hand_over(self, limit, lambda: self._own(limit, hand_off), registered=again)
 
-    def _own(self, limit: int | None, hand_off: HandOff) -> None:
+    def _own(self, limit: int | None, hand_off: HandOff) -> bool:
         """In the thread: requests, for as long as the next one is here already.
 
-        Hands the connection back to a task of its own when it has to wait for the
-        next request (`_wait_in_trio`), and ends it when it closes.
+        Returns False once the connection was handed back to a task of its own, to wait
+        for its next request (`_wait_in_trio`); True once it ended.
         """
-        try:
-            while not self._serve_one():
-                if getattr(self.server, "draining", False):
-                    self._end()  # no next request once the server stops (as gunicorn)
-                    break
-                if not self._next_is_here():
-                    if self._wait_in_trio(limit, hand_off):
-                        return
-                    self._end()  # the run is over: no task can wait for it
-                    break
-        except BaseException as exc:
-            hand_off.finish(self, exc)
-        else:
-            hand_off.finish(self, None)
+        while not self._serve_one():
+            if getattr(self.server, "draining", False):
+                self._end()  # no next request once the server stops (as gunicorn)
+                return True
+            if not self._next_is_here():
+                if self._wait_in_trio(limit, hand_off):
+                    return False
+                self._end()  # the run is over: no task can wait for it
+                return True
+        return True
 
     def _next_is_here(self) -> bool:
         """In the thread: whether the next request can be read, waiting `LINGER` at most."""
@@ -568,8 +585,6 @@ class _KeepAlive(_Connection):
 
         def start() -> None:
             try:
-                if nursery is None:
-                    raise RuntimeError("no nursery")
                 nursery.start_soon(self._resume, limit, hand_off)
             except RuntimeError:  # the run is stopping: the nursery is closed to new tasks
                 self._end_soon(limit, hand_off)
@@ -599,24 +614,9 @@ class _KeepAlive(_Connection):
         self._end_soon(limit, hand_off)
 
     def _end_soon(self, limit: int | None, hand_off: HandOff) -> None:
-        """In the Trio thread: end the connection in a thread, without waiting for one."""
-        start_handler_thread(
-            self.server,
-            limit,
-            hand_off.task,
-            hand_off.owned,
-            lambda: self._end_owned(hand_off),
-            taken=False,
-        )
-
-    def _end_owned(self, hand_off: HandOff) -> None:
-        """In a thread: ``finish()``, then the request path ends the connection."""
-        try:
-            self._end()
-        except BaseException as exc:
-            hand_off.finish(self, exc)
-        else:
-            hand_off.finish(self, None)
+        """In the Trio thread: ``finish()`` and the connection's end, in a thread started
+        at once (not waiting for a free one)."""
+        hand_off.start(self, limit, self._end, taken=False)
 
     async def _wait_for_request(
         self,

@@ -513,9 +513,6 @@ class OwnedConnections:
         self.token = trio.lowlevel.current_trio_token()
         self._waiter: trio.Event | None = None
 
-    def __len__(self) -> int:
-        return len(self._connections)
-
     def add(self, connection: Owned) -> None:
         """Register *connection*: a thread will end it (in the Trio thread)."""
         with self._lock:
