@@ -434,24 +434,17 @@ class RequestPath:
         sizes: tuple[int, int | None] | None,
         ending: str,
     ) -> None:
-        """A request is no longer active; measure it if asked to (`_observe`)."""
-        with self.counters.lock:
-            self.counters.active -= 1
-        if self.timed:
-            self._observe(started, request, client_address, sizes, ending)
-
-    def _observe(
-        self,
-        started: float,
-        request: Any,
-        client_address: Any,
-        sizes: tuple[int, int | None] | None,
-        ending: str,
-    ) -> None:
-        """Measure a request that ended: the duration histogram, and the access log."""
+        """A request is no longer active; when asked to, it is measured: the duration
+        histogram, and the access log."""
+        counters = self.counters
+        if not self.timed:
+            with counters.lock:
+                counters.active -= 1
+            return
         duration = time.perf_counter() - started
-        with self.counters.lock:
-            self.counters.observe(duration)
+        with counters.lock:
+            counters.active -= 1
+            counters.observe(duration)
         if not self.access_log:
             return
         if sizes is None and self.datagram and type(request) is tuple:
