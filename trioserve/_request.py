@@ -333,31 +333,18 @@ class RequestPath:
                 if not self.noop_shutdown:
                     await self.close(request)
         finally:
-            if not handed:
-                await self._end(request, client_address, slots, started, sock, sizes, ending)
-
-    async def _end(
-        self,
-        request: Any,
-        client_address: Any,
-        slots: Tokens | None,
-        started: float,
-        sock: Any,
-        sizes: tuple[int, int | None] | None,
-        ending: str,
-    ) -> None:
-        """The last steps of `dispatch`, whatever happened."""
-        if sock is not None and sizes is None:
-            sizes = self._count_tcp(sock)  # not run directly: read it if still open
-        self._ended(started, request, client_address, sizes, ending)
-        if self.discard is not None:
-            # Done at once for a plain socket; a TLS stream's close is awaited, shielded.
-            closing = self.discard(request)
-            if closing is not None:
-                with trio.CancelScope(shield=True):
-                    await closing
-        if slots is not None:
-            slots.release()
+            if not handed:  # (inline: a coroutine more per datagram is measurable)
+                if sock is not None and sizes is None:
+                    sizes = self._count_tcp(sock)  # not run directly: read it if still open
+                self._ended(started, request, client_address, sizes, ending)
+                if self.discard is not None:
+                    # At once for a plain socket; a TLS stream's close is awaited, shielded.
+                    closing = self.discard(request)
+                    if closing is not None:
+                        with trio.CancelScope(shield=True):
+                            await closing
+                if slots is not None:
+                    slots.release()
 
     def _hand_off(
         self, request: trio.SocketStream, client_address: Any, slots: Tokens | None, started: float
