@@ -9,6 +9,9 @@ is taken between runs seconds apart, so the load of a shared machine moves both 
 alike. It prints, for each contender, the median requests/s and server CPU per request,
 and the median (with quartiles) of its ratio to the first contender in each run.
 
+``--mode udp`` drives UDP echo contenders (``udp-*``) with `bench.udp_client` instead
+(``--concurrency`` does not apply), and counts requests as echoed datagrams.
+
 Example: the code at commit C against the working tree, with raw Trio::
 
     git archive C --prefix=before/ | tar -x -C /tmp && cp -r bench /tmp/before/
@@ -31,6 +34,7 @@ from bench.run import (
     ensure_wrk,
     log,
     pin_cpus,
+    run_udp,
     run_wrk,
     start_server,
     stop_server,
@@ -50,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the alternation; print one line per contender."""
     parser = argparse.ArgumentParser(prog="python -m bench.paired")
     parser.add_argument("contenders", nargs="+", metavar="LABEL=NAME[@DIR]")
-    parser.add_argument("--mode", choices=list(WRK_MODES), default="keep-alive")
+    parser.add_argument("--mode", choices=[*WRK_MODES, "udp"], default="keep-alive")
     parser.add_argument("--concurrency", type=int, default=10)
     parser.add_argument("--runs", type=int, default=8)
     parser.add_argument("--seconds", type=int, default=1)
@@ -61,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         label, _, rest = text.partition("=")
         name, _, directory = rest.partition("@")
         specs.append((label, name or label, Path(directory) if directory else ROOT))
-    wrk = ensure_wrk()
+    wrk = "" if args.mode == "udp" else ensure_wrk()
     if not args.no_pin:
         pin_cpus()
     servers: dict[str, Server] = {}
@@ -74,14 +78,18 @@ def main(argv: list[str] | None = None) -> int:
             order = labels if number % 2 == 0 else labels[::-1]
             log(f"run {number + 1}/{args.runs}")
             for label in order:
+                server = servers[label]
                 runs[label].append(
-                    run_wrk(wrk, servers[label], args.concurrency, args.seconds, args.mode)
+                    run_udp(server, args.seconds)
+                    if args.mode == "udp"
+                    else run_wrk(wrk, server, args.concurrency, args.seconds, args.mode)
                 )
     finally:
         for server in servers.values():
             stop_server(server)
     first = specs[0][0]
-    print(f"{args.mode}, c{args.concurrency}, {args.runs} runs of {args.seconds} s:")
+    load = "a window of 32 datagrams" if args.mode == "udp" else f"c{args.concurrency}"
+    print(f"{args.mode}, {load}, {args.runs} runs of {args.seconds} s:")
     for label, name, directory in specs:
         mine = runs[label]
         ratios = [a.rps / b.rps for a, b in zip(mine, runs[first], strict=True) if b.rps]

@@ -694,7 +694,7 @@ def udp_part(options: Options) -> None:
             order = names[shift:] + names[:shift]
             log(f"udp round {round_number + 1}/{options.rounds}: {', '.join(order)}")
             for name in order:
-                rates[name].append(_udp_one(servers[name], options.duration))
+                rates[name].append(run_udp(servers[name], options.duration).rps)
     rows = []
     verdicts = []
     for name in names:
@@ -723,7 +723,13 @@ def udp_part(options: Options) -> None:
     print("\n" + "\n".join(verdicts) if verdicts else "")
 
 
-def _udp_one(server: Server, seconds: int) -> float:
+def run_udp(server: Server, seconds: int) -> Measurement:
+    """Drive *server* with `bench.udp_client`; return datagrams/s and the server's CPU.
+
+    ``rps`` is echoes answered per second (NaN when the client failed), ``cpu_us`` the
+    server's CPU time per answered echo; latencies are not measured (NaN).
+    """
+    cpu_before = server.cpu_seconds()
     result = subprocess.run(
         [
             *WRK_PREFIX,
@@ -741,11 +747,21 @@ def _udp_one(server: Server, seconds: int) -> float:
         timeout=seconds + 60,
         check=False,
     )
+    cpu = server.cpu_seconds() - cpu_before
+    nan = float("nan")
     match = re.search(r"ANSWERED (\d+) SENT (\d+) SECONDS ([\d.]+)", result.stdout)
     if match is None:
         log(f"{server.name}: the UDP client failed: {result.stdout.strip()} {result.stderr}")
-        return float("nan")
-    return int(match.group(1)) / float(match.group(3))
+        return Measurement(rps=nan, p50_ms=nan, p99_ms=nan, cpu_us=nan, errors=1)
+    answered = int(match.group(1))
+    return Measurement(
+        rps=answered / float(match.group(3)),
+        p50_ms=nan,
+        p99_ms=nan,
+        cpu_us=cpu / answered * 1e6 if answered else nan,
+        errors=int(match.group(2)) - answered,
+        requests=answered,
+    )
 
 
 def pool_part() -> None:

@@ -243,6 +243,46 @@ async def test_a_token_given_to_a_cancelled_waiter_goes_to_the_next() -> None:
     assert tokens.available == 3
 
 
+async def test_tokens_taken_and_given_back_in_the_run_keep_their_count() -> None:
+    tokens = Tokens(2)
+    await tokens.acquire()  # free: taken at once
+    tokens.acquire_nowait()
+    assert tokens.available == 0
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await tokens.acquire()  # a checkpoint: cancelled before it takes anything
+    assert scope.cancelled_caught
+    tokens.release()
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await tokens.acquire()
+    assert scope.cancelled_caught
+    assert tokens.available == 1
+    tokens.release()
+    assert tokens.available == 2
+
+
+async def test_raising_the_total_wakes_the_waiting_tasks_in_order() -> None:
+    tokens = Tokens(0)
+    order: list[str] = []
+
+    async def take(name: str) -> None:
+        await tokens.acquire()
+        order.append(name)
+
+    async with trio.open_nursery() as nursery:
+        for name in ("first", "second", "third"):
+            nursery.start_soon(take, name)
+            await trio.testing.wait_all_tasks_blocked()
+        tokens.set_total(2)
+        await trio.testing.wait_all_tasks_blocked()
+        assert order == ["first", "second"]
+        assert tokens.available == 0
+        tokens.release()  # the first's token, passed on to the third
+    assert order == ["first", "second", "third"]
+    assert tokens.available == 0
+
+
 async def test_shutting_down_reaches_only_connections_not_yet_closed() -> None:
     shut: list[str] = []
 

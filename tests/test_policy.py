@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextvars
+import socket
 import socketserver
+from typing import ClassVar
 
 import pytest
 import trio
@@ -16,9 +19,12 @@ from trioserve import (
     TCPServer,
     ThreadingTCPServer,
 )
-from trioserve.testing import connect, serving
+from trioserve._policy import IDLE_TASKS
+from trioserve._serving import serving_tasks
+from trioserve.testing import connect, exchange_datagram, serving
 
 from .helpers import (
+    PATIENCE,
     UpperHandler,
     receive_exactly,
 )
@@ -101,6 +107,95 @@ async def test_plain_server_handles_one_connection_at_a_time(
             await first.aclose()
             assert await receive_exactly(second, 4) == b"TWO\n"
             await second.aclose()
+
+
+# -- request tasks: kept for the next request -----------------------------------------------
+
+SEEN: contextvars.ContextVar[bytes] = contextvars.ContextVar("SEEN", default=b"unset")
+
+
+class _TaskEcho(trioserve.BaseRequestHandler):
+    """Answer with what the request's context held, and note the task that ran it."""
+
+    tasks: ClassVar[list[trio.lowlevel.Task]] = []
+
+    async def handle(self) -> None:
+        data, sock = self.request
+        self.tasks.append(trio.lowlevel.current_task())
+        seen = SEEN.get()
+        if data.startswith(b"set "):
+            SEEN.set(data[4:])
+        await sock.sendto(seen, self.client_address)
+
+
+def _request_tasks(root: trio.lowlevel.Task) -> list[trio.lowlevel.Task]:
+    found, below = [], [root]
+    while below:
+        for nursery in below.pop().child_nurseries:
+            for child in nursery.child_tasks:
+                below.append(child)
+                if child.name == "trioserve._request.RequestPath.dispatch":
+                    found.append(child)
+    return found
+
+
+async def test_requests_one_after_another_run_in_one_task() -> None:
+    _TaskEcho.tasks = []
+    with trioserve.ThreadingUDPServer(LOCALHOST, _TaskEcho) as server:
+        async with serving(server):
+            for number in range(5):
+                with trio.fail_after(PATIENCE):
+                    assert await exchange_datagram(server, b"%d" % number) == b"unset"
+    assert len(_TaskEcho.tasks) == 5
+    assert len(set(_TaskEcho.tasks)) == 1
+
+
+async def test_a_context_variable_set_by_one_request_is_not_seen_by_the_next() -> None:
+    _TaskEcho.tasks = []
+    with trioserve.ThreadingUDPServer(LOCALHOST, _TaskEcho) as server:
+        async with serving(server):
+            for value in (b"set a", b"set b", b"plain", b"plain"):
+                with trio.fail_after(PATIENCE):
+                    assert await exchange_datagram(server, value) == b"unset"
+    # A task whose context changed is not kept; the two plain requests share one.
+    assert len(set(_TaskEcho.tasks)) == 3
+
+
+async def test_after_a_burst_at_most_idle_tasks_wait_and_a_stop_ends_them() -> None:
+    burst = IDLE_TASKS + 16
+    arrived = 0
+    all_in = trio.Event()
+    release = trio.Event()
+
+    class Held(trioserve.BaseRequestHandler):
+        async def handle(self) -> None:
+            nonlocal arrived
+            data, sock = self.request
+            arrived += 1
+            if arrived == burst:
+                all_in.set()
+            await release.wait()
+            await sock.sendto(data, self.client_address)
+
+    with trioserve.ThreadingUDPServer(LOCALHOST, Held) as server, trio.fail_after(PATIENCE):
+        # (The nursery's end is bounded too: it waits for serve_forever to return.)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve_forever)
+            (serve_task,) = serving_tasks() & set(nursery.child_tasks)
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as raw:
+                client = trio.socket.from_stdlib_socket(raw)
+                await client.connect(server.server_address)
+                for number in range(burst):
+                    await client.send(b"%d" % number)
+                await all_in.wait()
+                assert len(_request_tasks(serve_task)) == burst
+                release.set()
+                answers = {await client.recv(100) for _ in range(burst)}
+                await trio.testing.wait_all_tasks_blocked()
+            assert answers == {b"%d" % number for number in range(burst)}
+            assert len(_request_tasks(serve_task)) == IDLE_TASKS
+            # The tasks waiting for a request end with the run: serve_forever returns.
+            server.shutdown()
 
 
 # -- max_connections -------------------------------------------------------------------------

@@ -41,7 +41,7 @@ import trio
 
 from ._access import CLOSED, CUT, REFUSED, ending_of, log_access, transport_name
 from ._handlers import HandlerClass, is_sync_handler, run_async_handler
-from ._stats import tcp_bytes
+from ._stats import Counters, Tally, tcp_bytes
 from ._sync import HandOff, run_sync_handler
 from ._threads import OwnedConnections, Tokens
 
@@ -151,6 +151,15 @@ async def run_handler(
     await runner(handler_class, request, client_address, server)
 
 
+def _count_tcp(sock: Any, tally: Tally) -> tuple[int, int | None] | None:
+    """Add a TCP connection's bytes (the kernel's count) to the Trio thread's *tally*."""
+    sizes = tcp_bytes(sock)
+    if sizes is not None:
+        tally.bytes_in += sizes[0]
+        tally.bytes_out += sizes[1]
+    return sizes
+
+
 def _report_exit(exc: BaseException) -> None:
     """A handler's SystemExit, in a request of its own: as a thread of socketserver's
     ``ThreadingMixIn`` ends, reported to `threading.excepthook` (which ignores
@@ -180,6 +189,7 @@ class RequestPath:
         "run_handler",
         "server",
         "service_actions",
+        "tally",
         "tcp",
         "thread_close",
         "timed",
@@ -228,8 +238,10 @@ class RequestPath:
             and not inspect.iscoroutinefunction(server.handle_error)
         ):
             self.thread_close = server._trioserve_thread_close
-        #: The server's statistics, counted here (`trioserve._stats`).
-        self.counters = server._trioserve.counters
+        #: The server's statistics, counted here (`trioserve._stats`): in the Trio
+        #: thread, in `tally`, without a lock.
+        self.counters: Counters = server._trioserve.counters
+        self.tally: Tally = self.counters.own
         #: ``tcp``, ``unix``, ``udp`` or ``unix-dgram``, for the access log.
         self.transport = transport_name(server)
         self.tcp = self.transport == "tcp"
@@ -261,12 +273,11 @@ class RequestPath:
         the access log or the duration histogram on, a clock read and its line too.
         """
         server = self.server
-        counters = self.counters
-        with counters.lock:
-            counters.active += 1
-            counters.total += 1
-            if self.datagram and type(request) is tuple:
-                counters.bytes_in += len(request[0])
+        tally = self.tally
+        tally.active += 1
+        tally.total += 1
+        if self.datagram and type(request) is tuple:
+            tally.bytes_in += len(request[0])
         # A TCP connection's bytes are the kernel's count, read as its handler ends.
         sock = request.socket if self.tcp and type(request) is trio.SocketStream else None
         sizes: tuple[int, int | None] | None = None
@@ -303,7 +314,7 @@ class RequestPath:
                                 )
                         finally:
                             if sock is not None and not handed:
-                                sizes = self._count_tcp(sock)
+                                sizes = _count_tcp(sock, tally)
                         if handed:
                             return
                         if not self.noop_shutdown:
@@ -311,8 +322,7 @@ class RequestPath:
                     else:
                         await call_hook(server.process_request, request, client_address)
                 except Exception as exc:
-                    with counters.lock:
-                        counters.errors += 1
+                    tally.errors += 1
                     if self.timed:
                         ending = ending_of(exc)
                     await self.report(request, client_address)
@@ -335,7 +345,7 @@ class RequestPath:
         finally:
             if not handed:  # (inline: a coroutine more per datagram is measurable)
                 if sock is not None and sizes is None:
-                    sizes = self._count_tcp(sock)  # not run directly: read it if still open
+                    sizes = _count_tcp(sock, tally)  # not run directly: read it if still open
                 self._ended(started, request, client_address, sizes, ending)
                 if self.discard is not None:
                     # At once for a plain socket; a TLS stream's close is awaited, shielded.
@@ -376,16 +386,13 @@ class RequestPath:
         Called with what the handler raised from the ``except`` block that caught it (so
         ``handle_error`` sees it as socketserver's does, in the handler's thread), or with
         None. ``shutdown_request`` and ``close_request`` are the transport's own here:
-        its `thread_close` does what they do.
+        its `thread_close` does what they do. Counted in the worker threads' tally.
         """
-        counters = self.counters
         sock = request.socket
-        sizes = self._count_tcp(sock) if self.tcp else None  # before it is closed
+        sizes = tcp_bytes(sock) if self.tcp else None  # before it is closed
         ending = CLOSED
         try:
             if isinstance(error, Exception):
-                with counters.lock:
-                    counters.errors += 1
                 if self.timed:
                     ending = ending_of(error)
                 try:
@@ -399,19 +406,22 @@ class RequestPath:
         finally:
             assert self.thread_close is not None
             owned.discard(connection, functools.partial(self.thread_close, sock))
-            self._ended(started, request, client_address, sizes, ending)
-            if slots is not None:
-                slots.release()
-
-    def _count_tcp(self, sock: Any) -> tuple[int, int | None] | None:
-        """Add a TCP connection's bytes (the kernel's count) to the server's statistics."""
-        sizes = tcp_bytes(sock)
-        if sizes is not None:
+            duration = time.perf_counter() - started if self.timed else 0.0
             counters = self.counters
             with counters.lock:
-                counters.bytes_in += sizes[0]
-                counters.bytes_out += sizes[1]
-        return sizes
+                tally = counters.threads
+                tally.active -= 1
+                if isinstance(error, Exception):
+                    tally.errors += 1
+                if sizes is not None:
+                    tally.bytes_in += sizes[0]
+                    tally.bytes_out += sizes[1]
+                if self.timed:
+                    tally.observe(duration)
+            if self.access_log:
+                self._log(duration, request, client_address, sizes, ending)
+            if slots is not None:
+                slots.release()
 
     def _ended(
         self,
@@ -422,18 +432,23 @@ class RequestPath:
         ending: str,
     ) -> None:
         """A request is no longer active; when asked to, it is measured: the duration
-        histogram, and the access log."""
-        counters = self.counters
-        if not self.timed:
-            with counters.lock:
-                counters.active -= 1
-            return
-        duration = time.perf_counter() - started
-        with counters.lock:
-            counters.active -= 1
-            counters.observe(duration)
-        if not self.access_log:
-            return
+        histogram, and the access log. (In the Trio thread.)"""
+        tally = self.tally
+        tally.active -= 1
+        if self.timed:
+            duration = time.perf_counter() - started
+            tally.observe(duration)
+            if self.access_log:
+                self._log(duration, request, client_address, sizes, ending)
+
+    def _log(
+        self,
+        duration: float,
+        request: Any,
+        client_address: Any,
+        sizes: tuple[int, int | None] | None,
+        ending: str,
+    ) -> None:
         if sizes is None and self.datagram and type(request) is tuple:
             sizes = (len(request[0]), None)
         received, sent = sizes if sizes is not None else (None, None)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, final
 
@@ -36,7 +37,17 @@ from ._threads import OwnedConnections, descends_from, waiting_task
 if TYPE_CHECKING:
     from ._request import RequestPath
 
-__all__ = ["ServerState", "Serving"]
+__all__ = ["ServerState", "Serving", "serving_tasks"]
+
+# The runs in progress in this process, of every server (see `serving_tasks`).
+_runs: weakref.WeakSet[Serving] = weakref.WeakSet()
+
+
+def serving_tasks() -> frozenset[trio.lowlevel.Task]:
+    """The tasks serving a server now, in any run of this process: each server's
+    handler tasks descend from its serving task. (For `trioserve.testing`'s leak check,
+    which leaves other servers' tasks to them.)"""
+    return frozenset(serving.task for serving in list(_runs))
 
 
 @final
@@ -44,6 +55,7 @@ class Serving:
     """One run of ``serve_forever``: its scopes, its token, its drain."""
 
     __slots__ = (
+        "__weakref__",
         "accept_scope",
         "draining",
         "grace",
@@ -169,6 +181,7 @@ class ServerState:
             if self.serving is not None:
                 raise RuntimeError("the server is already serving")
             self.serving = serving
+            _runs.add(serving)
             if self.shutdown_pending:
                 self.shutdown_pending = False
                 serving.accept_scope.cancel()
@@ -179,4 +192,5 @@ class ServerState:
         with self.lock:
             if self.serving is serving:
                 self.serving = None
+            _runs.discard(serving)
         serving.stopped.set()

@@ -5,10 +5,11 @@ What is counted, and what it costs
 The request path (`trioserve._request.RequestPath.dispatch`) keeps one `Counters` per
 server (on its `~trioserve._serving.ServerState`): per request, two increments when it
 starts (``active``, ``total``), one decrement when it ends, one increment for a handler
-that raised. Those are plain ``int`` attributes of a ``__slots__`` object, changed only in
-the server's Trio thread, so they need no lock; a reader in another thread sees each
-figure whole (CPython reads and writes an attribute atomically), though two figures of
-one snapshot may be a request apart.
+that raised. Those are plain ``int`` attributes of a ``__slots__`` object (`Tally`),
+changed only in the server's Trio thread, so they need no lock; a reader in another
+thread sees each figure whole (CPython reads and writes an attribute atomically), though
+two figures of one snapshot may be a request apart. A connection a worker thread serves
+to its end is ended there: those threads count in a `Tally` of their own, under a lock.
 
 Bytes are not counted on the read and write paths at all. For a TCP connection the kernel
 has counted them already: one ``getsockopt(TCP_INFO)`` as the connection ends gives the
@@ -50,6 +51,7 @@ __all__ = [
     "PUSH_INTERVAL",
     "Counters",
     "Statistics",
+    "Tally",
     "WorkerStatistics",
     "push_statistics",
     "tcp_bytes",
@@ -102,28 +104,12 @@ def tcp_bytes(sock: Any) -> tuple[int, int] | None:
 
 
 @final
-class Counters:
-    """One server's running figures; read from anywhere.
+class Tally:
+    """Running figures with a single writer (see `Counters`)."""
 
-    Changed under `lock`: in the Trio thread, and in the worker threads that end the
-    connections they were handed (`trioserve._sync`).
-    """
-
-    __slots__ = (
-        "active",
-        "bytes_in",
-        "bytes_out",
-        "duration_sum",
-        "durations",
-        "errors",
-        "lock",
-        "retired",
-        "total",
-        "workers",
-    )
+    __slots__ = ("active", "bytes_in", "bytes_out", "duration_sum", "durations", "errors", "total")
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
         self.active = 0
         self.total = 0
         self.errors = 0
@@ -132,28 +118,57 @@ class Counters:
         #: Requests per duration bucket (`DURATION_BUCKETS`, then +Inf), when measured.
         self.durations = [0] * (len(DURATION_BUCKETS) + 1)
         self.duration_sum = 0.0
-        #: A pool's parent: the last figures of each live worker, by pid.
-        self.workers: dict[int, WorkerStatistics] = {}
-        #: A pool's parent: the totals of workers that have exited.
-        self.retired = WorkerStatistics(pid=0)
 
     def observe(self, seconds: float) -> None:
         """Count one request's handler duration in the histogram."""
         self.durations[bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1
         self.duration_sum += seconds
 
+
+@final
+class Counters:
+    """One server's running figures; read from anywhere.
+
+    Two `Tally` objects, each with one writer, so the request path takes no lock:
+    `own`, changed in the server's Trio thread only, and `threads`, what the worker
+    threads that end the connections they were handed (`trioserve._sync`) add, under
+    `lock`. A connection counted as active in `own` and ended in a thread counts -1 in
+    ``threads.active``. `figures` adds the two.
+    """
+
+    __slots__ = ("lock", "own", "retired", "threads", "workers")
+
+    def __init__(self) -> None:
+        self.own = Tally()
+        self.threads = Tally()
+        self.lock = threading.Lock()
+        #: A pool's parent: the last figures of each live worker, by pid.
+        self.workers: dict[int, WorkerStatistics] = {}
+        #: A pool's parent: the totals of workers that have exited.
+        self.retired = WorkerStatistics(pid=0)
+
     def figures(self, pid: int, busy_threads: int) -> WorkerStatistics:
         """This process's own figures, as one worker's."""
+        # The threads' first: a connection a thread ends was counted in `own` before, so
+        # the active figure read this way is never negative.
+        with self.lock:
+            ended = self.threads.active
+            errors = self.threads.errors
+            bytes_in = self.threads.bytes_in
+            bytes_out = self.threads.bytes_out
+            durations = list(self.threads.durations)
+            duration_sum = self.threads.duration_sum
+        own = self.own
         return WorkerStatistics(
             pid=pid,
-            active_connections=self.active,
-            total_connections=self.total,
+            active_connections=own.active + ended,
+            total_connections=own.total,
             busy_threads=busy_threads,
-            bytes_received=self.bytes_in,
-            bytes_sent=self.bytes_out,
-            handler_errors=self.errors,
-            duration_buckets=tuple(self.durations),
-            duration_sum=self.duration_sum,
+            bytes_received=own.bytes_in + bytes_in,
+            bytes_sent=own.bytes_out + bytes_out,
+            handler_errors=own.errors + errors,
+            duration_buckets=tuple(a + b for a, b in zip(own.durations, durations, strict=True)),
+            duration_sum=own.duration_sum + duration_sum,
         )
 
     def worker_update(self, figures: WorkerStatistics) -> None:

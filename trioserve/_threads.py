@@ -156,15 +156,22 @@ class Tokens:
     Trio run is woken only when one of its tasks waits for a token. Waiting tasks get
     tokens in the order they asked.
 
+    Taking a free token and giving one back in the run's own thread take no lock: each
+    count has one writer. The run's thread alone changes ``_taken``; other threads add
+    what they give back to ``_returned``, under ``_lock``. The run takes the lock too
+    whenever a task waits, so a token given back is either counted before the task
+    looks or handed to it.
+
     Args:
       total: how many tokens there are (``math.inf``: no bound).
     """
 
-    __slots__ = ("_free", "_lock", "_thread", "_token", "_waiters", "total")
+    __slots__ = ("_lock", "_returned", "_taken", "_thread", "_token", "_waiters", "total")
 
     def __init__(self, total: float) -> None:
         self.total = total
-        self._free = total
+        self._taken = 0  # tokens taken, net of those given back in the run's thread
+        self._returned = 0  # tokens given back by other threads
         self._lock = threading.Lock()
         self._waiters: collections.deque[trio.Event] = collections.deque()
         self._token = trio.lowlevel.current_trio_token()
@@ -173,36 +180,38 @@ class Tokens:
     @property
     def available(self) -> float:
         """How many tokens are free now."""
-        return self._free
+        return self.total - self._taken + self._returned
 
     def set_total(self, total: float) -> None:
         """Change how many tokens there are (in the Trio thread)."""
-        with self._lock:
-            self._free += total - self.total
-            self.total = total
-        while self._free >= 1 and self._waiters:
-            self._free -= 1
-            self.release()
+        self.total = total
+        while self._waiters and self.available >= 1:
+            with self._lock:
+                event = self._waiters.popleft() if self._waiters else None
+            if event is None:
+                return
+            self._taken += 1
+            event.set()
 
     def acquire_nowait(self) -> None:
-        """Take a token without waiting.
+        """Take a token without waiting (in the Trio thread).
 
         Raises:
           trio.WouldBlock: none is free (or tasks wait for one already).
         """
-        with self._lock:
-            if self._free >= 1 and not self._waiters:
-                self._free -= 1
-                return
-        raise trio.WouldBlock
+        # A token another thread is giving back this instant may be missed: the caller
+        # then waits in `acquire`, which looks again under the lock.
+        if self._waiters or self.total - self._taken + self._returned < 1:
+            raise trio.WouldBlock
+        self._taken += 1
 
     async def acquire(self) -> None:
         """Take a token, waiting for one if none is free (a checkpoint either way)."""
         await trio.lowlevel.checkpoint_if_cancelled()
         event = trio.Event()
         with self._lock:
-            if self._free >= 1 and not self._waiters:
-                self._free -= 1
+            if not self._waiters and self.total - self._taken + self._returned >= 1:
+                self._taken += 1
                 event.set()
             else:
                 self._waiters.append(event)
@@ -222,14 +231,23 @@ class Tokens:
 
     def release(self) -> None:
         """Give a token back, in any thread: to the first task waiting, if one is."""
+        if threading.get_ident() == self._thread:
+            # The run's own thread: only it adds waiters, so none can appear meanwhile.
+            if not self._waiters:
+                self._taken -= 1
+                return
+            with self._lock:
+                event = self._waiters.popleft() if self._waiters else None
+            if event is None:
+                self._taken -= 1
+            else:
+                event.set()  # passed on: still taken
+            return
         with self._lock:
             if not self._waiters:
-                self._free += 1
+                self._returned += 1
                 return
             event = self._waiters.popleft()
-        if threading.get_ident() == self._thread:
-            event.set()
-            return
         try:
             self._token.run_sync_soon(event.set)
         except trio.RunFinishedError:

@@ -18,7 +18,10 @@ looks only for what appeared during the block and is still there at the end:
   opened inside the block and forgot.
 * **Trio tasks** in the subtree of the task that entered the block (tasks a handler or
   the test spawned into an outer nursery and that still run). Tasks elsewhere in the run,
-  such as other fixtures' tasks in a pytest-trio session, are not this server's.
+  such as other fixtures' tasks in a pytest-trio session, are not this server's, and
+  neither are the tasks of another server still serving (a server's request tasks wait
+  for its next request once theirs is done): the task serving it counts, what it runs
+  does not.
 * **Threads** that are busy: alive and not one of Trio's idle cached worker threads. Trio
   keeps a worker thread for a few seconds after its job ends, waiting for the next job;
   such an idle thread is not a leak. Trio names a cached worker ``Trio thread N`` while it
@@ -41,6 +44,8 @@ from typing import Any
 
 import trio
 
+from .._serving import serving_tasks
+
 __all__ = ["ResourceSnapshot"]
 
 _FD_DIR = "/proc/self/fd"
@@ -59,10 +64,16 @@ def _open_fds() -> frozenset[int] | None:
 
 
 def _subtree(task: trio.lowlevel.Task) -> Iterator[trio.lowlevel.Task]:
-    for nursery in task.child_nurseries:
-        for child in nursery.child_tasks:
-            yield child
-            yield from _subtree(child)
+    """The tasks below *task*, except those below a task that serves a server (its
+    handler tasks, and those waiting for a request, are that server's)."""
+    serving = serving_tasks()
+    below = [task]
+    while below:
+        for nursery in below.pop().child_nurseries:
+            for child in nursery.child_tasks:
+                yield child
+                if child not in serving:
+                    below.append(child)
 
 
 def _busy_threads() -> frozenset[threading.Thread]:
