@@ -188,6 +188,30 @@ async def test_serving_reports_a_task_a_handler_left_running() -> None:
         outer.cancel_scope.cancel()
 
 
+async def test_another_servers_tasks_are_its_own_but_a_server_left_serving_counts() -> None:
+    with (
+        trioserve.ThreadingUDPServer(("127.0.0.1", 0), DatagramUpper) as outer,
+        trioserve.ThreadingUDPServer(("127.0.0.1", 0), DatagramUpper) as inner,
+        trioserve.ThreadingUDPServer(("127.0.0.1", 0), DatagramUpper) as stray,
+    ):
+        async with serving(outer):
+            async with serving(inner):
+                # The outer server's request task, started now, waits for its next
+                # request after this one: it is that server's, not this block's.
+                assert await exchange_datagram(outer, b"outer") == b"OUTER"
+                assert await exchange_datagram(inner, b"inner") == b"INNER"
+            async with trio.open_nursery() as nursery:
+
+                async def block() -> None:
+                    async with serving(inner):
+                        await nursery.start(stray.serve_forever)
+                        assert await exchange_datagram(stray, b"stray") == b"STRAY"
+
+                with pytest.raises(AssertionError, match=r"1 Trio task: .*serve_forever"):
+                    await block()
+                stray.shutdown()
+
+
 async def test_serving_reports_a_thread_still_busy_and_not_idle_trio_workers() -> None:
     release = threading.Event()
     stray = threading.Thread(target=release.wait, args=(10,), name="stray-worker")
