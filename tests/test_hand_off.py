@@ -274,6 +274,10 @@ async def test_raising_the_total_wakes_the_waiting_tasks_in_order() -> None:
         for name in ("first", "second", "third"):
             nursery.start_soon(take, name)
             await trio.testing.wait_all_tasks_blocked()
+        # One token at a time: tasks woken together run in an order Trio picks.
+        tokens.set_total(1)
+        await trio.testing.wait_all_tasks_blocked()
+        assert order == ["first"]
         tokens.set_total(2)
         await trio.testing.wait_all_tasks_blocked()
         assert order == ["first", "second"]

@@ -186,12 +186,16 @@ class Tokens:
         """Change how many tokens there are (in the Trio thread)."""
         self.total = total
         while self._waiters and self.available >= 1:
-            with self._lock:
-                event = self._waiters.popleft() if self._waiters else None
+            event = self._next_waiter()
             if event is None:
                 return
             self._taken += 1
             event.set()
+
+    def _next_waiter(self) -> trio.Event | None:
+        """The first task waiting, taken off the queue (another thread may have taken it)."""
+        with self._lock:
+            return self._waiters.popleft() if self._waiters else None
 
     def acquire_nowait(self) -> None:
         """Take a token without waiting (in the Trio thread).
@@ -210,7 +214,7 @@ class Tokens:
         await trio.lowlevel.checkpoint_if_cancelled()
         event = trio.Event()
         with self._lock:
-            if not self._waiters and self.total - self._taken + self._returned >= 1:
+            if not self._waiters and self.available >= 1:
                 self._taken += 1
                 event.set()
             else:
@@ -236,8 +240,7 @@ class Tokens:
             if not self._waiters:
                 self._taken -= 1
                 return
-            with self._lock:
-                event = self._waiters.popleft() if self._waiters else None
+            event = self._next_waiter()
             if event is None:
                 self._taken -= 1
             else:
