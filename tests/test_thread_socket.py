@@ -29,23 +29,39 @@ def pair() -> Iterator[tuple[trio.socket.SocketType, socket.socket]]:
         yield trio_sock, right
 
 
+class Waits(list[int]):
+    """The poll(2) events each `ThreadSocket` call waited for, in order; `started` is set
+    as the first wait starts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started = threading.Event()
+
+
 @pytest.fixture
-def waits(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The poll(2) events each `ThreadSocket` call waited for, in order."""
-    seen: list[int] = []
+def waits(monkeypatch: pytest.MonkeyPatch) -> Waits:
+    """The poll(2) events each `ThreadSocket` call waited for (`Waits`)."""
+    seen = Waits()
     wait = ThreadSocket._wait
 
     def counted(self: ThreadSocket, events: int, deadline: float | None) -> None:
         seen.append(events)
+        seen.started.set()
         wait(self, events, deadline)
 
     monkeypatch.setattr(ThreadSocket, "_wait", counted)
     return seen
 
 
-def _later(seconds: float, action: Any) -> threading.Thread:
+def _later(action: Any, waiting: threading.Event | None) -> threading.Thread:
+    """Run *action* in a thread, as a peer that takes its time: once *waiting* is set (the
+    test's thread waits in poll(2)), or after a short pause when there is nothing to see."""
+
     def run() -> None:
-        time.sleep(seconds)  # a peer that takes its time (the test's thread waits)
+        if waiting is None:
+            time.sleep(0.05)
+        else:
+            waiting.wait(10)  # and sends anyway: the test's assertions say what went wrong
         action()
 
     thread = threading.Thread(target=run)
@@ -54,7 +70,7 @@ def _later(seconds: float, action: Any) -> threading.Thread:
 
 
 def test_a_call_that_can_be_made_at_once_does_not_wait(
-    pair: tuple[trio.socket.SocketType, socket.socket], waits: list[int]
+    pair: tuple[trio.socket.SocketType, socket.socket], waits: Waits
 ) -> None:
     trio_sock, peer = pair
     sock = ThreadSocket.lend(trio_sock, timeout=60.0)
@@ -69,7 +85,7 @@ def test_a_call_that_can_be_made_at_once_does_not_wait(
 
 @pytest.mark.parametrize("timeout", [None, 60.0])
 def test_a_blocking_call_waits_for_the_peer_and_trio_gets_a_non_blocking_descriptor_back(
-    pair: tuple[trio.socket.SocketType, socket.socket], waits: list[int], timeout: float | None
+    pair: tuple[trio.socket.SocketType, socket.socket], waits: Waits, timeout: float | None
 ) -> None:
     trio_sock, peer = pair
     sock = ThreadSocket.lend(trio_sock, timeout=timeout)
@@ -78,7 +94,8 @@ def test_a_blocking_call_waits_for_the_peer_and_trio_gets_a_non_blocking_descrip
     # Without a timeout the descriptor is blocking while the thread has it (the call
     # itself waits, as in socketserver); with one, it stays non-blocking and poll waits.
     assert os.get_blocking(trio_sock.fileno()) is (timeout is None)
-    sender = _later(0.05, lambda: peer.sendall(b"late"))
+    # A blocking recv makes no poll to see, and what is asserted holds either way.
+    sender = _later(lambda: peer.sendall(b"late"), None if timeout is None else waits.started)
     assert sock.recv(100) == b"late"
     sender.join()
     assert waits == ([] if timeout is None else [select.POLLIN])
@@ -90,13 +107,13 @@ def test_a_blocking_call_waits_for_the_peer_and_trio_gets_a_non_blocking_descrip
 
 
 def test_a_shared_socket_never_makes_the_descriptor_blocking(
-    pair: tuple[trio.socket.SocketType, socket.socket], waits: list[int]
+    pair: tuple[trio.socket.SocketType, socket.socket], waits: Waits
 ) -> None:
     trio_sock, peer = pair
     sock = ThreadSocket.lend(trio_sock, timeout=None, shared=True)
     sock.setblocking(True)
     assert os.get_blocking(trio_sock.fileno()) is False
-    sender = _later(0.05, lambda: peer.sendall(b"late"))
+    sender = _later(lambda: peer.sendall(b"late"), waits.started)
     assert sock.recv(100) == b"late"
     sender.join()
     assert waits == [select.POLLIN]
@@ -142,7 +159,7 @@ def test_settimeout_refuses_what_socket_refuses(
 
 
 def test_sendall_sends_more_than_the_kernel_takes_at_once_in_order(
-    pair: tuple[trio.socket.SocketType, socket.socket], waits: list[int]
+    pair: tuple[trio.socket.SocketType, socket.socket], waits: Waits
 ) -> None:
     trio_sock, peer = pair
     sock = ThreadSocket.lend(trio_sock, timeout=10.0)

@@ -446,8 +446,8 @@ class SyncStreamRequestHandler(_StreamHandlerBase):
     must be a plain ``def``. The class attributes are `StreamRequestHandler`'s.
 
     Attributes:
-      request: the connection: a blocking `socket.socket` (on a duplicate of the
-        connection's descriptor, with ``TCP_NODELAY`` on) for TCP and Unix connections, a
+      request: the connection: a blocking `socket.socket` (on the connection's own
+        descriptor, with ``TCP_NODELAY`` on) for TCP and Unix connections, a
         `StreamSocket` with the same methods over other streams (TLS).
       connection: the same as ``request``.
       rfile: a `SyncReader` (`io.BufferedIOBase`): ``read``, ``readline(limit)``,

@@ -11,11 +11,12 @@ decide whether it may wait.
 Threads, limits, cancellation
 -----------------------------
 Worker threads come from Trio's thread cache (`trio.lowlevel.start_thread_soon`), and how
-many run handlers at once is bounded per server by ``max_handler_threads`` (a
-`trio.CapacityLimiter`). A request past the limit waits, accepted and unrefused, until a
-thread is free. Waiting is logged: a server whose idle connections hold every thread must
-not starve its new clients silently. The first wait is a warning, the others for a minute
-(`COMPLAINT_INTERVAL`) are logged at debug level only.
+many run handlers at once is bounded per server by ``max_handler_threads`` (`Tokens`,
+which a thread that ends its connection gives back itself). A request past the limit
+waits, accepted and unrefused, until a thread is free. Waiting is logged: a server whose
+idle connections hold every thread must not starve its new clients silently. The first
+wait is a warning, the others for a minute (`COMPLAINT_INTERVAL`) are logged at debug
+level only.
 
 Cancelling the task of a sync handler cannot interrupt Python code in another thread.
 What it can do is reach the place where such a thread nearly always waits, its
