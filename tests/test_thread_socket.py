@@ -9,7 +9,7 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -27,6 +27,25 @@ def pair() -> Iterator[tuple[trio.socket.SocketType, socket.socket]]:
     trio_sock = trio.socket.from_stdlib_socket(left)
     with trio_sock, right:
         yield trio_sock, right
+
+
+Lend = Callable[..., ThreadSocket]
+
+
+@pytest.fixture
+def lend(pair: tuple[trio.socket.SocketType, socket.socket]) -> Iterator[Lend]:
+    """``ThreadSocket.lend`` on the pair's Trio socket; each one is released at teardown,
+    as the server does when the handler returns, even if the test fails before it does."""
+    lent: list[ThreadSocket] = []
+
+    def make(**options: Any) -> ThreadSocket:
+        sock = ThreadSocket.lend(pair[0], **options)
+        lent.append(sock)
+        return sock
+
+    yield make
+    for sock in lent:
+        sock.release()
 
 
 class Waits(list[int]):
@@ -70,10 +89,10 @@ def _later(action: Any, waiting: threading.Event | None) -> threading.Thread:
 
 
 def test_a_call_that_can_be_made_at_once_does_not_wait(
-    pair: tuple[trio.socket.SocketType, socket.socket], waits: Waits
+    pair: tuple[trio.socket.SocketType, socket.socket], lend: Lend, waits: Waits
 ) -> None:
-    trio_sock, peer = pair
-    sock = ThreadSocket.lend(trio_sock, timeout=60.0)
+    peer = pair[1]
+    sock = lend(timeout=60.0)
     peer.sendall(b"request")
     assert sock.recv(100) == b"request"
     sock.sendall(b"answer")
@@ -85,10 +104,13 @@ def test_a_call_that_can_be_made_at_once_does_not_wait(
 
 @pytest.mark.parametrize("timeout", [None, 60.0])
 def test_a_blocking_call_waits_for_the_peer_and_trio_gets_a_non_blocking_descriptor_back(
-    pair: tuple[trio.socket.SocketType, socket.socket], waits: Waits, timeout: float | None
+    pair: tuple[trio.socket.SocketType, socket.socket],
+    lend: Lend,
+    waits: Waits,
+    timeout: float | None,
 ) -> None:
     trio_sock, peer = pair
-    sock = ThreadSocket.lend(trio_sock, timeout=timeout)
+    sock = lend(timeout=timeout)
     assert sock.gettimeout() == timeout
     assert sock.getblocking() is True
     # Without a timeout the descriptor is blocking while the thread has it (the call
@@ -107,10 +129,10 @@ def test_a_blocking_call_waits_for_the_peer_and_trio_gets_a_non_blocking_descrip
 
 
 def test_a_shared_socket_never_makes_the_descriptor_blocking(
-    pair: tuple[trio.socket.SocketType, socket.socket], waits: Waits
+    pair: tuple[trio.socket.SocketType, socket.socket], lend: Lend, waits: Waits
 ) -> None:
     trio_sock, peer = pair
-    sock = ThreadSocket.lend(trio_sock, timeout=None, shared=True)
+    sock = lend(timeout=None, shared=True)
     sock.setblocking(True)
     assert os.get_blocking(trio_sock.fileno()) is False
     sender = _later(lambda: peer.sendall(b"late"), waits.started)
@@ -121,10 +143,9 @@ def test_a_shared_socket_never_makes_the_descriptor_blocking(
 
 
 def test_a_timeout_raises_timeout_error_and_zero_raises_blocking_io_error(
-    pair: tuple[trio.socket.SocketType, socket.socket],
+    lend: Lend,
 ) -> None:
-    trio_sock, _peer = pair
-    sock = ThreadSocket.lend(trio_sock, timeout=0.05)
+    sock = lend(timeout=0.05)
     started = time.monotonic()
     with pytest.raises(TimeoutError, match="timed out") as raised:
         sock.recv(100)
@@ -141,10 +162,9 @@ def test_a_timeout_raises_timeout_error_and_zero_raises_blocking_io_error(
 
 
 def test_settimeout_refuses_what_socket_refuses(
-    pair: tuple[trio.socket.SocketType, socket.socket],
+    lend: Lend,
 ) -> None:
-    trio_sock, _peer = pair
-    sock = ThreadSocket.lend(trio_sock, timeout=None)
+    sock = lend(timeout=None)
     plain = socket.socket()
     with plain:
         for bad in ("1", -1, -0.5, float("nan")):
@@ -159,14 +179,17 @@ def test_settimeout_refuses_what_socket_refuses(
 
 
 def test_sendall_sends_more_than_the_kernel_takes_at_once_in_order(
-    pair: tuple[trio.socket.SocketType, socket.socket], waits: Waits
+    pair: tuple[trio.socket.SocketType, socket.socket], lend: Lend, waits: Waits
 ) -> None:
-    trio_sock, peer = pair
-    sock = ThreadSocket.lend(trio_sock, timeout=10.0)
+    peer = pair[1]
+    sock = lend(timeout=10.0)
     payload = array.array("i", range(1_000_000))  # 4 MB, not bytes: sent as its octets
     received = bytearray()
 
     def read_all() -> None:
+        # Only once sendall waits for room: a reader that kept up could leave it none to
+        # wait for. 4 MB is more than a socket pair's buffers hold, so it always does.
+        waits.started.wait(10)
         while len(received) < payload.itemsize * len(payload):
             chunk = peer.recv(1 << 16)
             if not chunk:
@@ -184,10 +207,9 @@ def test_sendall_sends_more_than_the_kernel_takes_at_once_in_order(
 
 
 def test_sendall_to_a_peer_that_never_reads_times_out(
-    pair: tuple[trio.socket.SocketType, socket.socket],
+    lend: Lend,
 ) -> None:
-    trio_sock, _peer = pair
-    sock = ThreadSocket.lend(trio_sock, timeout=0.1)
+    sock = lend(timeout=0.1)
     with pytest.raises(TimeoutError, match="timed out"):
         sock.sendall(b"x" * (16 << 20))
     sock.release()
@@ -195,9 +217,10 @@ def test_sendall_to_a_peer_that_never_reads_times_out(
 
 def test_closing_it_leaves_the_connection_open_and_dup_owns_its_own(
     pair: tuple[trio.socket.SocketType, socket.socket],
+    lend: Lend,
 ) -> None:
     trio_sock, peer = pair
-    sock = ThreadSocket.lend(trio_sock, timeout=5.0)
+    sock = lend(timeout=5.0)
     assert sock.fileno() == trio_sock.fileno()  # the connection's own descriptor
     copy = sock.dup()
     assert copy.fileno() != sock.fileno()
@@ -218,10 +241,10 @@ def test_closing_it_leaves_the_connection_open_and_dup_owns_its_own(
 
 @pytest.mark.parametrize("closed_by", ["release", "handler"])
 def test_an_adopted_descriptor_is_closed_by_the_thread(
-    pair: tuple[trio.socket.SocketType, socket.socket], closed_by: str
+    pair: tuple[trio.socket.SocketType, socket.socket], lend: Lend, closed_by: str
 ) -> None:
     trio_sock, _peer = pair
-    sock = ThreadSocket.lend(trio_sock)
+    sock = lend()
     assert sock.adopt() is True
     assert sock.adopt() is False  # once
     fd = trio_sock.detach()  # what the Trio side does when adopt() says True
@@ -230,3 +253,17 @@ def test_an_adopted_descriptor_is_closed_by_the_thread(
     sock.release()
     with pytest.raises(OSError, match="Bad file descriptor"):
         os.fstat(fd)
+
+
+def test_one_collected_without_release_warns_and_leaves_the_descriptor_open(
+    pair: tuple[trio.socket.SocketType, socket.socket],
+) -> None:
+    trio_sock, peer = pair
+    sock = ThreadSocket.lend(trio_sock, timeout=5.0)
+    with pytest.warns(ResourceWarning, match="unreleased"):
+        del sock  # its last reference: CPython collects it here
+    # Not closed under the Trio side: the connection still works.
+    peer.sendall(b"still open")
+    os.set_blocking(trio_sock.fileno(), True)
+    assert os.read(trio_sock.fileno(), 100) == b"still open"
+    os.set_blocking(trio_sock.fileno(), False)

@@ -72,6 +72,7 @@ import select
 import socket
 import threading
 import time
+import warnings
 import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, Protocol, SupportsIndex, TypeVar, final
@@ -862,6 +863,15 @@ class ThreadSocket(socket.socket):
                 self._owned = True
                 return True
         return False
+
+    def __del__(self) -> None:
+        # Collected without `release` (its lender's bug): CPython's socket would warn and
+        # close the descriptor, which is still the connection's, and may by then be another
+        # one's. Warn, and let go of it instead.
+        if not self._owned and self.fileno() >= 0:
+            warnings.warn(f"unreleased {self!r}", ResourceWarning, stacklevel=1, source=self)
+            _Socket.detach(self)
+        super().__del__()  # type: ignore[misc]  # CPython has it; typeshed does not say so
 
     def release(self) -> None:
         """Let go of the descriptor, as the handler returns: closed only if it was adopted."""
