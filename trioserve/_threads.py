@@ -671,7 +671,9 @@ class ThreadSocket(socket.socket):
     descriptor: it waits in ``poll(2)`` without a timeout instead.
 
     If its thread is ever abandoned, `adopt` hands the descriptor over to it: it is then
-    closed by `release`, never under the stuck handler.
+    closed by `release`, never under the stuck handler. One collected without `release`
+    (a bug in whatever lent it) warns with a `ResourceWarning` and lets go of a lent
+    descriptor, never closes it: by then the number may be another socket's.
     """
 
     _origin: trio.socket.SocketType | None = None
