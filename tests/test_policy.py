@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextvars
+import functools
+import os
 import socket
 import socketserver
 from typing import ClassVar
@@ -19,7 +21,8 @@ from trioserve import (
     TCPServer,
     ThreadingTCPServer,
 )
-from trioserve._policy import IDLE_TASKS
+from trioserve._policy import IDLE_TASKS, Nursery
+from trioserve._server import serve
 from trioserve._serving import serving_tasks
 from trioserve.testing import connect, exchange_datagram, serving
 
@@ -269,3 +272,45 @@ async def test_max_connections_stops_accepting_at_the_limit() -> None:
             for client in clients:
                 assert await client.receive_some() == b"served\n"
                 await client.aclose()
+
+
+# -- a graceful stop and the connections queued ---------------------------------------------
+
+
+@pytest.mark.parametrize("take_queued", [True, False])
+async def test_a_stop_serves_the_queued_connections_or_leaves_them_to_the_sockets_other_holders(
+    take_queued: bool,
+) -> None:
+    # A pool's workers share one listening socket; a worker that a reload replaces must
+    # leave what is queued to the workers that serve on. A duplicate of the socket stands
+    # for them here.
+    with ThreadingTCPServer(("127.0.0.1", 0), UpperHandler, max_connections=1) as server:
+        others = socket.socket(fileno=os.dup(server.socket.fileno()))
+        others.setblocking(False)
+        policy = Nursery(1)
+        policy.take_queued = take_queued
+        with others:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(functools.partial(serve, server, policy))
+                held = await connect(server)
+                await held.send_all(b"held\n")
+                assert await receive_exactly(held, 5) == b"HELD\n"  # the one slot is taken
+                queued = await connect(server)  # the kernel queues it: no slot is free
+                await queued.send_all(b"queued\n")
+                await trio.testing.wait_all_tasks_blocked()
+                server.shutdown(PATIENCE)
+                await held.aclose()  # its handler ends
+                if take_queued:  # served within the grace, by this server
+                    assert await receive_exactly(queued, 7) == b"QUEUED\n"
+                    await queued.aclose()
+            assert server.socket.fileno() == -1  # this server stopped listening either way
+            if take_queued:
+                with pytest.raises(BlockingIOError):
+                    others.accept()  # nothing left in the queue
+            else:
+                # Left in the queue, unread: the socket's other holder takes it.
+                taken, _ = others.accept()
+                with taken:
+                    taken.settimeout(PATIENCE)
+                    assert taken.recv(100) == b"queued\n"
+                await queued.aclose()

@@ -106,6 +106,19 @@ async def ask(server: ForkingTCPServer, line: bytes = b"version?") -> tuple[int,
     return int(pid), version
 
 
+async def hold(stream: trio.SocketStream) -> tuple[LineReader, tuple[int, str]]:
+    """Ask on *stream* for an answer that waits for a second line: the worker stays busy."""
+    await stream.send_all(b"hold\n")
+    reader = LineReader(stream)
+    pid, version = (await reader.readline()).decode().split()
+    return reader, (int(pid), version)
+
+
+def stops_accepting(pid: int) -> Callable[[logging.LogRecord], bool]:
+    """For `log_event`: worker *pid* says it stops accepting."""
+    return lambda record: record.process == pid and "stops accepting" in record.msg
+
+
 @contextmanager
 def log_event(predicate: Callable[[logging.LogRecord], bool]) -> Iterator[trio.Event]:
     """An event set when the ``trioserve`` logger handles a record matching *predicate*.
@@ -261,6 +274,88 @@ async def test_a_request_in_flight_in_an_old_worker_finishes_during_the_reload(
     assert f"worker pid {held_pid} stops accepting; running handlers get {grace}" in [
         r.getMessage() for r in trioserve_records(caplog, logging.INFO)
     ]
+
+
+async def test_connections_queued_when_the_old_workers_stop_are_served_by_the_new_code(
+    handler_module: HandlerModule, caplog: pytest.LogCaptureFixture
+) -> None:
+    # One connection per worker: the old worker is full, so the next two connections wait
+    # in the kernel's queue on the shared socket. The new worker takes the first and is
+    # full in turn. When the old worker stops, the second is still queued: it must be left
+    # to the new worker, not taken and served with the old code.
+    caplog.set_level(logging.INFO, logger="trioserve")  # workers log "stops accepting"
+    with ForkingTCPServer(
+        ("127.0.0.1", 0), handler_module.handler(), max_children=1, max_connections=1
+    ) as server:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve_forever)
+            (old,) = server.worker_pids
+            handler_module.write("two")
+            reloaded = trio.Event()
+
+            async def reload() -> None:
+                await trio.to_thread.run_sync(server.reload_workers)
+                reloaded.set()
+
+            async with (
+                await connect(server) as held,
+                await connect(server) as first,
+                await connect(server) as second,
+            ):
+                held_reader, answer = await hold(held)
+                assert answer == (old, "one")
+                await first.send_all(b"hold\n")
+                await second.send_all(b"version?\n")
+
+                with log_event(stops_accepting(old)) as stopped:
+                    nursery.start_soon(reload)
+                    with trio.fail_after(PATIENCE):
+                        await stopped.wait()
+                (new,) = set(server.worker_pids) - {old}
+                first_reader = LineReader(first)
+                assert (await first_reader.readline()).split() == [str(new).encode(), b"two"]
+                await first.send_all(b"end\n")
+                assert await first_reader.readline() == b"finished end\n"
+                # The new worker is free again, and takes the connection left queued.
+                assert (await read_line(second)).decode().split() == [str(new), "two"]
+                await held.send_all(b"end\n")
+                assert await held_reader.readline() == b"finished end\n"
+            with trio.fail_after(PATIENCE):
+                await reloaded.wait()  # once the old worker has exited
+            assert server.worker_pids == (new,)
+            assert_reaped({old})
+            server.shutdown()
+        assert_reaped({new})
+
+
+async def test_connections_queued_when_the_pool_stops_are_served_within_the_grace(
+    handler_module: HandlerModule, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The other side of the test above: when the whole pool stops, nobody else will serve
+    # what is queued, so the workers take it and serve it, as a plain server does.
+    caplog.set_level(logging.INFO, logger="trioserve")
+    with ForkingTCPServer(
+        ("127.0.0.1", 0),
+        handler_module.handler(),
+        max_children=1,
+        max_connections=1,
+        shutdown_grace=PATIENCE,
+    ) as server:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve_forever)
+            (pid,) = server.worker_pids
+            async with await connect(server) as held, await connect(server) as queued:
+                held_reader, answer = await hold(held)
+                assert answer == (pid, "one")
+                await queued.send_all(b"version?\n")
+                with log_event(stops_accepting(pid)) as stopped:
+                    server.shutdown()
+                    with trio.fail_after(PATIENCE):
+                        await stopped.wait()  # from now on only the drain takes connections
+                await held.send_all(b"end\n")
+                assert await held_reader.readline() == b"finished end\n"
+                assert (await read_line(queued)).decode().split() == [str(pid), "one"]
+        assert_reaped({pid})
 
 
 async def test_a_reload_whose_new_workers_cannot_start_keeps_the_old_ones_serving(

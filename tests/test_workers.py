@@ -307,6 +307,28 @@ async def test_a_killed_worker_is_replaced_and_requests_are_still_served(
     )
 
 
+async def test_a_worker_stopped_by_sigterm_leaves_the_queued_connections_to_its_replacement() -> (
+    None
+):
+    # One worker, one connection at a time: the second connection waits in the kernel's
+    # queue. SIGTERM stops that worker alone, with no grace; the connection it holds ends,
+    # but the queued one is not its to take: the replacement serves it.
+    with ForkingTCPServer(
+        ("127.0.0.1", 0), PidHandler, max_children=1, max_connections=1
+    ) as server:
+        async with serving(server):
+            (victim,) = server.worker_pids
+            async with await connect(server) as held, await connect(server) as queued:
+                await held.send_all(b"pid?\n")
+                assert int(await read_line(held)) == victim  # it holds the one slot
+                await queued.send_all(b"pid?\n")
+                os.kill(victim, signal.SIGTERM)
+                assert await receive_until_eof(held) == b""  # cut: no grace
+                replacement = int(await read_line(queued))
+                assert replacement != victim
+            assert_reaped([victim])  # before its replacement was started
+
+
 def test_unpicklable_handler_fails_before_any_worker_starts() -> None:
     class LocalHandler(StreamRequestHandler):
         pass

@@ -11,7 +11,9 @@ kind           direction  arguments
 =============  =========  ==========================================================
 ``setup``      to worker  a dict: ``sys_path``, ``main``, logging levels
 ``spec``       to worker  a pickled `WorkerSpec`
-``stop``       to worker  the grace period (seconds or None)
+``stop``       to worker  the grace period (seconds or None), and whether to serve the
+                          connections still queued (the pool stops) or leave them to
+                          the workers that go on (a reload replaced this one)
 ``ready``      to parent  (none): the worker accepts requests
 ``failed``     to parent  the error text, and whether retrying is pointless
 ``log``        to parent  a log record's attributes (plain values)

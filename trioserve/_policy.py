@@ -153,12 +153,18 @@ class Nursery(ConcurrencyPolicy):
 
     At the limit the loop stops taking requests until a handler finishes, so the rest
     wait in the kernel's queue.
+
+    A graceful stop serves the connections already in that queue, unless `take_queued`
+    is false by then: a pool worker that a reload replaces leaves them to the workers that
+    go on serving on the same socket.
     """
 
     concurrency = Concurrency.NURSERY
 
     def __init__(self, limit: int | None) -> None:
         self.limit = limit
+        #: Whether a graceful stop takes the connections queued (else: only stops listening).
+        self.take_queued = True
 
     async def serve(
         self,
@@ -173,7 +179,7 @@ class Nursery(ConcurrencyPolicy):
                 task_status.started()
                 await _request_loop(server, nursery, slots, poll_interval)
             if serving.draining.is_set():
-                await _drain(server, serving, nursery)
+                await _drain(server, serving, nursery, take_queued=self.take_queued)
 
     def __repr__(self) -> str:
         return f"Nursery(limit={self.limit!r})"
@@ -362,14 +368,23 @@ async def _take_request(
     return server._trioserve.path or request_path(server), request, client_address
 
 
-async def _drain(server: Any, serving: Serving, nursery: trio.Nursery | None) -> None:
+async def _drain(
+    server: Any, serving: Serving, nursery: trio.Nursery | None, *, take_queued: bool = True
+) -> None:
     """At the start of a graceful stop: take what is queued, then stop listening.
 
     The transport hands over the requests already waiting (connections the kernel has
     accepted for us), which are served within the grace like the others, and closes its
     listening socket, so new connections are refused at once and a load balancer sends
-    them elsewhere. A transport with nothing to drain (datagrams) does nothing.
+    them elsewhere. A transport with nothing to drain (datagrams) does nothing. Without
+    *take_queued*, the socket is only closed: what is queued is left to the other
+    holders of the same listening socket (the rest of a process pool).
     """
+    if not take_queued:
+        close = getattr(server, "_trioserve_close_listener", None)
+        if close is not None:
+            close()
+        return
     drain = getattr(server, "_trioserve_drain", None)
     if drain is None:
         return

@@ -372,19 +372,32 @@ class _Generation:
         #: Set when its workers are to stop (with `grace`), and none is to be replaced.
         self.retiring = trio.Event()
         self.grace: float | None = 0.0
+        #: Whether it retired because a newer generation serves in its place (a reload).
+        self.replaced = False
         self.startup_failures = 0
         #: Why it could not start, when on trial.
         self.error: WorkerStartupError | None = None
         #: Set once every worker it started has exited and been reaped.
         self.done = trio.Event()
 
-    def retire(self, grace: float | None) -> None:
-        """Stop its workers with *grace* (the shorter, if retired twice); replace none."""
+    def retire(self, grace: float | None, *, replaced: bool = False) -> None:
+        """Stop its workers with *grace* (the shorter, if retired twice); replace none.
+
+        *replaced*: a newer generation serves in its place, so its workers leave the
+        connections queued on the listening socket to that one.
+        """
         if not self.retiring.is_set():
             self.grace = grace
+            self.replaced = replaced
             self.retiring.set()
         elif grace is not None and (self.grace is None or grace < self.grace):
             self.grace = grace
+
+    def takes_queued(self) -> bool:
+        """Whether its workers, stopping now, serve the connections still queued: only
+        when the pool stops. A worker replaced, or stopped on its own (it failed), leaves
+        them to the workers that serve on."""
+        return self.retiring.is_set() and not self.replaced
 
     def live_pids(self) -> list[int]:
         """The pids of its workers that have been ready and have not exited."""
@@ -583,7 +596,7 @@ class _Pool:
             sorted(old.live_pids()),
             "all the time they need" if grace is None else f"{grace:.3g} s",
         )
-        old.retire(grace)
+        old.retire(grace, replaced=True)
         await old.done.wait()
         logger.info("reloaded the workers of %r", self.server)
         return None
@@ -625,7 +638,7 @@ class _Pool:
             with trio.CancelScope(shield=True):
                 if worker.process.returncode is None:
                     grace = generation.grace if generation.retiring.is_set() else 0
-                    await self._stop_worker(worker, grace)
+                    await self._stop_worker(worker, generation, grace)
                 await worker.stream.aclose()
                 self.server._trioserve.counters.worker_gone(worker.pid)  # statistics
                 if generation.workers.get(slot) is worker:
@@ -664,12 +677,12 @@ class _Pool:
             await _first(worker.ready.wait, worker.exited.wait, retiring.wait)
         if not worker.ready.is_set() and not worker.exited.is_set():
             if retiring.is_set():
-                await self._stop_worker(worker, 0)
+                await self._stop_worker(worker, generation, 0)
                 await self._drain(worker)
                 return _Outcome.STOPPED
             if start.cancelled_caught:
                 worker.failure = f"it did not report ready within {START_TIMEOUT:.0f} s"
-                await self._stop_worker(worker, 0)
+                await self._stop_worker(worker, generation, 0)
         if not worker.ready.is_set():
             await self._drain(worker)
             if retiring.is_set():
@@ -683,7 +696,7 @@ class _Pool:
         self._update_pids()
         await _first(worker.exited.wait, retiring.wait)
         if not worker.exited.is_set():
-            await self._stop_worker(worker, generation.grace)
+            await self._stop_worker(worker, generation, generation.grace)
         await self._drain(worker)
         if retiring.is_set():
             return _Outcome.STOPPED
@@ -758,10 +771,12 @@ class _Pool:
         elif kind == "stats":  # statistics (docs/operations.md): the worker's figures
             self.server._trioserve.counters.worker_update(message[1])
 
-    async def _stop_worker(self, worker: WorkerProcess, grace: float | None) -> None:
+    async def _stop_worker(
+        self, worker: WorkerProcess, generation: _Generation, grace: float | None
+    ) -> None:
         """Stop *worker* with *grace*, then SIGTERM, then SIGKILL; reap it in any case."""
         process = worker.process
-        if await worker.send("stop", grace):
+        if await worker.send("stop", grace, generation.takes_queued()):
             with trio.move_on_after(math.inf if grace is None else grace + EXIT_MARGIN):
                 await process.wait()
                 return

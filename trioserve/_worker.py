@@ -210,6 +210,8 @@ class WorkerRun:
         self.server = server
         self.channel = channel
         self.stopped_from_outside = False
+        #: Where requests run: created here, so that a stop before serving is kept.
+        self.policy = Nursery(concurrency_limit(server))
         default = server.shutdown_grace if server.block_on_close else 0.0
         self.orphan_grace = ORPHAN_GRACE if default is None else min(default, ORPHAN_GRACE)
         # What the server's reload_workers() does here: the parent reloads the pool.
@@ -222,8 +224,14 @@ class WorkerRun:
         except OSError:
             logger.warning("cannot ask the parent to reload the workers: it is gone")
 
-    def stop(self, grace: float | None) -> None:
-        """Stop serving; give running handlers *grace* seconds. In the Trio thread."""
+    def stop(self, grace: float | None, take_queued: bool = True) -> None:
+        """Stop serving; give running handlers *grace* seconds. In the Trio thread.
+
+        *take_queued*: serve the connections queued on the shared listening socket (the
+        whole pool stops), or leave them to the workers that go on serving (a reload).
+        """
+        if not take_queued:
+            self.policy.take_queued = False
         if not self.stopped_from_outside:
             self.stopped_from_outside = True
             logger.info(
@@ -244,10 +252,8 @@ class WorkerRun:
 
     async def serve(self) -> None:
         """Serve until stopped: the server's own lifecycle, with the nursery policy."""
-        server = self.server
-        policy = Nursery(concurrency_limit(server))
         ready = _ReadyReporter(self.channel)
-        await serve(server, policy, task_status=ready, on_stop=self._stopping)
+        await serve(self.server, self.policy, task_status=ready, on_stop=self._stopping)
 
     # -- statistics (docs/operations.md): this worker's figures, pushed to the parent.
     async def push_statistics(self) -> None:
@@ -272,7 +278,9 @@ class WorkerRun:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             task_status.started()  # only now may the worker say it is ready
             async for _ in signals:
-                self.stop(0.0)
+                # This worker alone stops, and the pool replaces it: what is queued on the
+                # shared socket is for the workers that serve on.
+                self.stop(0.0, take_queued=False)
 
 
 class _ReadyReporter:
@@ -296,7 +304,7 @@ def _listen_to_parent(worker: WorkerRun, token: trio.lowlevel.TrioToken) -> None
             break
         if message[0] == "stop":
             try:
-                token.run_sync_soon(worker.stop, message[1])
+                token.run_sync_soon(worker.stop, message[1], message[2])
             except trio.RunFinishedError:
                 return
     try:
