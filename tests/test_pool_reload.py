@@ -233,11 +233,8 @@ async def test_a_request_in_flight_in_an_old_worker_finishes_during_the_reload(
             old = set(server.worker_pids)
             handler_module.write("two-two")
             async with await connect(server) as held:
-                await held.send_all(b"hold\n")
-                reader = LineReader(held)
-                pid, version = (await reader.readline()).split()
-                held_pid = int(pid)
-                assert (held_pid, version) in {(p, b"one") for p in old}
+                reader, (held_pid, version) = await hold(held)
+                assert (held_pid, version) in {(p, "one") for p in old}
 
                 stopping: set[int] = set()
 
@@ -472,14 +469,8 @@ async def test_shutdown_during_a_reload_cuts_the_old_workers_grace_short(
             await nursery.start(server.serve_forever)
             old = set(server.worker_pids)
             async with await connect(server) as held:
-                await held.send_all(b"hold\n")
-                reader = LineReader(held)
-                held_pid = int((await reader.readline()).split()[0])
-
-                def old_worker_stops(record: logging.LogRecord) -> bool:
-                    return record.process == held_pid and "stops accepting" in record.msg
-
-                with log_event(old_worker_stops) as stopped:
+                reader, (held_pid, _) = await hold(held)
+                with log_event(stops_accepting(held_pid)) as stopped:
                     nursery.start_soon(trio.to_thread.run_sync, server.reload_workers)
                     with trio.fail_after(PATIENCE):
                         await stopped.wait()  # draining, with a grace of 300 s

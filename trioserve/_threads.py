@@ -872,7 +872,7 @@ class ThreadSocket(socket.socket):
         # one's. Warn, and let go of it instead.
         if not self._owned and self.fileno() >= 0:
             warnings.warn(f"unreleased {self!r}", ResourceWarning, stacklevel=1, source=self)
-            _Socket.detach(self)
+            self._real_close()  # lets go of it, as close() does
         super().__del__()  # type: ignore[misc]  # CPython has it; typeshed does not say so
 
     def release(self) -> None:
